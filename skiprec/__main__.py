@@ -1,0 +1,5 @@
+import sys
+
+from skiprec.cli import main
+
+sys.exit(main())

@@ -1,0 +1,48 @@
+"""The ``skiprec`` command: a thin dispatcher to each subcommand's own ``main(argv)``.
+
+Subcommands are imported only when run, so ``skiprec serve`` never imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("training.train", "train a model on a data file into a run directory"),
+    "evaluate": ("training.evaluate", "evaluate a run (or the baselines) on a split"),
+    "benchmark": ("training.benchmark", "reproduce docs/RESULTS.md (all variants)"),
+    "export": ("model_export.export", "export a run to a versioned ONNX bundle"),
+    "serve": ("service.cli", "serve a bundle over HTTP (embedded Redis by default)"),
+    "replay": ("training.replay", "replay held-out sessions through a live service"),
+    "events": ("service.events_cli", "export the live event log for retraining"),
+    "synth": ("training.synthetic", "write a synthetic session log (demo data)"),
+    "bench": ("benchmarks.load", "load benchmark of the running service"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: skiprec COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Run `skiprec COMMAND --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in {"-h", "--help"}:
+        print(_usage())
+        return 0
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(f"skiprec: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    result = module.main(rest)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Session encoding: a listener's events -> the model's integer inputs.
+
+This is the single definition used by training (batches for evaluation and parity),
+export (parity sessions) and serving (live sessions from Redis). Torch-free on purpose.
+
+Layout of one encoded session of length T (``T <= max_seq_len``), oldest first:
+    item_ids[t]  track index (vocabulary), PAD_ID on the left padding
+    feedback[t]  FEEDBACK_CODES value of that event
+Sessions longer than the model's window keep their most recent events ("left"
+truncation); shorter ones are left-padded so the position read out is always T-1.
+BERT4Rec-style models read the output at an appended mask token instead of at the
+last event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from skiprec.vocab import MASK_ID, PAD_ID
+
+FEEDBACK_PAD = 0
+FEEDBACK_PLAY = 1
+FEEDBACK_SKIP = 2
+FEEDBACK_MASK = 3
+FEEDBACK_CODES: Mapping[str, int] = {
+    "pad": FEEDBACK_PAD,
+    "play": FEEDBACK_PLAY,
+    "skip": FEEDBACK_SKIP,
+    "mask": FEEDBACK_MASK,
+}
+NUM_FEEDBACK_CODES = len(FEEDBACK_CODES)
+
+
+def feedback_code(event_type: str) -> int:
+    """``"play"``/``"skip"`` -> its code; anything else is a caller bug."""
+    if event_type == "play":
+        return FEEDBACK_PLAY
+    if event_type == "skip":
+        return FEEDBACK_SKIP
+    raise ValueError(f"unknown event type {event_type!r}; expected 'play' or 'skip'")
+
+
+@dataclass(frozen=True)
+class EncodingSpec:
+    """Everything the encoder needs; serialised into the bundle manifest."""
+
+    max_seq_len: int
+    append_mask: bool = False
+    truncation: str = "left"
+    padding: str = "left"
+    feedback_codes: Mapping[str, int] = field(
+        default_factory=lambda: dict(FEEDBACK_CODES)
+    )
+
+    def __post_init__(self) -> None:
+        if self.max_seq_len < 1:
+            raise ValueError("max_seq_len must be >= 1")
+        if self.truncation != "left" or self.padding != "left":
+            raise ValueError("only left truncation and left padding are defined")
+        if dict(self.feedback_codes) != dict(FEEDBACK_CODES):
+            raise ValueError(
+                f"feedback codes {dict(self.feedback_codes)!r} differ from "
+                f"{dict(FEEDBACK_CODES)!r}"
+            )
+
+
+Session = Sequence[tuple[int, int]]
+"""One session as ``(item_index, feedback_code)`` pairs, oldest first."""
+
+
+def encode_sessions(
+    sessions: Sequence[Session], spec: EncodingSpec, seq_len: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Encode sessions into left-padded ``item_ids`` and ``feedback``, both int64 [B, T].
+
+    Args:
+        sessions: per session, its ``(item_index, feedback_code)`` events, oldest first.
+        spec: the bundle's encoding spec.
+        seq_len: T; default the longest encoded session in the batch (at least 1).
+    """
+    tails: list[Session] = []
+    for events in sessions:
+        tail = list(events)
+        if spec.append_mask:
+            tail.append((MASK_ID, FEEDBACK_MASK))
+        tails.append(tail[-spec.max_seq_len :])
+    width = seq_len if seq_len is not None else max([1, *map(len, tails)])
+    if not 1 <= width <= spec.max_seq_len:
+        raise ValueError(f"seq_len must be in 1..{spec.max_seq_len}, got {width}")
+    item_ids = np.full((len(tails), width), PAD_ID, dtype=np.int64)
+    feedback = np.full((len(tails), width), FEEDBACK_PAD, dtype=np.int64)
+    for row, tail in enumerate(tails):
+        tail = tail[-width:]
+        if tail:
+            item_ids[row, width - len(tail) :] = [item for item, _ in tail]
+            feedback[row, width - len(tail) :] = [code for _, code in tail]
+    return item_ids, feedback
+
+
+def encode_exclusions(
+    excluded: Sequence[Sequence[int]], width: int | None = None
+) -> np.ndarray:
+    """Per-session item indices never to recommend, PAD-filled to int64 [B, E] (E >= 1)."""
+    width = width if width is not None else max([1, *map(len, excluded)])
+    out = np.full((len(excluded), width), PAD_ID, dtype=np.int64)
+    for row, items in enumerate(excluded):
+        items = list(items)[:width]
+        out[row, : len(items)] = items
+    return out

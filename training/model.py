@@ -1,0 +1,160 @@
+"""SASRec-style (causal) and BERT4Rec-style (bidirectional, masked) session encoders.
+
+Dimension legend: B batch, T sequence length, D hidden dim, H heads, V item vocabulary
+(tracks + specials), K top-k.
+
+The model returns representations; scoring against the (tied) item table is a separate
+method and every loss lives in ``training/losses.py``. Inputs are left-padded as defined
+in ``skiprec.encoding``; position ids are counted so that the last slot always has
+position ``max_seq_len - 1`` whatever T is, which makes a batch padded to the longest
+session equivalent to one padded to ``max_seq_len``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from skiprec.encoding import FEEDBACK_PAD, NUM_FEEDBACK_CODES
+from skiprec.vocab import NUM_SPECIAL, PAD_ID
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    num_items: int  # V, specials included
+    backbone: Literal["sasrec", "bert4rec"] = "sasrec"
+    max_seq_len: int = 50
+    hidden_dim: int = 64
+    num_layers: int = 2
+    num_heads: int = 2
+    dropout: float = 0.2
+    feedback_input: bool = False  # add a play/skip embedding to each input position
+
+    def __post_init__(self) -> None:
+        if self.hidden_dim % self.num_heads:
+            raise ValueError("hidden_dim must be divisible by num_heads")
+        if self.num_items <= NUM_SPECIAL:
+            raise ValueError("num_items must include at least one real track")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.qkv = nn.Linear(config.hidden_dim, 3 * config.hidden_dim)
+        self.proj = nn.Linear(config.hidden_dim, config.hidden_dim)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor, allowed: Tensor) -> Tensor:
+        """x: [B, T, D]; allowed: bool [B, 1, T, T] (query row may attend key column)."""
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).split(D, dim=2)
+        # [B, T, D] -> [B, H, T, D/H]
+        q = q.view(B, T, self.num_heads, D // self.num_heads).transpose(1, 2)
+        k = k.view(B, T, self.num_heads, D // self.num_heads).transpose(1, 2)
+        v = v.view(B, T, self.num_heads, D // self.num_heads).transpose(1, 2)
+        # Written out rather than F.scaled_dot_product_attention so the exported ONNX
+        # graph is plain MatMul/Softmax on every opset and runtime.
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(D // self.num_heads)  # [B,H,T,T]
+        att = att.masked_fill(~allowed, float("-inf"))
+        att = self.dropout(torch.softmax(att, dim=-1))
+        y = (att @ v).transpose(1, 2).reshape(B, T, D)
+        return self.dropout(self.proj(y))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.fc = nn.Linear(config.hidden_dim, 4 * config.hidden_dim)
+        self.proj = nn.Linear(4 * config.hidden_dim, config.hidden_dim)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.hidden_dim)
+        self.attn = SelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.hidden_dim)
+        self.mlp = FeedForward(config)
+
+    def forward(self, x: Tensor, allowed: Tensor) -> Tensor:
+        x = x + self.attn(self.ln_1(x), allowed)
+        return x + self.mlp(self.ln_2(x))
+
+
+class SessionEncoder(nn.Module):
+    """Item (+ position, + optional feedback) embeddings -> transformer -> [B, T, D]."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.item_emb = nn.Embedding(config.num_items, config.hidden_dim, PAD_ID)
+        self.pos_emb = nn.Embedding(config.max_seq_len, config.hidden_dim)
+        self.feedback_emb = (
+            nn.Embedding(NUM_FEEDBACK_CODES, config.hidden_dim, FEEDBACK_PAD)
+            if config.feedback_input
+            else None
+        )
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
+        self.ln_f = nn.LayerNorm(config.hidden_dim)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.padding_idx is not None:
+                module.weight.data[module.padding_idx].zero_()
+
+    def forward(self, item_ids: Tensor, feedback: Tensor) -> Tensor:
+        """item_ids, feedback: int64 [B, T] left-padded -> hidden [B, T, D]."""
+        B, T = item_ids.shape
+        positions = torch.arange(T, device=item_ids.device) + (
+            self.config.max_seq_len - T
+        )
+        x = self.item_emb(item_ids) * math.sqrt(self.config.hidden_dim)
+        x = x + self.pos_emb(positions)[None]
+        if self.feedback_emb is not None:
+            x = x + self.feedback_emb(feedback)
+        valid = item_ids != PAD_ID  # [B, T]
+        x = self.dropout(x) * valid[..., None]
+        allowed = self._attention_mask(valid)
+        for block in self.blocks:
+            x = block(x, allowed)
+        return self.ln_f(x)
+
+    def _attention_mask(self, valid: Tensor) -> Tensor:
+        """bool [B, 1, T, T]: keys must be real events (and not in the future for
+        SASRec); the diagonal is always allowed so all-padding rows stay finite."""
+        T = valid.shape[1]
+        eye = torch.eye(T, dtype=torch.bool, device=valid.device)
+        allowed = valid[:, None, None, :] | eye
+        if self.config.backbone == "sasrec":
+            allowed = allowed & torch.tril(torch.ones_like(eye))
+        return allowed
+
+    def score(self, hidden: Tensor) -> Tensor:
+        """hidden [..., D] -> logits over the whole item table [..., V] (tied weights)."""
+        return hidden @ self.item_emb.weight.T
+
+    def item_embeddings(self, item_ids: Tensor) -> Tensor:
+        """The output-space embedding of tracks: [...] -> [..., D]."""
+        return self.item_emb(item_ids)
