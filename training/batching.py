@@ -1,0 +1,240 @@
+"""Training sessions -> padded int64 tensors, built once and re-batched every epoch.
+
+Dimension legend: N training windows, W = max_seq_len, B batch, T longest window in a
+batch, S skipped tracks per window.
+
+Layout (the same as ``skiprec.encoding``): events oldest first, left-padded with
+``PAD_ID`` / ``FEEDBACK_PAD`` so the newest event sits in the last slot; the model
+derives position ids from the padded width, so trimming a batch to its longest window
+changes nothing.
+
+Windows: a session longer than ``max_seq_len`` is cut into non-overlapping windows
+aligned on its *end* (``[L-W, L)``, ``[L-2W, L-W)``, ...), so every event is an input
+exactly once and the most recent events, the ones serving sees, always get a full
+window of context. Targets are computed on the whole session before cutting, so the last
+position of an early window still predicts the first event of the next window.
+Sessions with fewer than two events teach nothing about "next" and are dropped.
+
+Per position t of a session (all PAD where none exists):
+    next_targets[t]         the track at t+1
+    next_played_targets[t]  the first track after t that was not skipped
+    next_skipped[t]         whether the track at t+1 was skipped
+    skipped[t]              whether the track at t was skipped
+
+BERT4Rec masking (``masked_batches``): each real position is masked with ``mask_prob``
+(``MASK_ID`` in, ``FEEDBACK_MASK`` feedback, target = the hidden track); in a
+``LAST_MASK_FRACTION`` of windows, and in every window where no position drew a mask,
+only the newest event is masked instead, which is exactly the inference layout (history
+followed by one mask in the last slot, ``EncodingSpec(append_mask=True)``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from skiprec.encoding import FEEDBACK_MASK, FEEDBACK_PAD, FEEDBACK_PLAY, FEEDBACK_SKIP
+from skiprec.vocab import MASK_ID, PAD_ID, Vocabulary
+from training.config import TrainConfig
+
+# Share of BERT4Rec windows trained with only their newest event masked (BERT4Rec,
+# Sun et al. 2019, sec. 3.6: "we also produce samples that only mask the last item").
+LAST_MASK_FRACTION = 0.25
+
+
+class SessionLike(Protocol):
+    """What batching reads from ``training.data.Session``."""
+
+    @property
+    def track_ids(self) -> tuple[str, ...]: ...
+
+    @property
+    def skips(self) -> tuple[bool, ...]: ...
+
+
+@dataclass(frozen=True)
+class TrainWindows:
+    """All training windows of a split, int64/bool tensors [N, W], left-padded."""
+
+    tracks: Tensor  # int64 track index per event
+    feedback: Tensor  # int64 FEEDBACK_PLAY / FEEDBACK_SKIP
+    skipped: Tensor  # bool
+    next_targets: Tensor  # int64
+    next_played_targets: Tensor  # int64
+    next_skipped: Tensor  # bool
+    lengths: Tensor  # int64 [N], real events per window
+
+    def __len__(self) -> int:
+        return int(self.lengths.shape[0])
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One training batch, every tensor [B, T].
+
+    ``item_ids``/``feedback`` are the model inputs (masked for BERT4Rec); ``tracks``
+    and ``skipped`` are the true events; ``targets`` feed the main loss,
+    ``negative_targets`` the unlikelihood term (a skipped track the model should not
+    predict there) and ``positives`` the skip contrastive term (next played track).
+    """
+
+    item_ids: Tensor
+    feedback: Tensor
+    tracks: Tensor
+    skipped: Tensor
+    targets: Tensor
+    negative_targets: Tensor
+    positives: Tensor
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(**{name: t.to(device) for name, t in vars(self).items()})
+
+
+def build_windows(
+    sessions: Sequence[SessionLike], vocab: Vocabulary, max_seq_len: int
+) -> TrainWindows:
+    """Encode sessions with ``vocab`` and cut them into end-aligned windows."""
+    sessions = [s for s in sessions if len(s.track_ids) >= 2]
+    if not sessions:
+        raise ValueError("no training session has two or more events")
+    lengths = np.array([len(s.track_ids) for s in sessions], dtype=np.int64)
+    items = np.fromiter(
+        (i for s in sessions for i in vocab.indices(s.track_ids)),
+        dtype=np.int64,
+        count=int(lengths.sum()),
+    )
+    skips = np.fromiter(
+        (bool(k) for s in sessions for k in s.skips), dtype=bool, count=len(items)
+    )
+    ends = np.cumsum(lengths)  # exclusive end of each session in the flat arrays
+    session_end = np.repeat(ends, lengths)  # [E] end of the event's session
+    position = np.arange(len(items))
+
+    has_next = position + 1 < session_end
+    next_targets = np.where(has_next, np.roll(items, -1), PAD_ID)
+    next_skipped = has_next & np.roll(skips, -1)
+    played_at = np.flatnonzero(~skips)
+    # First played event strictly after each position, if it is in the same session.
+    follow = np.searchsorted(played_at, position, side="right")
+    follow_pos = np.append(played_at, len(items))[follow]
+    next_played_targets = np.where(
+        follow_pos < session_end, items[np.minimum(follow_pos, len(items) - 1)], PAD_ID
+    )
+
+    # Windows per session: ceil(L / W), ending at L, L-W, ... (flat coordinates).
+    per_session = -(-lengths // max_seq_len)
+    first_window = np.repeat(np.cumsum(per_session) - per_session, per_session)
+    k = np.arange(int(per_session.sum())) - first_window  # window number from the end
+    window_end = np.repeat(ends, per_session) - k * max_seq_len
+    window_start = np.maximum(window_end - max_seq_len, np.repeat(ends - lengths, per_session))
+    # [N, W]: column j holds flat event window_end - W + j when that is inside the window.
+    flat = window_end[:, None] - max_seq_len + np.arange(max_seq_len)[None, :]
+    real = flat >= window_start[:, None]
+    flat = np.where(real, flat, 0)
+
+    def take(values: np.ndarray, pad: int | bool) -> Tensor:
+        return torch.from_numpy(np.where(real, values[flat], pad))
+
+    feedback = np.where(skips, FEEDBACK_SKIP, FEEDBACK_PLAY)
+    return TrainWindows(
+        tracks=take(items, PAD_ID),
+        feedback=take(feedback, FEEDBACK_PAD),
+        skipped=take(skips, False),
+        next_targets=take(next_targets, PAD_ID),
+        next_played_targets=take(next_played_targets, PAD_ID),
+        next_skipped=take(next_skipped, False),
+        lengths=torch.from_numpy(window_end - window_start),
+    )
+
+
+def epoch_batches(
+    windows: TrainWindows, config: TrainConfig, generator: torch.Generator
+) -> Iterator[Batch]:
+    """Shuffle, (BERT4Rec: mask), then yield batches trimmed to their longest window.
+
+    All per-epoch randomness is drawn once for the whole epoch; a batch is a slice.
+    """
+    order = torch.randperm(len(windows), generator=generator)
+    if config.backbone == "bert4rec":
+        full = _masked(windows, config.mask_prob, config.target, generator)
+    else:
+        full = _causal(windows, config.target)
+    width = windows.tracks.shape[1]
+    for start in range(0, len(order), config.batch_size):
+        rows = order[start : start + config.batch_size]
+        seq_len = int(windows.lengths[rows].max())
+        cols = slice(width - seq_len, width)
+        yield Batch(**{name: t[rows, cols] for name, t in vars(full).items()})
+
+
+def _causal(windows: TrainWindows, target: str) -> Batch:
+    """SASRec: predict at every position the next (or next played) track."""
+    return Batch(
+        item_ids=windows.tracks,
+        feedback=windows.feedback,
+        tracks=windows.tracks,
+        skipped=windows.skipped,
+        targets=windows.next_targets if target == "next" else windows.next_played_targets,
+        negative_targets=torch.where(windows.next_skipped, windows.next_targets, PAD_ID),
+        positives=windows.next_played_targets,
+    )
+
+
+def _masked(
+    windows: TrainWindows, mask_prob: float, target: str, generator: torch.Generator
+) -> Batch:
+    """BERT4Rec: recover masked tracks; ``next_played`` drops skipped ones as targets."""
+    real = windows.tracks != PAD_ID
+    shape = windows.tracks.shape
+    masked = (torch.rand(shape, generator=generator) < mask_prob) & real
+    last_only = (torch.rand(shape[0], generator=generator) < LAST_MASK_FRACTION) | ~(
+        masked.any(dim=1)
+    )
+    newest = torch.zeros(shape, dtype=torch.bool)
+    newest[:, -1] = True
+    masked = torch.where(last_only[:, None], newest, masked)
+    hidden = windows.tracks
+    keep_target = masked if target == "next" else masked & ~windows.skipped
+    return Batch(
+        item_ids=torch.where(masked, MASK_ID, hidden),
+        feedback=torch.where(masked, FEEDBACK_MASK, windows.feedback),
+        tracks=hidden,
+        skipped=windows.skipped,
+        targets=torch.where(keep_target, hidden, PAD_ID),
+        negative_targets=torch.where(masked & windows.skipped, hidden, PAD_ID),
+        positives=windows.next_played_targets,
+    )
+
+
+def session_skips(tracks: Tensor, skipped: Tensor) -> tuple[Tensor, Tensor]:
+    """The skipped tracks of each window, packed to the left.
+
+    Args:
+        tracks: int64 [B, T]; skipped: bool [B, T].
+    Returns:
+        ids int64 [B, S] (PAD-filled) and mask bool [B, S], S = most skips in a row (>= 1).
+    """
+    # Stable sort puts skipped positions first, in session order.
+    order = torch.argsort((~skipped).to(torch.int8), dim=1, stable=True)
+    count = int(skipped.sum(dim=1).max()) if skipped.numel() else 0
+    width = max(count, 1)
+    ids = torch.where(skipped, tracks, PAD_ID).gather(1, order)[:, :width]
+    mask = skipped.gather(1, order)[:, :width]
+    return ids, mask
+
+
+def popularity(sessions: Sequence[SessionLike]) -> dict[str, int]:
+    """Play counts (non-skipped events) per track over the training sessions.
+
+    Every training track is listed, so a track only ever skipped still has an entry (0).
+    """
+    counts: dict[str, int] = {}
+    for session in sessions:
+        for track_id, skip in zip(session.track_ids, session.skips, strict=True):
+            counts[track_id] = counts.get(track_id, 0) + (not skip)
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))

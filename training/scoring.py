@@ -1,0 +1,59 @@
+"""``TorchScorer``: a trained ``SessionEncoder`` behind the evaluation ``Scorer`` protocol.
+
+Histories are encoded with ``skiprec.encoding.encode_sessions``, the exact function the
+service uses on live sessions, and only the last position is scored, as in the exported
+graph; special ids get -inf there too. So offline metrics measure what serving would
+return, not a training-time shortcut.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from skiprec.encoding import EncodingSpec, encode_sessions
+from skiprec.vocab import NUM_SPECIAL
+from training.model import SessionEncoder
+
+
+def encoding_spec(model: SessionEncoder) -> EncodingSpec:
+    """The serving encoding of a model: its window, plus a final mask for BERT4Rec."""
+    return EncodingSpec(
+        max_seq_len=model.config.max_seq_len,
+        append_mask=model.config.backbone == "bert4rec",
+    )
+
+
+class TorchScorer:
+    """Scores encoded histories with a model in eval mode; float32 [B, V] numpy."""
+
+    def __init__(self, model: SessionEncoder, batch_size: int = 512) -> None:
+        self.model = model
+        self.spec = encoding_spec(model)
+        self.batch_size = batch_size
+
+    def score(self, histories: Sequence[Sequence[tuple[int, int]]]) -> np.ndarray:
+        device = next(self.model.parameters()).device
+        was_training = self.model.training
+        self.model.eval()
+        chunks = []
+        try:
+            with torch.inference_mode():
+                for start in range(0, len(histories), self.batch_size):
+                    item_ids, feedback = encode_sessions(
+                        histories[start : start + self.batch_size], self.spec
+                    )
+                    hidden = self.model(
+                        torch.from_numpy(item_ids).to(device),
+                        torch.from_numpy(feedback).to(device),
+                    )
+                    logits = self.model.score(hidden[:, -1, :])  # [B, D] -> [B, V]
+                    logits[:, :NUM_SPECIAL] = -torch.inf
+                    chunks.append(logits.float().cpu().numpy())
+        finally:
+            self.model.train(was_training)
+        if not chunks:
+            return np.zeros((0, self.model.config.num_items), dtype=np.float32)
+        return np.concatenate(chunks)
