@@ -1,14 +1,53 @@
-"""Session data: the in-memory form every loader produces.
+"""Session data: loaders for every supported log format, and the event-log writer.
 
-(Loaders, format detection and error reporting are filled in by the data work; the
-``Session`` dataclass and the ``load_sessions`` signature are the interface the rest
-of training relies on.)
+Every loader produces ``Session`` objects (one listening session, oldest event first,
+``skips[i]`` True when event ``i`` was skipped in the MSSD ``skip_2`` sense). Formats:
+
+    mssd-derived  user_id,song_id,previous_song,skipped     (one session per user_id;
+                  ``skipped`` is a graded level 0..4, skip = ``skipped <= 1``; see
+                  shared/data/mssd_sessions_derived/SOURCE.md)
+    mssd-log      official MSSD session log (session_id, session_position,
+                  track_id_clean, skip_2, ...); skip = skip_2
+    events        user_id,track_id,event,timestamp — the generic log the live service
+                  exports; split into sessions by an inactivity gap
+    ml-1m         ``user item`` per line, no header (SASRec's ml-1m.txt); all plays
+
+Files may be gzip-compressed (detected from the magic bytes). Anything unexpected
+raises ``DataError`` naming the file, the 1-based line and the column: a loader never
+guesses, because a silently mis-parsed skip column would poison every later number.
 """
 
 from __future__ import annotations
 
+import csv
+import gzip
+import hashlib
+import io
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TextIO
+
+FORMATS = ("mssd-derived", "mssd-log", "events", "ml-1m")
+DEFAULT_SESSION_GAP_S = 30 * 60.0
+EVENT_LOG_COLUMNS = ("user_id", "track_id", "event", "timestamp")
+MSSD_DERIVED_COLUMNS = ("user_id", "song_id", "previous_song", "skipped")
+MSSD_LOG_COLUMNS = ("session_id", "session_position", "track_id_clean", "skip_2")
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_BOOLEANS = {
+    "True": True,
+    "true": True,
+    "1": True,
+    "False": False,
+    "false": False,
+    "0": False,
+}
+_INTEGER = re.compile(r"^-?\d+$")
 
 
 @dataclass(frozen=True)
@@ -18,12 +57,407 @@ class Session:
     session_id: str
     track_ids: tuple[str, ...]
     skips: tuple[bool, ...]  # True = skipped (MSSD skip_2), False = played
-    timestamps: tuple[float, ...] | None = None  # unix seconds, when the source has them
+    timestamps: tuple[float, ...] | None = (
+        None  # unix seconds, when the source has them
+    )
 
     def __len__(self) -> int:
         return len(self.track_ids)
 
 
-def load_sessions(path: Path, format: str | None = None) -> list[Session]:
-    """Load sessions from a file; format detected from its columns unless given."""
-    raise NotImplementedError
+class DataError(ValueError):
+    """A data file cannot be read as the requested format; says where and why."""
+
+    def __init__(self, path: Path, line: int, column: str, problem: str) -> None:
+        self.path = path
+        self.line = line
+        self.column = column
+        self.problem = problem
+        super().__init__(f"{path}: line {line}, column {column!r}: {problem}")
+
+
+def shared_data_dir() -> Path:
+    """The research data: ``$SKIPREC_SHARED_DATA``, else ``<repo>/../shared/data``."""
+    env = os.environ.get("SKIPREC_SHARED_DATA")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+def data_fingerprint(path: Path) -> str:
+    """sha256 of the file's bytes (as stored, i.e. of the .gz when compressed)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextmanager
+def _open_text(path: Path) -> Iterator[TextIO]:
+    path = Path(path)
+    try:
+        with path.open("rb") as raw:
+            magic = raw.read(2)
+    except OSError as exc:
+        raise DataError(path, 0, "(file)", f"cannot open: {exc}") from exc
+    binary = gzip.open(path, "rb") if magic == _GZIP_MAGIC else path.open("rb")
+    with binary, io.TextIOWrapper(binary, encoding="utf-8", newline="") as text:
+        try:
+            yield text
+        except (OSError, EOFError, UnicodeDecodeError) as exc:
+            # gzip corruption / truncation and bad bytes surface while iterating.
+            raise DataError(path, 0, "(file)", f"unreadable: {exc}") from exc
+
+
+def detect_format(path: Path) -> str:
+    """The format of ``path`` from its header columns (or two integers for ml-1m)."""
+    with _open_text(path) as text:
+        first = text.readline()
+    if not first.strip():
+        raise DataError(path, 1, "(header)", "empty file")
+    columns = {c.strip() for c in next(csv.reader([first]))}
+    if set(MSSD_LOG_COLUMNS) <= columns:
+        return "mssd-log"
+    if set(MSSD_DERIVED_COLUMNS) <= columns:
+        return "mssd-derived"
+    if set(EVENT_LOG_COLUMNS) <= columns:
+        return "events"
+    fields = first.split()
+    if len(fields) == 2 and all(_INTEGER.match(f) for f in fields):
+        return "ml-1m"
+    raise DataError(
+        path,
+        1,
+        "(header)",
+        f"unrecognised header {first.strip()[:120]!r}; expected one of the formats "
+        f"{', '.join(FORMATS)} (see training/data.py)",
+    )
+
+
+def load_sessions(
+    path: Path,
+    format: str | None = None,
+    *,
+    session_gap_s: float = DEFAULT_SESSION_GAP_S,
+) -> list[Session]:
+    """Load sessions from a file; format detected from its columns unless given.
+
+    Args:
+        path: the data file, optionally gzip-compressed.
+        format: one of ``FORMATS``; None detects it from the header.
+        session_gap_s: ``events`` only: inactivity (seconds) that starts a new session.
+
+    Raises:
+        DataError: the file is empty, lacks a column, or has a malformed value.
+    """
+    path = Path(path)
+    fmt = format if format is not None else detect_format(path)
+    loaders: dict[str, Callable[[Path], list[Session]]] = {
+        "mssd-derived": _load_mssd_derived,
+        "mssd-log": _load_mssd_log,
+        "events": lambda p: _load_events(p, session_gap_s),
+        "ml-1m": _load_ml1m,
+    }
+    if fmt not in loaders:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
+    return loaders[fmt](path)
+
+
+def _rows(
+    path: Path, text: TextIO, required: Sequence[str]
+) -> Iterator[tuple[int, list[str], dict[str, int]]]:
+    """Yield ``(line, fields, column_index)`` for each data row, checked for width."""
+    reader = csv.reader(text)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise DataError(path, 1, "(header)", "empty file") from None
+    columns = {name.strip(): i for i, name in enumerate(header)}
+    for name in required:
+        if name not in columns:
+            raise DataError(path, 1, name, f"missing column (header: {header})")
+    width = len(header)
+    seen = False
+    for fields in reader:
+        line = reader.line_num
+        if not fields:
+            continue
+        if len(fields) != width:
+            missing = header[len(fields)] if len(fields) < width else "(extra)"
+            raise DataError(
+                path,
+                line,
+                missing,
+                f"malformed row: {len(fields)} fields, {width} in header",
+            )
+        seen = True
+        yield line, fields, columns
+    if not seen:
+        raise DataError(path, reader.line_num + 1, "(row)", "no data rows")
+
+
+def _load_mssd_derived(path: Path) -> list[Session]:
+    sessions: list[Session] = []
+    done: set[str] = set()
+    current: str | None = None
+    tracks: list[str] = []
+    skips: list[bool] = []
+
+    def close() -> None:
+        if current is not None:
+            sessions.append(Session(current, tuple(tracks), tuple(skips)))
+            done.add(current)
+
+    with _open_text(path) as text:
+        for line, fields, col in _rows(path, text, MSSD_DERIVED_COLUMNS):
+            user = fields[col["user_id"]]
+            song = fields[col["song_id"]]
+            previous = fields[col["previous_song"]]
+            level = fields[col["skipped"]]
+            if not user:
+                raise DataError(path, line, "user_id", "empty user_id")
+            if not song:
+                raise DataError(path, line, "song_id", "empty song_id")
+            if level not in ("0", "1", "2", "3", "4"):
+                raise DataError(
+                    path,
+                    line,
+                    "skipped",
+                    f"unknown skip encoding {level!r}; expected 0..4",
+                )
+            if user != current:
+                if user in done:
+                    raise DataError(
+                        path,
+                        line,
+                        "user_id",
+                        f"rows of session {user!r} are not contiguous",
+                    )
+                close()
+                current, tracks, skips = user, [], []
+                expected_previous = "-1"
+            else:
+                expected_previous = tracks[-1]
+            if previous != expected_previous:
+                # previous_song duplicates the row order; a mismatch means rows were
+                # reordered or dropped, and the session order cannot be trusted.
+                raise DataError(
+                    path,
+                    line,
+                    "previous_song",
+                    f"{previous!r}, but the previous row's song_id is "
+                    f"{expected_previous!r}",
+                )
+            tracks.append(song)
+            skips.append(level in ("0", "1"))  # skip_2 = graded level 0 or 1
+        close()
+    return sessions
+
+
+def _parse_bool(path: Path, line: int, column: str, value: str) -> bool:
+    try:
+        return _BOOLEANS[value.strip()]
+    except KeyError:
+        raise DataError(
+            path,
+            line,
+            column,
+            f"unknown skip encoding {value!r}; expected True/False/1/0",
+        ) from None
+
+
+def _load_mssd_log(path: Path) -> list[Session]:
+    grouped: dict[str, list[tuple[int, str, bool, int]]] = {}
+    with _open_text(path) as text:
+        for line, fields, col in _rows(path, text, MSSD_LOG_COLUMNS):
+            session_id = fields[col["session_id"]]
+            position = fields[col["session_position"]].strip()
+            track = fields[col["track_id_clean"]]
+            if not session_id:
+                raise DataError(path, line, "session_id", "empty session_id")
+            if not _INTEGER.match(position):
+                raise DataError(
+                    path, line, "session_position", f"not an integer: {position!r}"
+                )
+            if not track:
+                raise DataError(path, line, "track_id_clean", "empty track id")
+            skipped = _parse_bool(path, line, "skip_2", fields[col["skip_2"]])
+            grouped.setdefault(session_id, []).append(
+                (int(position), track, skipped, line)
+            )
+    sessions = []
+    for session_id, rows in grouped.items():
+        rows.sort(key=lambda row: row[0])
+        for before, after in zip(rows, rows[1:], strict=False):
+            if before[0] == after[0]:
+                raise DataError(
+                    path,
+                    after[3],
+                    "session_position",
+                    f"position {after[0]} repeated in session {session_id!r}",
+                )
+        sessions.append(
+            Session(
+                session_id,
+                tuple(row[1] for row in rows),
+                tuple(row[2] for row in rows),
+            )
+        )
+    return sessions
+
+
+def parse_timestamp(value: str) -> float:
+    """Unix seconds (int or float) or ISO-8601 (naive means UTC) -> unix seconds."""
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        moment = datetime.fromisoformat(value)  # raises ValueError when malformed
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return moment.timestamp()
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):
+        raise ValueError(f"not a finite time: {value!r}")
+    return seconds
+
+
+def _load_events(path: Path, session_gap_s: float) -> list[Session]:
+    per_user: dict[str, list[tuple[float, str, bool]]] = {}
+    with _open_text(path) as text:
+        for line, fields, col in _rows(path, text, EVENT_LOG_COLUMNS):
+            user = fields[col["user_id"]]
+            track = fields[col["track_id"]]
+            event = fields[col["event"]].strip()
+            raw_time = fields[col["timestamp"]]
+            if not user:
+                raise DataError(path, line, "user_id", "empty user_id")
+            if not track:
+                raise DataError(path, line, "track_id", "empty track_id")
+            if event not in ("play", "skip"):
+                raise DataError(
+                    path,
+                    line,
+                    "event",
+                    f"unknown event type {event!r}; expected play|skip",
+                )
+            try:
+                timestamp = parse_timestamp(raw_time)
+            except ValueError:
+                raise DataError(
+                    path,
+                    line,
+                    "timestamp",
+                    f"bad timestamp {raw_time!r}; expected unix seconds or ISO-8601",
+                ) from None
+            per_user.setdefault(user, []).append((timestamp, track, event == "skip"))
+    sessions: list[Session] = []
+    for user, events in per_user.items():
+        events.sort(key=lambda event: event[0])  # stable: ties keep file order
+        start, number = 0, 0
+        for i in range(1, len(events) + 1):
+            if i == len(events) or events[i][0] - events[i - 1][0] > session_gap_s:
+                chunk = events[start:i]
+                sessions.append(
+                    Session(
+                        f"{user}#{number}",
+                        tuple(e[1] for e in chunk),
+                        tuple(e[2] for e in chunk),
+                        tuple(e[0] for e in chunk),
+                    )
+                )
+                start, number = i, number + 1
+    return sessions
+
+
+def _load_ml1m(path: Path) -> list[Session]:
+    per_user: dict[str, list[str]] = {}
+    with _open_text(path) as text:
+        for line, raw in enumerate(text, start=1):
+            fields = raw.split()
+            if not fields:
+                continue
+            if len(fields) != 2:
+                column = "item" if len(fields) == 1 else "(extra)"
+                raise DataError(
+                    path,
+                    line,
+                    column,
+                    f"malformed row: {len(fields)} fields, expected 2",
+                )
+            user, item = fields
+            if not _INTEGER.match(user):
+                raise DataError(path, line, "user", f"not an integer: {user!r}")
+            if not _INTEGER.match(item):
+                raise DataError(path, line, "item", f"not an integer: {item!r}")
+            per_user.setdefault(user, []).append(item)
+    if not per_user:
+        raise DataError(path, 1, "(row)", "empty file")
+    return [
+        Session(user, tuple(items), (False,) * len(items))
+        for user, items in per_user.items()
+    ]
+
+
+def _format_timestamp(timestamp: float) -> str:
+    # Whole seconds print as integers; otherwise repr() round-trips the float exactly.
+    return str(int(timestamp)) if float(timestamp).is_integer() else repr(timestamp)
+
+
+def write_event_log(
+    sessions: Iterable[Session],
+    path: Path,
+    user_ids: Sequence[str] | None = None,
+    *,
+    session_gap_s: float = DEFAULT_SESSION_GAP_S,
+    start_time: float = 1_700_000_000.0,
+) -> int:
+    """Write sessions as the generic event log ``user_id,track_id,event,timestamp``.
+
+    Args:
+        sessions: the sessions to write, oldest event first each.
+        path: output file; gzip-compressed when it ends in ``.gz``.
+        user_ids: per session, the listener it belongs to; default each session's
+            ``session_id`` up to a ``#`` (so ``events``-loaded sessions round-trip).
+        session_gap_s: for sessions without timestamps, consecutive sessions of one
+            user are placed more than this far apart, so ``load_sessions`` splits them.
+        start_time: unix time of the first synthesised timestamp.
+
+    Returns:
+        The number of events written.
+    """
+    sessions = list(sessions)
+    if user_ids is not None and len(user_ids) != len(sessions):
+        raise ValueError(f"{len(user_ids)} user ids for {len(sessions)} sessions")
+    users = (
+        list(user_ids)
+        if user_ids is not None
+        else [s.session_id.split("#", 1)[0] for s in sessions]
+    )
+    next_free: dict[str, float] = {}
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    written = 0
+    with opener(path, "wt", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(EVENT_LOG_COLUMNS)
+        for user, session in zip(users, sessions, strict=True):
+            times = session.timestamps
+            if times is None:
+                # One event a minute, sessions of one user two gaps apart.
+                begin = next_free.get(user, start_time)
+                times = tuple(begin + 60.0 * i for i in range(len(session)))
+                next_free[user] = times[-1] + 2 * session_gap_s if times else begin
+            for track, skipped, timestamp in zip(
+                session.track_ids, session.skips, times, strict=True
+            ):
+                writer.writerow(
+                    (
+                        user,
+                        track,
+                        "skip" if skipped else "play",
+                        _format_timestamp(timestamp),
+                    )
+                )
+                written += 1
+    return written

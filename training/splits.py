@@ -1,0 +1,110 @@
+"""Train / validation / test splits of sessions, the training vocabulary and popularity.
+
+Two protocols:
+- ``session_disjoint_split``: whole sessions are held out (the realistic one for a
+  session recommender: the service sees sessions it never trained on). Every position
+  ``t >= 1`` of a held-out session is one example: history = events[:t], target =
+  events[t].
+- ``leave_one_out_split``: the SASRec/BERT4Rec protocol (ML-1M): per session the last
+  event is the test target, the second-to-last the validation target.
+
+The vocabulary and popularity come from the training sessions only, so held-out
+tracks never seen in training are OOV (a miss), as they would be in production.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from skiprec.vocab import Vocabulary
+from training.data import Session
+
+
+@dataclass(frozen=True)
+class EvalExample:
+    """Predict ``target`` after ``history``: (track_id, skipped) pairs, oldest first."""
+
+    history: tuple[tuple[str, bool], ...]
+    target: str
+    target_skipped: bool
+
+
+@dataclass
+class Split:
+    train: list[Session]
+    validation: list[EvalExample] = field(default_factory=list)
+    test: list[EvalExample] = field(default_factory=list)
+
+
+def _events(session: Session) -> tuple[tuple[str, bool], ...]:
+    return tuple(zip(session.track_ids, session.skips, strict=True))
+
+
+def session_examples(session: Session) -> list[EvalExample]:
+    """One example per position ``t >= 1`` of a session."""
+    events = _events(session)
+    return [
+        EvalExample(events[:t], events[t][0], events[t][1])
+        for t in range(1, len(events))
+    ]
+
+
+def session_disjoint_split(
+    sessions: Sequence[Session],
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+) -> Split:
+    """Hold out whole sessions (seeded shuffle); train keeps the input order."""
+    if val_fraction < 0 or test_fraction < 0 or val_fraction + test_fraction >= 1:
+        raise ValueError("need val_fraction, test_fraction >= 0 with a sum below 1")
+    order = np.random.default_rng(seed).permutation(len(sessions))
+    num_test = round(len(sessions) * test_fraction)
+    num_val = round(len(sessions) * val_fraction)
+    test_ids = order[:num_test].tolist()
+    val_ids = order[num_test : num_test + num_val].tolist()
+    held_out = set(test_ids) | set(val_ids)
+    return Split(
+        train=[s for i, s in enumerate(sessions) if i not in held_out],
+        validation=[e for i in val_ids for e in session_examples(sessions[i])],
+        test=[e for i in test_ids for e in session_examples(sessions[i])],
+    )
+
+
+def leave_one_out_split(sessions: Sequence[Session]) -> Split:
+    """Last event = test target, second-to-last = validation target; rest = train.
+
+    Sessions shorter than 3 events go to train whole.
+    """
+    split = Split(train=[])
+    for session in sessions:
+        if len(session) < 3:
+            split.train.append(session)
+            continue
+        events = _events(session)
+        times = session.timestamps
+        split.train.append(
+            Session(
+                session.session_id,
+                session.track_ids[:-2],
+                session.skips[:-2],
+                times[:-2] if times is not None else None,
+            )
+        )
+        split.validation.append(EvalExample(events[:-2], *events[-2]))
+        split.test.append(EvalExample(events[:-1], *events[-1]))
+    return split
+
+
+def build_vocab(train_sessions: Sequence[Session]) -> Vocabulary:
+    """Every track of the training sessions, most frequent first."""
+    return Vocabulary.build(t for s in train_sessions for t in s.track_ids)
+
+
+def popularity(train_sessions: Sequence[Session]) -> dict[str, int]:
+    """Occurrences (played or skipped) of each track in the training sessions."""
+    return dict(Counter(t for s in train_sessions for t in s.track_ids))
