@@ -1,0 +1,335 @@
+"""Export a training run to a versioned ONNX bundle the service can trust.
+
+    skiprec export --run RUN_DIR --out BUNDLE_DIR [--data PATH] [--top-k K]
+                   [--precision fp32] [--model-version V] [--force]
+
+Steps: load the run (training/checkpoint.py) -> wrap it in ``ServingModule`` ->
+``torch.onnx.export`` (dynamo exporter, named dynamic axes, opset ``OPSET``) ->
+``onnx.checker`` -> parity against torch on >= 1,000 sessions (``model_export/parity``)
+-> vocab.json, popularity.json, manifest.json with the sha256 of every file -> the
+bundle is re-read through the service's loader (``skiprec.bundle``) -> renamed into
+place. Everything is written to a temporary sibling directory first, so a half-written
+or parity-failing bundle is never visible at ``BUNDLE_DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+import warnings
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from model_export.parity import (
+    MIN_PARITY_SESSIONS,
+    PARITY_ATOL,
+    ParityError,
+    check_parity,
+    expected_signature,
+    synthetic_sessions,
+)
+from model_export.wrapper import ServingModule
+from skiprec.bundle import BundleError, load_bundle, open_inference_session, sha256_file
+from skiprec.encoding import (
+    FEEDBACK_CODES,
+    FEEDBACK_PLAY,
+    FEEDBACK_SKIP,
+    EncodingSpec,
+    Session,
+)
+from skiprec.manifest import (
+    INPUT_EXCLUDE,
+    INPUT_FEEDBACK,
+    INPUT_ITEM_IDS,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    OUTPUT_INDICES,
+    OUTPUT_SCORES,
+    POPULARITY_FILE,
+    SCHEMA_VERSION,
+    VOCAB_FILE,
+    Manifest,
+)
+from skiprec.vocab import SPECIAL_IDS, Vocabulary
+from training.checkpoint import load_run
+
+logger = logging.getLogger(__name__)
+
+OPSET = 18
+DEFAULT_TOP_K = 500
+PRECISIONS = ("fp32",)
+
+
+def export_bundle(
+    run_dir: Path,
+    out_dir: Path,
+    *,
+    top_k: int = DEFAULT_TOP_K,
+    parity_sessions: Sequence[Session] | None = None,
+    data_path: Path | None = None,
+    model_version: str | None = None,
+    precision: str = "fp32",
+    overwrite: bool = False,
+) -> Manifest:
+    """Export ``run_dir`` to the bundle directory ``out_dir`` and return its manifest.
+
+    Args:
+        parity_sessions: encoded ``(item_index, feedback_code)`` sessions for parity;
+            topped up with seeded synthetic sessions to ``MIN_PARITY_SESSIONS``.
+        data_path: a session file (training.data.load_sessions) to draw parity
+            sessions from, when ``parity_sessions`` is not given.
+        overwrite: replace an existing non-empty ``out_dir``.
+
+    Raises:
+        ParityError: ONNX Runtime disagrees with torch; nothing is written.
+        FileExistsError: ``out_dir`` exists, is not empty and ``overwrite`` is False.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    out_dir = Path(out_dir)
+    if _is_nonempty_dir(out_dir) and not overwrite:
+        raise FileExistsError(f"{out_dir} exists and is not empty; pass --force")
+    started = time.perf_counter()
+    run = load_run(Path(run_dir))
+    config = run.model.config
+    module = ServingModule(run.model, top_k)
+    spec = EncodingSpec(
+        max_seq_len=config.max_seq_len, append_mask=config.backbone == "bert4rec"
+    )
+    if parity_sessions is None and data_path is not None:
+        parity_sessions = sessions_from_data(Path(data_path), run.vocab)
+    sessions = list(parity_sessions or [])
+    if len(sessions) < MIN_PARITY_SESSIONS:
+        sessions += synthetic_sessions(
+            config.num_items, config.max_seq_len, MIN_PARITY_SESSIONS - len(sessions)
+        )
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        export_onnx(module, staging / MODEL_FILE)
+        parity = check_parity(module, staging / MODEL_FILE, sessions, spec, PARITY_ATOL)
+        run.vocab.save(staging / VOCAB_FILE)
+        (staging / POPULARITY_FILE).write_text(json.dumps(run.popularity))
+        files = {
+            name: sha256_file(staging / name)
+            for name in (MODEL_FILE, VOCAB_FILE, POPULARITY_FILE)
+        }
+        created_at = datetime.now(UTC).replace(microsecond=0)
+        inputs, outputs = expected_signature(module.top_k)
+        manifest = Manifest.model_validate(
+            {
+                "schema_version": SCHEMA_VERSION,
+                "model_version": model_version
+                or default_model_version(
+                    config.backbone, created_at, files[MODEL_FILE]
+                ),
+                "created_at": created_at,
+                "backbone": config.backbone,
+                "model_config": config.to_dict(),
+                "train_config": run.train_config,
+                "max_seq_len": spec.max_seq_len,
+                "truncation": spec.truncation,
+                "padding": spec.padding,
+                "append_mask": spec.append_mask,
+                "feedback_codes": dict(FEEDBACK_CODES),
+                "special_ids": dict(SPECIAL_IDS),
+                "num_items": config.num_items,
+                "top_k": module.top_k,
+                "opset": OPSET,
+                "inputs": inputs,
+                "outputs": outputs,
+                "files": files,
+                "metrics": run.metrics,
+                "data_fingerprint": run.data_fingerprint,
+                "parity": parity,
+                "precision": precision,
+            }
+        )
+        (staging / MANIFEST_FILE).write_text(
+            manifest.model_dump_json(by_alias=True, indent=2)
+        )
+        # Read it back exactly as the service will, before anyone can see it.
+        open_inference_session(load_bundle(staging))
+        _move_into_place(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info(
+        "exported %s (%s, V=%d, K=%d) to %s in %.1fs",
+        manifest.model_version,
+        manifest.backbone,
+        manifest.num_items,
+        manifest.top_k,
+        out_dir,
+        time.perf_counter() - started,
+    )
+    return manifest
+
+
+def default_model_version(
+    backbone: str, created_at: datetime, model_sha256: str
+) -> str:
+    """``<backbone>-<UTC yyyymmddHHMMSS>-<first 8 hex of the model's sha256>``."""
+    return f"{backbone}-{created_at.astimezone(UTC):%Y%m%d%H%M%S}-{model_sha256[:8]}"
+
+
+def export_onnx(module: ServingModule, path: Path) -> None:
+    """torch.onnx.export with named dynamic axes, then ``onnx.checker``.
+
+    The dynamo exporter is used: the legacy TorchScript one emits ``EyeLike`` on bool
+    for the attention mask, which ONNX Runtime's CPU provider does not implement.
+    """
+    max_seq_len = module.encoder.config.max_seq_len
+    batch = torch.export.Dim("batch_size", min=1)
+    sequence = torch.export.Dim("sequence_length", min=1, max=max_seq_len)
+    excluded = torch.export.Dim("num_excluded", min=1)
+    # Example sizes >= 2 so no axis is specialised to the size-1 case.
+    seq_len = min(3, max_seq_len)
+    example = (
+        torch.full((2, seq_len), module.encoder.config.num_items - 1),
+        torch.full((2, seq_len), FEEDBACK_PLAY),
+        torch.zeros((2, 2), dtype=torch.int64),
+    )
+    with warnings.catch_warnings():
+        # Known noise of torch 2.13's exporter: axes sharing a constraint keep the
+        # first name (they all keep ours here) and a pytree deprecation inside torch.
+        warnings.filterwarnings(
+            "ignore", message=r"# The axis name", category=UserWarning
+        )
+        warnings.filterwarnings("ignore", message=r".*LeafSpec", category=FutureWarning)
+        torch.onnx.export(
+            module,
+            example,
+            str(path),
+            dynamo=True,
+            external_data=False,
+            opset_version=OPSET,
+            input_names=[INPUT_ITEM_IDS, INPUT_FEEDBACK, INPUT_EXCLUDE],
+            output_names=[OUTPUT_INDICES, OUTPUT_SCORES],
+            dynamic_shapes={
+                "item_ids": {0: batch, 1: sequence},
+                "feedback": {0: batch, 1: sequence},
+                "exclude_ids": {0: batch, 1: excluded},
+            },
+            verbose=False,
+        )
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def sessions_from_data(
+    data_path: Path,
+    vocab: Vocabulary,
+    num_sessions: int = MIN_PARITY_SESSIONS,
+    seed: int = 0,
+) -> list[list[tuple[int, int]]]:
+    """A seeded sample of real sessions from ``data_path``, encoded with ``vocab``."""
+    from training.data import load_sessions
+
+    sessions = load_sessions(data_path)
+    rng = np.random.default_rng(seed)
+    picked = rng.choice(
+        len(sessions), size=min(num_sessions, len(sessions)), replace=False
+    )
+    encoded = []
+    for i in sorted(picked.tolist()):
+        session = sessions[i]
+        codes = [FEEDBACK_SKIP if skip else FEEDBACK_PLAY for skip in session.skips]
+        encoded.append(list(zip(vocab.indices(session.track_ids), codes, strict=True)))
+    return encoded
+
+
+def _is_nonempty_dir(path: Path) -> bool:
+    return path.is_dir() and any(path.iterdir())
+
+
+def _move_into_place(staging: Path, out_dir: Path) -> None:
+    """Rename the finished bundle to ``out_dir``; an old bundle there is swapped out
+    with two renames, so readers see either the old or the new bundle whole."""
+    if out_dir.is_dir() and not any(out_dir.iterdir()):
+        out_dir.rmdir()
+    if not out_dir.exists():
+        os.replace(staging, out_dir)
+        return
+    retired = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+    os.replace(out_dir, retired)
+    os.replace(staging, out_dir)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="skiprec export", description="Export a training run to an ONNX bundle."
+    )
+    # Input and output
+    parser.add_argument(
+        "--run", type=Path, required=True, help="training run directory"
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, help="bundle directory to write"
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="replace an existing bundle at --out"
+    )
+    # Graph
+    parser.add_argument(
+        "--top-k",
+        type=int,
+        default=DEFAULT_TOP_K,
+        help=f"K, tracks returned per session (default {DEFAULT_TOP_K}; capped at "
+        "the catalogue size)",
+    )
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default="fp32", help="numeric precision"
+    )
+    # Provenance and parity
+    parser.add_argument(
+        "--data",
+        type=Path,
+        help="session file to draw parity sessions from (default: synthetic sessions)",
+    )
+    parser.add_argument(
+        "--model-version",
+        help="version string (default <backbone>-<UTC time>-<model sha256 prefix>)",
+    )
+    args = parser.parse_args(argv)
+    if not logging.getLogger().handlers:
+        # Our progress at INFO; the exporter's optimizer passes log far too much there.
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+        logging.getLogger("model_export").setLevel(logging.INFO)
+    try:
+        manifest = export_bundle(
+            args.run,
+            args.out,
+            top_k=args.top_k,
+            data_path=args.data,
+            model_version=args.model_version,
+            precision=args.precision,
+            overwrite=args.force,
+        )
+    except (ParityError, BundleError, FileExistsError, FileNotFoundError) as exc:
+        logger.error("export failed, nothing written: %s", exc)
+        return 1
+    summary: dict[str, Any] = {
+        "model_version": manifest.model_version,
+        "bundle": str(args.out),
+        "parity": manifest.parity.model_dump(),
+    }
+    logger.info("%s", json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,294 @@
+"""Load and verify a model bundle for serving; torch-free (onnxruntime, pydantic).
+
+A bundle is a directory written by ``skiprec export`` (``model_export/export.py``)::
+
+    manifest.json     skiprec.manifest.Manifest (lists every other file with its sha256)
+    model.onnx        the serving graph: sessions -> top-K track indices and scores
+    vocab.json        skiprec.vocab.Vocabulary
+    popularity.json   {track_id: play count} for the cold-start fallback
+
+Nothing is trusted before it is checked: ``load_bundle`` validates the manifest schema
+and version and the presence and sha256 of every listed file;
+``open_inference_session`` checks the graph's inputs and outputs against the manifest.
+
+Exceptions (each message names the file or field and says what to do)::
+
+    BundleError
+     +-- BundleFileMissing          a listed file (or manifest.json) is absent
+     +-- BundleHashMismatch         a file's sha256 differs from the manifest
+     +-- BundleSchemaVersionError   manifest written for another schema version
+     +-- BundleManifestInvalid      manifest.json is not JSON / has invalid fields
+     +-- BundleSignatureMismatch    model.onnx inputs/outputs differ from the manifest
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+from pydantic import ValidationError
+
+from skiprec.encoding import FEEDBACK_CODES
+from skiprec.manifest import (
+    MANIFEST_FILE,
+    MODEL_FILE,
+    POPULARITY_FILE,
+    SCHEMA_VERSION,
+    VOCAB_FILE,
+    Manifest,
+    TensorSpec,
+)
+from skiprec.vocab import SPECIAL_IDS, Vocabulary
+
+REQUIRED_FILES = (MODEL_FILE, VOCAB_FILE, POPULARITY_FILE)
+_REEXPORT = "re-export the run with `skiprec export --run RUN_DIR --out BUNDLE_DIR`"
+
+# ONNX Runtime's type strings for the dtypes a TensorSpec may declare.
+ORT_TYPES = {
+    "int64": "tensor(int64)",
+    "float32": "tensor(float)",
+    "float16": "tensor(float16)",
+}
+
+
+class BundleError(Exception):
+    """Base class: the bundle at ``path`` cannot be served."""
+
+    def __init__(self, path: Path, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+
+
+class BundleFileMissing(BundleError):
+    """A file the bundle needs is absent."""
+
+
+class BundleHashMismatch(BundleError):
+    """A file's sha256 differs from the one recorded in the manifest."""
+
+
+class BundleSchemaVersionError(BundleError):
+    """The manifest was written for a schema version this code does not read."""
+
+
+class BundleManifestInvalid(BundleError):
+    """manifest.json (or a file it lists) is not valid JSON or has an invalid field."""
+
+
+class BundleSignatureMismatch(BundleError):
+    """The ONNX graph's inputs/outputs differ from those the manifest declares."""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    path: Path
+    manifest: Manifest
+    vocab: Vocabulary
+    popularity: dict[str, int]
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / MODEL_FILE
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_bundle(path: Path) -> Bundle:
+    """Read and verify the bundle directory ``path`` (see the module docstring)."""
+    path = Path(path)
+    manifest = _read_manifest(path)
+    for name in REQUIRED_FILES:
+        if name not in manifest.files:
+            raise BundleManifestInvalid(
+                path / MANIFEST_FILE,
+                f"field 'files' does not list {name!r}; {_REEXPORT}",
+            )
+    for name, expected in manifest.files.items():
+        file_path = path / name
+        if not file_path.is_file():
+            raise BundleFileMissing(
+                file_path,
+                f"listed in {MANIFEST_FILE} but missing; copy the whole bundle "
+                f"directory or {_REEXPORT}",
+            )
+        actual = sha256_file(file_path)
+        if actual != expected:
+            raise BundleHashMismatch(
+                file_path,
+                f"sha256 {actual} differs from {expected} in {MANIFEST_FILE}; the file "
+                f"was modified or truncated after export; {_REEXPORT}",
+            )
+    vocab = _read_vocab(path / VOCAB_FILE, manifest)
+    popularity = _read_popularity(path / POPULARITY_FILE)
+    return Bundle(path=path, manifest=manifest, vocab=vocab, popularity=popularity)
+
+
+def _read_manifest(path: Path) -> Manifest:
+    manifest_path = path / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise BundleFileMissing(
+            manifest_path,
+            f"no {MANIFEST_FILE}; is {path} a bundle directory written by "
+            f"`skiprec export`?",
+        )
+    try:
+        payload = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleManifestInvalid(
+            manifest_path, f"not valid JSON ({exc}); {_REEXPORT}"
+        ) from exc
+    if not isinstance(payload, dict):
+        raise BundleManifestInvalid(
+            manifest_path, f"expected a JSON object, got {type(payload).__name__}"
+        )
+    # The version is checked before the fields: another version may have other fields.
+    version = payload.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise BundleSchemaVersionError(
+            manifest_path,
+            f"field 'schema_version' is {version!r} but this skiprec reads version "
+            f"{SCHEMA_VERSION}; {_REEXPORT} with this skiprec version, or serve it "
+            f"with the skiprec version that wrote it",
+        )
+    try:
+        manifest = Manifest.model_validate(payload)
+    except ValidationError as exc:
+        fields = "; ".join(
+            f"field {'.'.join(map(str, err['loc']))!r}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise BundleManifestInvalid(manifest_path, f"{fields}; {_REEXPORT}") from exc
+    if manifest.special_ids != dict(SPECIAL_IDS):
+        raise BundleManifestInvalid(
+            manifest_path,
+            f"field 'special_ids' is {manifest.special_ids!r}, this skiprec uses "
+            f"{dict(SPECIAL_IDS)!r}; {_REEXPORT}",
+        )
+    if manifest.feedback_codes != dict(FEEDBACK_CODES):
+        raise BundleManifestInvalid(
+            manifest_path,
+            f"field 'feedback_codes' is {manifest.feedback_codes!r}, this skiprec "
+            f"uses {dict(FEEDBACK_CODES)!r}; {_REEXPORT}",
+        )
+    return manifest
+
+
+def _read_vocab(vocab_path: Path, manifest: Manifest) -> Vocabulary:
+    try:
+        vocab = Vocabulary.from_json(json.loads(vocab_path.read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
+        raise BundleManifestInvalid(
+            vocab_path, f"not a valid vocabulary ({exc}); {_REEXPORT}"
+        ) from exc
+    if vocab.size != manifest.num_items:
+        raise BundleManifestInvalid(
+            vocab_path,
+            f"vocabulary has {vocab.size} items (specials included) but field "
+            f"'num_items' in {MANIFEST_FILE} says {manifest.num_items}; {_REEXPORT}",
+        )
+    return vocab
+
+
+def _read_popularity(popularity_path: Path) -> dict[str, int]:
+    try:
+        payload = json.loads(popularity_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleManifestInvalid(
+            popularity_path, f"not valid JSON ({exc}); {_REEXPORT}"
+        ) from exc
+    if not isinstance(payload, dict) or not all(
+        isinstance(k, str) and isinstance(v, int) for k, v in payload.items()
+    ):
+        raise BundleManifestInvalid(
+            popularity_path,
+            f"expected an object {{track_id: count}} of integers; {_REEXPORT}",
+        )
+    return payload
+
+
+def session_options(
+    intra_op_threads: int = 1, inter_op_threads: int = 1
+) -> ort.SessionOptions:
+    """The options every skiprec graph runs with (export parity uses the same)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = inter_op_threads
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return options
+
+
+def open_inference_session(
+    bundle: Bundle, intra_op_threads: int = 1, inter_op_threads: int = 1
+) -> ort.InferenceSession:
+    """Open ``model.onnx`` on CPU and check its signature against the manifest.
+
+    Raises:
+        BundleSignatureMismatch: names, dtypes, ranks or fixed dimensions differ.
+    """
+    try:
+        session = ort.InferenceSession(
+            str(bundle.model_path),
+            sess_options=session_options(intra_op_threads, inter_op_threads),
+            providers=["CPUExecutionProvider"],
+        )
+    except Exception as exc:  # ORT raises its own untyped errors for unreadable graphs
+        raise BundleSignatureMismatch(
+            bundle.model_path,
+            f"ONNX Runtime cannot load the graph ({exc}); {_REEXPORT}",
+        ) from exc
+    problems = signature_problems(
+        session.get_inputs(), bundle.manifest.inputs, "input"
+    ) + signature_problems(session.get_outputs(), bundle.manifest.outputs, "output")
+    if problems:
+        raise BundleSignatureMismatch(
+            bundle.model_path,
+            f"graph signature differs from {MANIFEST_FILE}: "
+            f"{'; '.join(problems)}; {_REEXPORT}",
+        )
+    return session
+
+
+def signature_problems(
+    actual: list[Any], expected: list[TensorSpec], kind: str
+) -> list[str]:
+    """Differences between ORT ``NodeArg``s and the manifest's TensorSpecs, in words."""
+    problems: list[str] = []
+    actual_names = [arg.name for arg in actual]
+    expected_names = [spec.name for spec in expected]
+    if actual_names != expected_names:
+        problems.append(
+            f"{kind} names are {actual_names}, manifest says {expected_names}"
+        )
+    by_name = {arg.name: arg for arg in actual}
+    for spec in expected:
+        arg = by_name.get(spec.name)
+        if arg is None:
+            continue
+        if arg.type != ORT_TYPES[spec.dtype]:
+            problems.append(
+                f"{kind} {spec.name!r} is {arg.type}, manifest says {spec.dtype}"
+            )
+        if len(arg.shape) != len(spec.shape):
+            problems.append(
+                f"{kind} {spec.name!r} has rank {len(arg.shape)}, "
+                f"manifest says {len(spec.shape)}"
+            )
+            continue
+        for axis, (got, want) in enumerate(zip(arg.shape, spec.shape, strict=True)):
+            # Only fixed sizes compare; symbolic names are the exporter's choice.
+            if isinstance(got, int) and isinstance(want, int) and got != want:
+                problems.append(
+                    f"{kind} {spec.name!r} axis {axis} is {got}, manifest says {want}"
+                )
+    return problems

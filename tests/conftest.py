@@ -1,0 +1,114 @@
+"""Shared fixtures: a tiny random training run and its exported, parity-checked bundle.
+
+``tiny_run_dir``   a SessionEncoder (V=60: specials + tracks "t0".."t56", D=16, 1 layer,
+                   2 heads, max_seq_len=8, SASRec, feedback input), random weights,
+                   saved with training.checkpoint.save_run; popularity decreasing.
+``tiny_bundle_dir`` that run exported with top_k=20 (parity checked).
+``make_run`` / ``make_bundle`` factories for variants, e.g.
+                   ``make_bundle(backbone="bert4rec", top_k=5, max_seq_len=4)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+TINY_NUM_TRACKS = 57
+TINY_TOP_K = 20
+
+
+def build_tiny_run(run_dir: Path, seed: int = 0, **overrides: Any) -> Path:
+    """Save a random tiny run; ``overrides`` replace ModelConfig fields."""
+    # torch is imported lazily so that collecting the suite does not import it: the
+    # service tests check that serving code never does.
+    import torch
+
+    from skiprec.vocab import NUM_SPECIAL, Vocabulary
+    from training.checkpoint import Run, save_run
+    from training.model import ModelConfig, SessionEncoder
+
+    num_tracks = overrides.pop("num_tracks", TINY_NUM_TRACKS)
+    settings: dict[str, Any] = {
+        "num_items": num_tracks + NUM_SPECIAL,
+        "backbone": "sasrec",
+        "max_seq_len": 8,
+        "hidden_dim": 16,
+        "num_layers": 1,
+        "num_heads": 2,
+        "dropout": 0.1,
+        "feedback_input": True,
+    }
+    settings.update(overrides)
+    torch.manual_seed(seed)
+    model = SessionEncoder(ModelConfig(**settings))
+    with torch.no_grad():
+        # The default init (std 0.02) leaves every score near 0 and the ranking all
+        # near-ties; spread the tracks so top-k comparisons mean something.
+        model.item_emb.weight.normal_(std=0.5)
+        model.pos_emb.weight.normal_(std=0.5)
+    model.eval()
+    track_ids = tuple(f"t{i}" for i in range(num_tracks))
+    save_run(
+        Run(
+            model=model,
+            vocab=Vocabulary(track_ids),
+            popularity={t: 1000 - 10 * i for i, t in enumerate(track_ids)},
+            train_config={"seed": seed, "epochs": 0, "note": "random tiny test model"},
+            metrics={"test": {"ndcg@10": 0.0}},
+            data_fingerprint="0" * 64,
+            step=0,
+        ),
+        run_dir,
+    )
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def make_run(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    def factory(**overrides: Any) -> Path:
+        return build_tiny_run(tmp_path_factory.mktemp("run"), **overrides)
+
+    return factory
+
+
+@pytest.fixture(scope="session")
+def make_bundle(
+    tmp_path_factory: pytest.TempPathFactory, make_run: Callable[..., Path]
+) -> Callable[..., Path]:
+    """``make_bundle(backbone="sasrec", top_k=20, **model_overrides) -> bundle dir``;
+    equal arguments share one export."""
+    from model_export.export import export_bundle
+
+    cache: dict[str, Path] = {}
+
+    def factory(
+        backbone: str = "sasrec", top_k: int = TINY_TOP_K, **overrides: Any
+    ) -> Path:
+        key = repr((backbone, top_k, sorted(overrides.items())))
+        if key not in cache:
+            run_dir = make_run(backbone=backbone, **overrides)
+            out_dir = tmp_path_factory.mktemp("bundle") / "bundle"
+            export_bundle(run_dir, out_dir, top_k=top_k)
+            cache[key] = out_dir
+        return cache[key]
+
+    return factory
+
+
+@pytest.fixture(scope="session")
+def tiny_run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_run(tmp_path_factory.mktemp("tiny_run"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_dir(
+    tmp_path_factory: pytest.TempPathFactory, tiny_run_dir: Path
+) -> Path:
+    from model_export.export import export_bundle
+
+    out_dir = tmp_path_factory.mktemp("tiny_bundle") / "bundle"
+    export_bundle(tiny_run_dir, out_dir, top_k=TINY_TOP_K)
+    return out_dir
