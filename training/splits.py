@@ -106,5 +106,13 @@ def build_vocab(train_sessions: Sequence[Session]) -> Vocabulary:
 
 
 def popularity(train_sessions: Sequence[Session]) -> dict[str, int]:
-    """Occurrences (played or skipped) of each track in the training sessions."""
-    return dict(Counter(t for s in train_sessions for t in s.track_ids))
+    """Plays (non-skipped events) per training track, most played first.
+
+    This is ``popularity.json``, the service's cold-start list: a track that listeners
+    mostly skip should not top it. Every training track is listed (0 if only skipped).
+    """
+    counts: Counter[str] = Counter()
+    for session in train_sessions:
+        for track_id, skipped in zip(session.track_ids, session.skips, strict=True):
+            counts[track_id] += not skipped
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))

@@ -1,0 +1,298 @@
+"""Loaders: every format, gzip, format detection, and every kind of bad input."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import time
+from pathlib import Path
+
+import pytest
+
+from training.data import (
+    DataError,
+    Session,
+    data_fingerprint,
+    detect_format,
+    load_sessions,
+    write_event_log,
+)
+
+MSSD_DERIVED = """user_id,song_id,previous_song,skipped
+7,10,-1,0
+7,11,10,1
+7,10,11,2
+7,12,10,3
+7,13,12,4
+8,11,-1,4
+8,14,11,0
+"""
+
+LOG_HEADER = (
+    "session_id,session_position,session_length,track_id_clean,"
+    "skip_1,skip_2,skip_3,not_skipped,context_type\n"
+)
+
+
+def write(tmp_path: Path, text: str, name: str = "data.csv") -> Path:
+    path = tmp_path / name
+    if name.endswith(".gz"):
+        path.write_bytes(gzip.compress(text.encode()))
+    else:
+        path.write_text(text)
+    return path
+
+
+def assert_error(path: Path, fmt: str | None, line: int, column: str) -> DataError:
+    with pytest.raises(DataError) as info:
+        load_sessions(path, fmt)
+    message = str(info.value)
+    assert str(path) in message
+    assert f"line {line}" in message
+    assert repr(column) in message
+    assert (info.value.line, info.value.column) == (line, column)
+    return info.value
+
+
+# --- mssd-derived ---------------------------------------------------------------
+
+
+def test_mssd_derived_sessions_and_skip_2_labels(tmp_path: Path) -> None:
+    path = write(tmp_path, MSSD_DERIVED)
+    assert detect_format(path) == "mssd-derived"
+    sessions = load_sessions(path)
+    assert sessions == [
+        Session("7", ("10", "11", "10", "12", "13"), (True, True, False, False, False)),
+        Session("8", ("11", "14"), (False, True)),
+    ]
+
+
+def test_mssd_derived_gzip_is_transparent(tmp_path: Path) -> None:
+    plain = load_sessions(write(tmp_path, MSSD_DERIVED))
+    assert load_sessions(write(tmp_path, MSSD_DERIVED, "data.csv.gz")) == plain
+
+
+@pytest.mark.parametrize("level", ["5", "-1", "x", "1.0", ""])
+def test_mssd_derived_unknown_skip_encoding(tmp_path: Path, level: str) -> None:
+    path = write(tmp_path, MSSD_DERIVED.replace("7,11,10,1", f"7,11,10,{level}"))
+    error = assert_error(path, None, 3, "skipped")
+    assert "unknown skip encoding" in str(error)
+
+
+def test_mssd_derived_non_contiguous_session(tmp_path: Path) -> None:
+    path = write(tmp_path, MSSD_DERIVED + "7,15,-1,4\n")
+    assert_error(path, None, 9, "user_id")
+
+
+def test_mssd_derived_previous_song_mismatch(tmp_path: Path) -> None:
+    path = write(tmp_path, MSSD_DERIVED.replace("7,12,10,3", "7,12,99,3"))
+    assert_error(path, None, 5, "previous_song")
+
+
+@pytest.mark.data
+def test_mssd_dev_file_loads_fast(shared_data: Path) -> None:
+    path = shared_data / "mssd_sessions_derived" / "mssd_sessions_dev.csv.gz"
+    if not path.is_file():
+        pytest.skip(f"{path} absent")
+    started = time.perf_counter()
+    sessions = load_sessions(path)
+    elapsed = time.perf_counter() - started
+    events = sum(map(len, sessions))
+    assert (len(sessions), events) == (8040, 155_651)
+    assert len({t for s in sessions for t in s.track_ids}) == 5027
+    assert sum(sum(s.skips) for s in sessions) / events == pytest.approx(
+        0.5364, abs=1e-3
+    )
+    assert elapsed < 2.0
+
+
+# --- mssd-log ---------------------------------------------------------------------
+
+
+def test_mssd_log_orders_by_position_and_reads_booleans(tmp_path: Path) -> None:
+    rows = [
+        "s1,2,3,t_b,false,false,true,false,radio",
+        "s2,1,1,t_c,1,1,1,0,radio",
+        "s1,1,3,t_a,True,True,True,False,radio",
+        "s1,3,3,t_c,0,0,0,1,radio",
+    ]
+    path = write(tmp_path, LOG_HEADER + "\n".join(rows) + "\n")
+    assert detect_format(path) == "mssd-log"
+    assert load_sessions(path) == [
+        Session("s1", ("t_a", "t_b", "t_c"), (True, False, False)),
+        Session("s2", ("t_c",), (True,)),
+    ]
+
+
+def test_mssd_log_unknown_boolean(tmp_path: Path) -> None:
+    path = write(tmp_path, LOG_HEADER + "s1,1,1,t_a,False,maybe,False,True,radio\n")
+    assert "unknown skip encoding" in str(assert_error(path, None, 2, "skip_2"))
+
+
+def test_mssd_log_repeated_position(tmp_path: Path) -> None:
+    rows = "s1,1,2,t_a,False,False,False,True,r\ns1,1,2,t_b,False,False,False,True,r\n"
+    assert_error(write(tmp_path, LOG_HEADER + rows), None, 3, "session_position")
+
+
+@pytest.mark.data
+def test_mssd_log_official_sample(shared_data: Path) -> None:
+    path = shared_data / "mssd_log_sample" / "log_sample_very_small.csv"
+    if not path.is_file():
+        pytest.skip(f"{path} absent")
+    sessions = load_sessions(path)
+    events = sum(map(len, sessions))
+    assert (len(sessions), events) == (11, 201)
+    assert sorted(map(len, sessions)) == [11, 15, 15] + [20] * 8
+    assert sum(sum(s.skips) for s in sessions) / events == pytest.approx(
+        0.408, abs=1e-3
+    )
+    assert sessions[0].session_id == "0_00006f66-33e5-4de7-a324-2d18e439fc1e"
+    assert sessions[0].track_ids[0] == "t_0479f24c-27d2-46d6-a00c-7ec928f2b539"
+
+
+# --- events -----------------------------------------------------------------------
+
+
+def test_events_split_on_inactivity_gap(tmp_path: Path) -> None:
+    text = (
+        "user_id,track_id,event,timestamp\n"
+        "u1,a,play,1000\n"
+        "u2,x,skip,2023-11-14T22:13:20Z\n"
+        "u1,c,play,4000\n"  # 3000 s after b: a new session
+        "u1,b,skip,1200.5\n"  # earlier than the row above: sorted by time
+        "u2,y,play,2023-11-14T22:14:20\n"  # naive ISO = UTC
+    )
+    path = write(tmp_path, text)
+    assert detect_format(path) == "events"
+    assert load_sessions(path) == [
+        Session("u1#0", ("a", "b"), (False, True), (1000.0, 1200.5)),
+        Session("u1#1", ("c",), (False,), (4000.0,)),
+        Session("u2#0", ("x", "y"), (True, False), (1700000000.0, 1700000060.0)),
+    ]
+    one_session = load_sessions(path, session_gap_s=10_000)
+    assert [s.session_id for s in one_session] == ["u1#0", "u2#0"]
+
+
+def test_events_equal_timestamps_keep_file_order(tmp_path: Path) -> None:
+    text = "user_id,track_id,event,timestamp\nu,b,play,5\nu,a,play,5\nu,c,play,5\n"
+    assert load_sessions(write(tmp_path, text))[0].track_ids == ("b", "a", "c")
+
+
+def test_events_unknown_event_type(tmp_path: Path) -> None:
+    text = "user_id,track_id,event,timestamp\nu,a,play,1\nu,b,like,2\n"
+    assert "unknown event type" in str(
+        assert_error(write(tmp_path, text), None, 3, "event")
+    )
+
+
+@pytest.mark.parametrize("stamp", ["yesterday", "", "nan", "2023-13-01T00:00:00"])
+def test_events_bad_timestamp(tmp_path: Path, stamp: str) -> None:
+    text = f"user_id,track_id,event,timestamp\nu,a,play,{stamp}\n"
+    assert "bad timestamp" in str(
+        assert_error(write(tmp_path, text), None, 2, "timestamp")
+    )
+
+
+def test_write_event_log_round_trips(tmp_path: Path) -> None:
+    sessions = [
+        Session("u1#0", ("a", "b"), (False, True), (10.0, 20.25)),
+        Session("u1#1", ("c",), (True,), (99_999.0,)),
+        Session("u2#0", ("a",), (False,), (15.0,)),
+    ]
+    path = tmp_path / "log.csv.gz"
+    assert write_event_log(sessions, path) == 4
+    assert load_sessions(path) == sessions
+
+
+def test_write_event_log_synthesises_separated_timestamps(tmp_path: Path) -> None:
+    sessions = [
+        Session("s1", ("a", "b"), (False, True)),
+        Session("s2", ("c",), (False,)),
+    ]
+    path = tmp_path / "log.csv"
+    write_event_log(sessions, path, user_ids=["same", "same"])
+    loaded = load_sessions(path)
+    assert [(s.session_id, s.track_ids, s.skips) for s in loaded] == [
+        ("same#0", ("a", "b"), (False, True)),
+        ("same#1", ("c",), (False,)),
+    ]
+
+
+# --- ml-1m --------------------------------------------------------------------------
+
+
+def test_ml1m_sessions_are_all_plays(tmp_path: Path) -> None:
+    path = write(tmp_path, "1 5\n1 3\n2 5\n1 9\n", "ml.txt.gz")
+    assert detect_format(path) == "ml-1m"
+    assert load_sessions(path) == [
+        Session("1", ("5", "3", "9"), (False, False, False)),
+        Session("2", ("5",), (False,)),
+    ]
+
+
+def test_ml1m_malformed_row(tmp_path: Path) -> None:
+    assert_error(write(tmp_path, "1 5\n1\n"), "ml-1m", 2, "item")
+    assert_error(write(tmp_path, "1 5\n1 x\n"), "ml-1m", 2, "item")
+
+
+@pytest.mark.data
+def test_ml1m_file(shared_data: Path) -> None:
+    path = shared_data / "movielens_1m" / "ml-1m.txt.gz"
+    if not path.is_file():
+        pytest.skip(f"{path} absent")
+    sessions = load_sessions(path)
+    assert (len(sessions), sum(map(len, sessions))) == (6040, 999_611)
+
+
+# --- errors common to all formats ---
+
+
+@pytest.mark.parametrize("fmt", [None, "mssd-derived", "mssd-log", "events"])
+def test_empty_file(tmp_path: Path, fmt: str | None) -> None:
+    assert "empty file" in str(assert_error(write(tmp_path, ""), fmt, 1, "(header)"))
+
+
+def test_header_without_rows(tmp_path: Path) -> None:
+    path = write(tmp_path, "user_id,track_id,event,timestamp\n")
+    assert "no data rows" in str(assert_error(path, None, 2, "(row)"))
+
+
+@pytest.mark.parametrize(
+    ("fmt", "header", "missing"),
+    [
+        ("mssd-derived", "user_id,song_id,skipped", "previous_song"),
+        ("mssd-log", "session_id,session_position,track_id_clean,skip_1", "skip_2"),
+        ("events", "user_id,track_id,timestamp", "event"),
+    ],
+)
+def test_missing_column(tmp_path: Path, fmt: str, header: str, missing: str) -> None:
+    path = write(
+        tmp_path, header + "\n" + ",".join("1" * len(header.split(","))) + "\n"
+    )
+    assert "missing column" in str(assert_error(path, fmt, 1, missing))
+
+
+def test_malformed_row_names_first_missing_column(tmp_path: Path) -> None:
+    path = write(tmp_path, "user_id,track_id,event,timestamp\nu,a,play,1\nu,b\n")
+    assert "malformed row" in str(assert_error(path, None, 3, "event"))
+
+
+def test_unrecognised_header(tmp_path: Path) -> None:
+    assert_error(write(tmp_path, "foo,bar\n1,2\n"), None, 1, "(header)")
+
+
+def test_corrupt_gzip_is_a_data_error(tmp_path: Path) -> None:
+    path = tmp_path / "broken.csv.gz"
+    path.write_bytes(gzip.compress(MSSD_DERIVED.encode())[:40])
+    with pytest.raises(DataError, match="broken.csv.gz"):
+        load_sessions(path, "mssd-derived")
+
+
+def test_unknown_format_name(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown format"):
+        load_sessions(write(tmp_path, MSSD_DERIVED), "parquet")
+
+
+def test_data_fingerprint_is_sha256_of_bytes(tmp_path: Path) -> None:
+    path = write(tmp_path, MSSD_DERIVED, "data.csv.gz")
+    assert data_fingerprint(path) == hashlib.sha256(path.read_bytes()).hexdigest()
