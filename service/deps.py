@@ -1,0 +1,72 @@
+"""Typed dependencies: handlers get the lifespan's resources through these aliases."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from service.errors import Unauthorized
+from service.lifespan import ServiceState
+from service.metrics import Metrics
+from service.recommender import MicroBatcher, ModelHolder
+from service.session_store import SessionStore
+from service.settings import Settings
+
+
+def get_state(request: Request) -> ServiceState:
+    state: ServiceState = request.app.state.skiprec
+    return state
+
+
+StateDep = Annotated[ServiceState, Depends(get_state)]
+
+
+def get_settings_dep(state: StateDep) -> Settings:
+    return state.settings
+
+
+def get_store(state: StateDep) -> SessionStore:
+    return state.store
+
+
+def get_models(state: StateDep) -> ModelHolder:
+    return state.models
+
+
+def get_batcher(state: StateDep) -> MicroBatcher:
+    return state.batcher
+
+
+def get_metrics(state: StateDep) -> Metrics:
+    return state.metrics
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+SessionStoreDep = Annotated[SessionStore, Depends(get_store)]
+ModelsDep = Annotated[ModelHolder, Depends(get_models)]
+BatcherDep = Annotated[MicroBatcher, Depends(get_batcher)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+
+
+def presented_key(request: Request) -> str | None:
+    key = request.headers.get("x-api-key")
+    if key is not None:
+        return key
+    authorization = request.headers.get("authorization", "")
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token else None
+
+
+def require_api_key(request: Request, settings: SettingsDep) -> None:
+    """Writes and admin calls need ``X-API-Key`` (or a Bearer token) when one is set."""
+    if settings.api_key is None:
+        return
+    presented = presented_key(request)
+    expected = settings.api_key.get_secret_value().encode()
+    if presented is None or not hmac.compare_digest(presented.encode(), expected):
+        raise Unauthorized("X-API-Key: missing or invalid API key", field="X-API-Key")
+
+
+ApiKeyDep = Depends(require_api_key)

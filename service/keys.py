@@ -1,0 +1,32 @@
+"""Every Redis key the service uses, built in one place.
+
+Per-user keys carry the user id as a ``{hash tag}`` so that all of one user's keys
+hash to the same Redis Cluster slot and a single Lua script may touch them together.
+User ids are restricted to ``[A-Za-z0-9._:@-]`` at the HTTP boundary, so they can
+never contain the braces that would break the tag.
+"""
+
+from __future__ import annotations
+
+KEY_PREFIX = "skiprec:"
+STREAM_KEY = KEY_PREFIX + "stream:events"
+"""The global live event log (a bounded Redis Stream); one slot on a Cluster."""
+
+
+def user_tag(user_id: str) -> str:
+    return "{" + user_id + "}"
+
+
+def session_events_key(user_id: str) -> str:
+    """List of the user's most recent events, oldest first (RPUSH + LTRIM)."""
+    return f"{KEY_PREFIX}{user_tag(user_id)}:events"
+
+
+def dedup_key(user_id: str) -> str:
+    """Sorted set: event id -> receive time, for idempotent retries."""
+    return f"{KEY_PREFIX}{user_tag(user_id)}:dedup"
+
+
+def user_keys(user_id: str) -> tuple[str, str]:
+    """All per-user keys, in the order the append script takes them."""
+    return session_events_key(user_id), dedup_key(user_id)

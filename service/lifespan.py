@@ -1,0 +1,124 @@
+"""Startup and shutdown: open every long-lived resource before serving, close it after.
+
+Startup refuses a bad bundle (the process exits with the bundle's error) but not an
+unreachable Redis: it warns with a countdown, and the store loads its script on the
+first request that reaches Redis, so the API recovers when Redis comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from service.errors import BundleRejected, SessionStoreUnavailable
+from service.metrics import Metrics
+from service.recommender import MicroBatcher, ModelHolder
+from service.redis_client import RedisHandle, open_redis
+from service.session_store import SessionStore, StoreConfig
+from service.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+STARTUP_REDIS_ATTEMPTS = 3
+
+
+@dataclass
+class ServiceState:
+    """What handlers reach through ``service.deps``."""
+
+    settings: Settings
+    metrics: Metrics
+    store: SessionStore
+    models: ModelHolder
+    batcher: MicroBatcher
+    redis: RedisHandle
+
+
+async def _register_with_retries(store: SessionStore) -> None:
+    for attempt in range(STARTUP_REDIS_ATTEMPTS, 0, -1):
+        try:
+            await store.register()
+            return
+        except SessionStoreUnavailable:
+            logger.warning("redis not reachable; %d retries remaining", attempt - 1)
+            if attempt > 1:
+                await asyncio.sleep(0.5)
+    logger.warning("starting without redis: events answer 503 until it is back")
+
+
+def _manifest_signature(bundle_dir: Path) -> tuple[int, int] | None:
+    try:
+        stat = (bundle_dir / "manifest.json").stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
+async def watch_bundle(state: ServiceState, interval_s: float) -> None:
+    """Reload when the bundle's manifest changes on disk; keep serving on refusal."""
+    seen = _manifest_signature(state.models.bundle_dir)
+    while True:
+        await asyncio.sleep(interval_s)
+        current = _manifest_signature(state.models.bundle_dir)
+        if current is None or current == seen:
+            continue
+        seen = current
+        try:
+            version, _ = await state.models.reload(state.models.bundle_dir)
+        except BundleRejected as exc:
+            state.metrics.reloads.labels(outcome="rejected").inc()
+            logger.warning("watched bundle refused: %s", exc.message)
+            continue
+        state.metrics.reloads.labels(outcome="ok").inc()
+        state.metrics.set_model_version(version)
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = getattr(app.state, "settings", None) or get_settings()
+    metrics: Metrics = app.state.metrics
+    models = ModelHolder(
+        settings.bundle_dir, settings.onnx_threads, settings.session_max_events
+    )
+    version, _ = await models.reload()
+    metrics.set_model_version(version)
+
+    redis = open_redis(settings)
+    store = SessionStore(
+        redis.client,
+        StoreConfig(
+            session_gap_s=settings.session_gap_s,
+            session_max_events=settings.session_max_events,
+            session_ttl_s=settings.session_ttl_s,
+            dedup_ttl_s=settings.dedup_ttl_s,
+            stream_maxlen=settings.stream_maxlen,
+        ),
+    )
+    await _register_with_retries(store)
+    batcher = MicroBatcher(
+        models, settings.max_inference_batch, metrics.inference_batch.observe
+    )
+    batcher.start()
+    state = ServiceState(settings, metrics, store, models, batcher, redis)
+    app.state.skiprec = state
+    watcher = (
+        asyncio.create_task(watch_bundle(state, settings.watch_bundle))
+        if settings.watch_bundle > 0
+        else None
+    )
+    logger.info("service ready", extra={"model_version": version})
+    try:
+        yield
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+        await batcher.stop()
+        await redis.close()
+        logger.info("service stopped")

@@ -1,0 +1,79 @@
+"""The skiprec HTTP service: ``create_app()`` and the ``app`` uvicorn imports.
+
+Run it with ``skiprec serve --bundle DIR`` (see ``service/cli.py``) or
+``SKIPREC_BUNDLE_DIR=DIR uvicorn service.main:app``. Settings are read at startup,
+not at import, so importing this module has no side effects.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from service.errors import register_error_handlers
+from service.lifespan import lifespan
+from service.metrics import Metrics, MetricsMiddleware
+from service.openapi import install_openapi
+from service.routes import admin, events, health, recommendations, users
+from service.settings import CorsSettings, Settings
+
+logger = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
+VERSION = "0.1.0"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Assemble routers, middleware and error handlers; settings default to the env."""
+    app = FastAPI(
+        title="skiprec",
+        version=VERSION,
+        description="Skip-aware next-track recommendations from live sessions.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    for router in (
+        events.router,
+        recommendations.router,
+        users.router,
+        health.router,
+        admin.router,
+    ):
+        app.include_router(router)
+    register_error_handlers(app)
+    install_openapi(app)
+    _mount_demo_page(app)
+    # Middleware is fixed before startup, so CORS reads its one setting here.
+    cors_origins = settings.cors_origins if settings else CorsSettings().cors_origins
+    if cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Content-Type", "X-API-Key", "Authorization"],
+            expose_headers=["X-Skiprec-Fallback", "Retry-After"],
+        )
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    return app
+
+
+def _mount_demo_page(app: FastAPI) -> None:
+    """Serve ``service/static`` (the demo page) at ``/`` when it is there."""
+    index = STATIC_DIR / "index.html"
+    if not index.is_file():
+        return
+
+    @app.get("/", include_in_schema=False)
+    async def demo_page() -> Response:
+        return FileResponse(index)
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+
+app = create_app()

@@ -1,0 +1,284 @@
+"""The model side of serving: a loaded bundle, hot reload, and the micro-batcher.
+
+- ``LoadedModel.infer`` (sync, CPU) encodes a batch of live sessions with
+  ``skiprec.encoding`` (the code training and evaluation use), runs the graph once and
+  decodes the top-k. Exclusions (tracks skipped in the session, plus played ones when
+  asked) go into the graph's ``exclude_ids`` input, so the graph's top-K already
+  skips them and k results come back whenever the catalogue has k other tracks.
+- ``ModelHolder`` keeps the serving model; ``reload`` validates a new bundle
+  completely (manifest, hashes, graph signature, one smoke inference) off the event
+  loop and swaps the reference atomically; a bad bundle raises ``BundleRejected`` and
+  the old model keeps serving.
+- ``MicroBatcher`` coalesces concurrent requests into one ONNX call: whatever queued
+  while the previous call ran goes into the next one (no timer, so a lone request
+  waits for nothing). Inference runs on one dedicated thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.errors import BundleRejected, InvalidRequest, ModelUnavailable
+from skiprec.bundle import Bundle, BundleError, load_bundle, open_inference_session
+from skiprec.encoding import (
+    FEEDBACK_PLAY,
+    FEEDBACK_SKIP,
+    EncodingSpec,
+    encode_exclusions,
+    encode_sessions,
+)
+from skiprec.manifest import (
+    INPUT_EXCLUDE,
+    INPUT_FEEDBACK,
+    INPUT_ITEM_IDS,
+    OUTPUT_INDICES,
+    OUTPUT_SCORES,
+)
+from skiprec.vocab import NUM_SPECIAL
+
+logger = logging.getLogger(__name__)
+
+RankedItems = list[tuple[str, float]]
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceRequest:
+    """One live session to rank for: its events oldest first."""
+
+    track_ids: tuple[str, ...]
+    skipped: tuple[bool, ...]
+    k: int
+    exclude_played: bool
+
+
+class LoadedModel:
+    """A validated bundle with its open ONNX Runtime session."""
+
+    def __init__(self, bundle: Bundle, session: Any) -> None:
+        self.bundle = bundle
+        self.session = session
+        self.vocab = bundle.vocab
+        self.spec: EncodingSpec = bundle.manifest.encoding_spec()
+        self.model_version = bundle.manifest.model_version
+        self.top_k = bundle.manifest.top_k
+        total = sum(bundle.popularity.values()) or 1
+        ranked = sorted(bundle.popularity.items(), key=lambda kv: (-kv[1], kv[0]))
+        self.popular: RankedItems = [
+            (track_id, count / total) for track_id, count in ranked
+        ]
+
+    @classmethod
+    def load(cls, path: Path, onnx_threads: int) -> LoadedModel:
+        """Load, verify and smoke-test a bundle; raises ``BundleError``."""
+        bundle = load_bundle(path)
+        session = open_inference_session(bundle, intra_op_threads=onnx_threads)
+        model = cls(bundle, session)
+        model.smoke_test()
+        return model
+
+    def smoke_test(self) -> None:
+        """One inference on a one-event session: shapes, dtypes and index range."""
+        first = self.vocab.track_ids[0] if self.vocab.num_tracks else "?"
+        k = min(self.top_k, max(1, self.vocab.num_tracks - 1))
+        outputs = self._run([InferenceRequest((first,), (True,), k, False)])
+        indices, scores = outputs
+        if indices.shape != (1, self.top_k) or scores.shape != (1, self.top_k):
+            raise BundleRejected(
+                f"smoke inference returned shapes {indices.shape}/{scores.shape}, "
+                f"expected (1, {self.top_k})"
+            )
+        valid = indices[np.isfinite(scores)]
+        if valid.size and (valid.min() < NUM_SPECIAL or valid.max() >= self.vocab.size):
+            raise BundleRejected("smoke inference ranked a special or unknown index")
+
+    def _run(self, requests: Sequence[InferenceRequest]) -> tuple[Any, Any]:
+        histories: list[list[tuple[int, int]]] = []
+        exclusions: list[list[int]] = []
+        indices_of = self.vocab.indices
+        for request in requests:
+            items = indices_of(request.track_ids)
+            histories.append(
+                [
+                    (item, FEEDBACK_SKIP if skipped else FEEDBACK_PLAY)
+                    for item, skipped in zip(items, request.skipped, strict=True)
+                ]
+            )
+            excluded = {
+                item
+                for item, skipped in zip(items, request.skipped, strict=True)
+                if item >= NUM_SPECIAL and (skipped or request.exclude_played)
+            }
+            exclusions.append(sorted(excluded))
+        item_ids, feedback = encode_sessions(histories, self.spec)
+        outputs = self.session.run(
+            [OUTPUT_INDICES, OUTPUT_SCORES],
+            {
+                INPUT_ITEM_IDS: item_ids,
+                INPUT_FEEDBACK: feedback,
+                INPUT_EXCLUDE: encode_exclusions(exclusions),
+            },
+        )
+        return outputs[0], outputs[1]
+
+    def infer(self, requests: Sequence[InferenceRequest]) -> list[RankedItems]:
+        """Top-k ``(track_id, score)`` per request, best first (sync; CPU-bound)."""
+        indices, scores = self._run(requests)
+        track_ids = self.vocab.track_ids
+        results: list[RankedItems] = []
+        for row, request in enumerate(requests):
+            ranked: RankedItems = []
+            row_items = zip(indices[row].tolist(), scores[row].tolist(), strict=True)
+            for index, score in row_items:
+                if len(ranked) == request.k:
+                    break
+                if index >= NUM_SPECIAL and math.isfinite(score):
+                    ranked.append((track_ids[index - NUM_SPECIAL], score))
+            results.append(ranked)
+        return results
+
+
+def _public_message(exc: BundleError) -> str:
+    """The bundle error without the server's directory layout (file name only)."""
+    return str(exc).replace(str(exc.path), exc.path.name)
+
+
+class ModelHolder:
+    """The serving model and its atomic replacement."""
+
+    def __init__(
+        self, bundle_dir: Path, onnx_threads: int, session_max_events: int
+    ) -> None:
+        self.bundle_dir = bundle_dir
+        self.onnx_threads = onnx_threads
+        self.session_max_events = session_max_events
+        self._model: LoadedModel | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def current(self) -> LoadedModel:
+        if self._model is None:
+            raise ModelUnavailable("no model bundle is loaded")
+        return self._model
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    async def reload(self, bundle_dir: Path | None = None) -> tuple[str, str]:
+        """Load ``bundle_dir`` (default: the configured one) and swap it in.
+
+        Returns ``(new_version, previous_version)``; raises ``BundleRejected``.
+        """
+        path = Path(bundle_dir) if bundle_dir is not None else self.bundle_dir
+        async with self._lock:
+            try:
+                model = await asyncio.to_thread(
+                    LoadedModel.load, path, self.onnx_threads
+                )
+            except BundleError as exc:
+                logger.warning("bundle rejected: %s", exc)
+                raise BundleRejected(_public_message(exc), field="bundle_dir") from exc
+            except BundleRejected:
+                logger.warning("bundle rejected by the smoke inference: %s", path)
+                raise
+            except Exception as exc:  # ORT raises untyped errors on a broken graph
+                logger.warning("bundle rejected: %s: %s", path, exc)
+                raise BundleRejected(
+                    f"smoke inference failed ({type(exc).__name__})", field="bundle_dir"
+                ) from exc
+            if model.spec.max_seq_len > self.session_max_events:
+                raise BundleRejected(
+                    f"the model reads {model.spec.max_seq_len} events but sessions "
+                    f"keep {self.session_max_events}; raise SKIPREC_SESSION_MAX_EVENTS",
+                    field="bundle_dir",
+                )
+            previous = self._model.model_version if self._model else ""
+            self._model = model
+            self.bundle_dir = path
+        logger.info(
+            "model loaded",
+            extra={"model_version": model.model_version, "previous": previous},
+        )
+        return model.model_version, previous
+
+
+@dataclass(slots=True)
+class _Pending:
+    request: InferenceRequest
+    future: asyncio.Future[tuple[str, RankedItems]]
+
+
+class MicroBatcher:
+    """Coalesce concurrent inference requests into one ONNX call at a time."""
+
+    def __init__(
+        self,
+        holder: ModelHolder,
+        max_batch: int,
+        observe_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        self.holder = holder
+        self.max_batch = max_batch
+        self._observe_batch = observe_batch
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnx")
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="skiprec-micro-batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._executor.shutdown(wait=True)
+
+    async def rank(self, request: InferenceRequest) -> tuple[str, RankedItems]:
+        """``(model_version, ranked items)`` for one session."""
+        model = self.holder.current  # raises ModelUnavailable before queueing
+        if request.k > model.top_k:
+            raise InvalidRequest(
+                f"k: at most {model.top_k} for model {model.model_version}", "k"
+            )
+        future: asyncio.Future[tuple[str, RankedItems]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._queue.put_nowait(_Pending(request, future))
+        return await future
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self.max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            batch = [p for p in batch if not p.future.done()]
+            if not batch:
+                continue
+            model = self.holder.current
+            try:
+                results = await loop.run_in_executor(
+                    self._executor, model.infer, [p.request for p in batch]
+                )
+            except Exception as exc:
+                logger.exception("inference failed for a batch of %d", len(batch))
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(
+                            ModelUnavailable(f"inference failed ({type(exc).__name__})")
+                        )
+                continue
+            if self._observe_batch is not None:
+                self._observe_batch(len(batch))
+            for pending, ranked in zip(batch, results, strict=True):
+                if not pending.future.done():
+                    pending.future.set_result((model.model_version, ranked))

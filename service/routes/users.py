@@ -1,0 +1,55 @@
+"""The user's live session: inspect it, or erase it."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Response
+
+from service.deps import ApiKeyDep, ModelsDep, SessionStoreDep
+from service.openapi import error_responses
+from service.routes.recommendations import UserIdPath
+from service.schemas import SessionEvent, UserSession
+
+router = APIRouter(prefix="/users", tags=["users"])
+
+
+@router.get(
+    "/{user_id}/session",
+    response_model=UserSession,
+    responses=error_responses(422, 503),
+)
+async def get_session(
+    user_id: UserIdPath, store: SessionStoreDep, models: ModelsDep
+) -> UserSession:
+    """The current session (events after the last inactivity gap), oldest first."""
+    session = await store.read_session(user_id, time.time())
+    vocab = models.current.vocab
+    events = [
+        SessionEvent(
+            event_id=event.event_id,
+            track_id=event.track_id,
+            type="skip" if event.event_type == "skip" else "play",
+            timestamp=event.timestamp,
+            known=event.track_id in vocab,
+        )
+        for event in session
+    ]
+    skips = sum(event.type == "skip" for event in events)
+    return UserSession(
+        user_id=user_id,
+        events=events,
+        skip_rate=skips / len(events) if events else 0.0,
+    )
+
+
+@router.delete(
+    "/{user_id}/session",
+    status_code=204,
+    dependencies=[ApiKeyDep],
+    responses=error_responses(401, 422, 503),
+)
+async def delete_session(user_id: UserIdPath, store: SessionStoreDep) -> Response:
+    """Erase the user's session and dedup state (the event stream keeps its copy)."""
+    await store.reset(user_id)
+    return Response(status_code=204)

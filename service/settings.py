@@ -1,0 +1,112 @@
+"""Service settings from the environment (prefix ``SKIPREC_``), checked at startup.
+
+``get_settings()`` is cached; tests build ``Settings(...)`` directly and hand it to
+``create_app(settings)``. See docs/ARCHITECTURE.md ("Service") for the table.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://")
+
+
+def split_origins(value: object) -> object:
+    """``"a,b"`` (the environment's form) -> ``["a", "b"]``."""
+    if isinstance(value, str):
+        return [origin.strip() for origin in value.split(",") if origin.strip()]
+    return value
+
+
+class CorsSettings(BaseSettings):
+    """The one setting needed before startup: middleware is fixed at app creation."""
+
+    model_config = SettingsConfigDict(env_prefix="SKIPREC_", extra="ignore")
+
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    _split = field_validator("cors_origins", mode="before")(split_origins)
+
+
+class Settings(BaseSettings):
+    """Everything the service reads from its environment."""
+
+    model_config = SettingsConfigDict(env_prefix="SKIPREC_", extra="ignore")
+
+    # Model bundle
+    bundle_dir: Path
+    watch_bundle: float = Field(
+        default=0.0, ge=0.0, description="poll seconds for hot reload; 0 = off"
+    )
+    onnx_threads: int = Field(default=1, ge=1, le=64)
+    max_inference_batch: int = Field(default=64, ge=1, le=4096)
+
+    # Redis
+    redis_url: str | None = None
+    redis_cluster: bool = False
+    redis_timeout_s: float = Field(default=0.05, gt=0.0, le=30.0)
+    redis_max_connections: int = Field(default=64, ge=1)
+    data_dir: Path = Path("var")
+
+    # Session state
+    session_gap_s: float = Field(default=1800.0, gt=0.0)
+    session_max_events: int = Field(default=200, ge=1, le=100_000)
+    session_ttl_s: int = Field(default=7 * 24 * 3600, ge=1)
+    dedup_ttl_s: int = Field(default=24 * 3600, ge=1)
+    stream_maxlen: int = Field(default=1_000_000, ge=1)
+
+    # Requests
+    max_batch: int = Field(default=1000, ge=1, le=100_000)
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    max_k: int = Field(default=200, ge=1)
+    exclude_played: bool = False
+    api_key: SecretStr | None = None
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("bundle_dir")
+    @classmethod
+    def _bundle_dir_exists(cls, value: Path) -> Path:
+        if not value.is_dir():
+            raise ValueError(f"SKIPREC_BUNDLE_DIR {str(value)!r} is not a directory")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_scheme(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        assert value is not None
+        if not value.startswith(REDIS_SCHEMES):
+            raise ValueError(
+                f"SKIPREC_REDIS_URL must start with one of {', '.join(REDIS_SCHEMES)}"
+            )
+        return value
+
+    _split = field_validator("cors_origins", mode="before")(split_origins)
+
+    @field_validator("api_key")
+    @classmethod
+    def _api_key_not_blank(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value():
+            return None
+        return value
+
+    @model_validator(mode="after")
+    def _cluster_flag_from_url(self) -> Settings:
+        if self.redis_url and self.redis_url.startswith("redis+cluster://"):
+            self.redis_cluster = True
+            self.redis_url = "redis://" + self.redis_url.removeprefix(
+                "redis+cluster://"
+            )
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings, read once from the environment."""
+    return Settings()  # type: ignore[call-arg]  # bundle_dir comes from the environment
