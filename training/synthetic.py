@@ -86,10 +86,10 @@ def generate_sessions(
         members[cluster].append(track)
     rank_of = [0] * cfg.num_tracks
     cdfs: list[list[float]] = []
-    for tracks in members:
-        for rank, track in enumerate(tracks):
+    for playlist in members:
+        for rank, track in enumerate(playlist):
             rank_of[track] = rank
-        weights = 1.0 / np.arange(1, len(tracks) + 1) ** cfg.zipf_exponent
+        weights = 1.0 / np.arange(1, len(playlist) + 1) ** cfg.zipf_exponent
         cdfs.append((np.cumsum(weights) / weights.sum()).tolist())
     cluster_weights = 1.0 / np.arange(1, num_c + 1) ** 0.5
     start_cdf = (np.cumsum(cluster_weights) / cluster_weights.sum()).tolist()
