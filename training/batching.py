@@ -94,6 +94,11 @@ class Batch:
     def to(self, device: torch.device | str) -> Batch:
         return Batch(**{name: t.to(device) for name, t in vars(self).items()})
 
+    def contrastive_anchors(self) -> Tensor:
+        """bool [B, T]: played positions that have a later played track (the anchors
+        of the skip contrastive loss); padding and skipped positions never are."""
+        return (self.tracks != PAD_ID) & ~self.skipped & (self.positives != PAD_ID)
+
 
 def build_windows(
     sessions: Sequence[SessionLike], vocab: Vocabulary, max_seq_len: int
@@ -131,8 +136,10 @@ def build_windows(
     first_window = np.repeat(np.cumsum(per_session) - per_session, per_session)
     k = np.arange(int(per_session.sum())) - first_window  # window number from the end
     window_end = np.repeat(ends, per_session) - k * max_seq_len
-    window_start = np.maximum(window_end - max_seq_len, np.repeat(ends - lengths, per_session))
-    # [N, W]: column j holds flat event window_end - W + j when that is inside the window.
+    window_start = np.maximum(
+        window_end - max_seq_len, np.repeat(ends - lengths, per_session)
+    )
+    # [N, W]: column j holds flat event window_end - W + j if inside the window.
     flat = window_end[:, None] - max_seq_len + np.arange(max_seq_len)[None, :]
     real = flat >= window_start[:, None]
     flat = np.where(real, flat, 0)
@@ -179,8 +186,12 @@ def _causal(windows: TrainWindows, target: str) -> Batch:
         feedback=windows.feedback,
         tracks=windows.tracks,
         skipped=windows.skipped,
-        targets=windows.next_targets if target == "next" else windows.next_played_targets,
-        negative_targets=torch.where(windows.next_skipped, windows.next_targets, PAD_ID),
+        targets=windows.next_targets
+        if target == "next"
+        else windows.next_played_targets,
+        negative_targets=torch.where(
+            windows.next_skipped, windows.next_targets, PAD_ID
+        ),
         positives=windows.next_played_targets,
     )
 
@@ -188,7 +199,7 @@ def _causal(windows: TrainWindows, target: str) -> Batch:
 def _masked(
     windows: TrainWindows, mask_prob: float, target: str, generator: torch.Generator
 ) -> Batch:
-    """BERT4Rec: recover masked tracks; ``next_played`` drops skipped ones as targets."""
+    """BERT4Rec: recover masked tracks (``next_played``: played ones only)."""
     real = windows.tracks != PAD_ID
     shape = windows.tracks.shape
     masked = (torch.rand(shape, generator=generator) < mask_prob) & real
@@ -217,7 +228,8 @@ def session_skips(tracks: Tensor, skipped: Tensor) -> tuple[Tensor, Tensor]:
     Args:
         tracks: int64 [B, T]; skipped: bool [B, T].
     Returns:
-        ids int64 [B, S] (PAD-filled) and mask bool [B, S], S = most skips in a row (>= 1).
+        ids int64 [B, S] (PAD-filled) and mask bool [B, S]; S = the most skips
+        in one row (at least 1).
     """
     # Stable sort puts skipped positions first, in session order.
     order = torch.argsort((~skipped).to(torch.int8), dim=1, stable=True)
@@ -226,15 +238,3 @@ def session_skips(tracks: Tensor, skipped: Tensor) -> tuple[Tensor, Tensor]:
     ids = torch.where(skipped, tracks, PAD_ID).gather(1, order)[:, :width]
     mask = skipped.gather(1, order)[:, :width]
     return ids, mask
-
-
-def popularity(sessions: Sequence[SessionLike]) -> dict[str, int]:
-    """Play counts (non-skipped events) per track over the training sessions.
-
-    Every training track is listed, so a track only ever skipped still has an entry (0).
-    """
-    counts: dict[str, int] = {}
-    for session in sessions:
-        for track_id, skip in zip(session.track_ids, session.skips, strict=True):
-            counts[track_id] = counts.get(track_id, 0) + (not skip)
-    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))

@@ -101,14 +101,19 @@ class TrainConfig:
     skip_cl_anchor: Literal["output", "item_embedding"] = "output"
     skip_cl_compat: bool = False
     unlikelihood_weight: float = 0.0
-    skip_hard_negatives: bool = False  # sampled softmax: the session's skips as negatives
+    skip_hard_negatives: bool = (
+        False  # sampled softmax: the session's skips as negatives
+    )
     mask_prob: float = 0.2  # BERT4Rec masking rate
 
     def __post_init__(self) -> None:
         checks = [
             (self.backbone in ("sasrec", "bert4rec"), "backbone: sasrec|bert4rec"),
             (self.max_seq_len >= 1, "max_seq_len must be >= 1"),
-            (self.hidden_dim >= 1 and self.num_heads >= 1, "hidden_dim, num_heads >= 1"),
+            (
+                self.hidden_dim >= 1 and self.num_heads >= 1,
+                "hidden_dim, num_heads >= 1",
+            ),
             (self.hidden_dim % self.num_heads == 0, "hidden_dim % num_heads must be 0"),
             (self.num_layers >= 1, "num_layers must be >= 1"),
             (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
@@ -147,7 +152,7 @@ class TrainConfig:
             raise ConfigError("invalid training config: " + "; ".join(errors))
 
     def model_config(self, num_items: int) -> ModelConfig:
-        """The model's config for a vocabulary of ``num_items`` rows (specials included)."""
+        """The model's config for ``num_items`` vocabulary rows (specials included)."""
         return ModelConfig(
             num_items=num_items,
             backbone=self.backbone,
@@ -160,7 +165,7 @@ class TrainConfig:
         )
 
     def replace(self, **changes: Any) -> TrainConfig:
-        """A copy with some fields changed; ``None`` values are ignored (unset flags)."""
+        """A copy with some fields changed; ``None`` (an unset flag) is ignored."""
         changes = {key: value for key, value in changes.items() if value is not None}
         unknown = set(changes) - {f.name for f in fields(self)}
         if unknown:
@@ -197,8 +202,10 @@ class TrainConfig:
             ok = isinstance(value, expected) and not (
                 isinstance(value, bool) and expected is not bool
             )
-            if expected is float and isinstance(value, int) and not isinstance(
-                value, bool
+            if (
+                expected is float
+                and isinstance(value, int)
+                and not isinstance(value, bool)
             ):
                 flat[key] = float(value)
                 ok = True
@@ -214,7 +221,7 @@ class TrainConfig:
 
     @classmethod
     def from_toml(cls, path: Path) -> TrainConfig:
-        """Read a preset; raises ConfigError for a missing, malformed or invalid file."""
+        """Read a preset; ConfigError for a missing, malformed or invalid file."""
         try:
             payload = tomllib.loads(path.read_text())
         except FileNotFoundError as exc:

@@ -28,7 +28,9 @@ def _mean(values: Tensor, mask: Tensor) -> Tensor:
 
 def _without_specials(logits: Tensor) -> Tensor:
     """[..., V] -> the same with the special ids' logits at -inf."""
-    return logits.index_fill(-1, torch.arange(NUM_SPECIAL, device=logits.device), -torch.inf)
+    return logits.index_fill(
+        -1, torch.arange(NUM_SPECIAL, device=logits.device), -torch.inf
+    )
 
 
 def full_softmax_loss(logits: Tensor, targets: Tensor) -> Tensor:
@@ -44,7 +46,9 @@ def full_softmax_loss(logits: Tensor, targets: Tensor) -> Tensor:
     """
     valid = targets != PAD_ID
     if bool(((targets < NUM_SPECIAL) & valid).any()):
-        raise ValueError("targets contain special ids (OOV/MASK); only tracks are valid")
+        raise ValueError(
+            "targets contain special ids (OOV/MASK); only tracks are valid"
+        )
     log_probs = torch.log_softmax(_without_specials(logits), dim=-1)
     picked = log_probs.gather(-1, targets.clamp(min=NUM_SPECIAL).unsqueeze(-1))
     return _mean(-picked.squeeze(-1), valid)
@@ -63,7 +67,8 @@ def sampled_softmax_loss(
     y_i against C = {the other rows' targets} U {N uniform tracks} U {its H hard
     negatives}; a candidate equal to y_i (an accidental hit) is removed:
 
-        L = mean_i [ -s(i, y_i) + log( exp s(i, y_i) + sum_{c in C_i, c != y_i} exp s(i, c) ) ]
+        L = mean_i [ log( exp s(i, y_i) + sum_{c in C_i, c != y_i} exp s(i, c) )
+                     - s(i, y_i) ]
         s(i, c) = h_i . e_c
 
     No logQ correction: uniform negatives have the same sampling probability for every
@@ -84,7 +89,9 @@ def sampled_softmax_loss(
     positive = (hidden * item_table[targets]).sum(-1, keepdim=True)  # [M, 1]
     shared = torch.cat([targets, negatives])  # [M + N]
     shared_logits = hidden @ item_table[shared].T  # [M, D] @ [D, M+N] -> [M, M+N]
-    shared_logits = shared_logits.masked_fill(shared[None, :] == targets[:, None], -torch.inf)
+    shared_logits = shared_logits.masked_fill(
+        shared[None, :] == targets[:, None], -torch.inf
+    )
     parts = [positive, shared_logits]
     if hard_negatives is not None:
         # [M, 1, D] * [M, H, D] -> [M, H]
@@ -111,7 +118,7 @@ def skip_contrastive_loss(
     With cosine similarity sim and temperature tau, for each anchor a_{b,t}:
 
         l_{b,t} = -log( exp(sim(a, p)/tau)
-                        / (exp(sim(a, p)/tau) + sum_s m_{b,s} exp(sim(a, n_{b,s})/tau)) )
+                  / (exp(sim(a, p)/tau) + sum_s m_{b,s} exp(sim(a, n_{b,s})/tau)) )
 
     averaged over anchors with ``anchor_mask`` true and at least one negative
     (an anchor in a session without skips has nothing to contrast and contributes
@@ -132,7 +139,7 @@ def skip_contrastive_loss(
     if compat:
         negatives = negatives.roll(1, dims=0)
         negative_mask = torch.ones_like(negative_mask)
-    # Cosine similarity; F.normalize's eps keeps a zero (padding) vector at similarity 0.
+    # Cosine similarity; F.normalize's eps keeps a zero (padding) vector at 0.
     a = F.normalize(anchors, dim=-1)
     pos = (a * F.normalize(positives, dim=-1)).sum(-1) / temperature  # [B, T]
     # [B, T, D] @ [B, D, S] -> [B, T, S]

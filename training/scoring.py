@@ -1,4 +1,4 @@
-"""``TorchScorer``: a trained ``SessionEncoder`` behind the evaluation ``Scorer`` protocol.
+"""``TorchScorer``: a trained ``SessionEncoder`` as an evaluation ``Scorer``.
 
 Histories are encoded with ``skiprec.encoding.encode_sessions``, the exact function the
 service uses on live sessions, and only the last position is scored, as in the exported

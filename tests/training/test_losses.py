@@ -1,0 +1,174 @@
+"""Losses on hand-computed toy tensors (V = 3 specials + a few tracks)."""
+
+import math
+
+import pytest
+import torch
+
+from skiprec.vocab import OOV_ID, PAD_ID
+from training.losses import (
+    full_softmax_loss,
+    sampled_softmax_loss,
+    skip_contrastive_loss,
+    unlikelihood_loss,
+)
+
+TAU = 0.5  # moderate, so float32 rounding stays far below the tolerance
+
+
+def test_full_softmax_loss_ignores_pad_targets_and_special_logits():
+    # Specials (first 3 columns) get huge logits; they must not enter the softmax.
+    logits = torch.tensor([[9.0, 9.0, 9.0, 1.0, 2.0], [9.0, 9.0, 9.0, 5.0, -5.0]])
+    targets = torch.tensor([3, PAD_ID])
+    expected = -math.log(math.exp(1.0) / (math.exp(1.0) + math.exp(2.0)))
+    assert full_softmax_loss(logits, targets).item() == pytest.approx(
+        expected, rel=1e-6
+    )
+
+
+def test_full_softmax_loss_rejects_special_targets():
+    with pytest.raises(ValueError, match="special"):
+        full_softmax_loss(torch.zeros(1, 5), torch.tensor([OOV_ID]))
+
+
+def test_full_softmax_loss_without_targets_is_zero_and_differentiable():
+    logits = torch.randn(2, 3, 6, requires_grad=True)
+    loss = full_softmax_loss(logits, torch.full((2, 3), PAD_ID))
+    loss.backward()
+    assert loss.item() == 0.0
+    assert logits.grad is not None
+
+
+def test_sampled_softmax_loss_by_hand_removes_accidental_hits():
+    # D = 1 so every score is a product. Tracks 3..6 have embeddings 1, 2, -1, 0.
+    table = torch.tensor([[0.0], [0.0], [0.0], [1.0], [2.0], [-1.0], [0.0]])
+    hidden = torch.tensor([[1.0], [2.0]])
+    targets = torch.tensor([3, 4])
+    negatives = torch.tensor([5, 3])  # row 0 draws its own target: an accidental hit
+    hard = torch.tensor([[6, PAD_ID], [PAD_ID, PAD_ID]])
+    loss = sampled_softmax_loss(hidden, targets, table, negatives, hard)
+    # Row 0: target 3 (s=1); candidates 4 (2), 5 (-1), 6 (0); 3 twice removed.
+    row0 = math.log(math.exp(1) + math.exp(2) + math.exp(-1) + math.exp(0)) - 1
+    # Row 1: target 4 (s=4); candidates 3 (2), 5 (-2), 3 (2) from the negatives.
+    row1 = math.log(math.exp(4) + 2 * math.exp(2) + math.exp(-2)) - 4
+    assert loss.item() == pytest.approx((row0 + row1) / 2, rel=1e-6)
+
+
+def test_unlikelihood_loss_by_hand():
+    logits = torch.tensor([[7.0, 7.0, 7.0, 0.0, math.log(3.0)], [0.0] * 5])
+    negative_targets = torch.tensor([4, PAD_ID])
+    # p(track 4) = 3 / (1 + 3) among tracks only -> -log(1 - 3/4).
+    expected = -math.log(1 - 0.75)
+    loss = unlikelihood_loss(logits, negative_targets)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def _toy():
+    """Two sessions (B=2), T=3 positions, S=2 skip slots, D=2.
+
+    Session 0: anchor at t=0 (unit x), positive unit x, skipped tracks unit y and -x;
+    t=1, t=2 are not anchors (padding or skipped). Session 1 has no skips at all.
+    """
+    anchors = torch.tensor(
+        [
+            [[1.0, 0.0], [5.0, 5.0], [-3.0, 1.0]],
+            [[0.0, 2.0], [1.0, 1.0], [4.0, 4.0]],
+        ]
+    )
+    positives = torch.tensor(
+        [
+            [[3.0, 0.0], [1.0, 2.0], [0.0, 0.0]],
+            [[0.0, 1.0], [1.0, -1.0], [0.0, 0.0]],
+        ]
+    )
+    negatives = torch.tensor([[[0.0, 2.0], [-1.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    anchor_mask = torch.tensor([[True, False, False], [True, True, False]])
+    negative_mask = torch.tensor([[True, True], [False, False]])
+    return anchors, positives, negatives, anchor_mask, negative_mask
+
+
+def _loss(*args, **kwargs):
+    return skip_contrastive_loss(*args, temperature=TAU, **kwargs).item()
+
+
+def test_skip_contrastive_loss_by_hand():
+    # Only session 0's anchor counts: cos(a, p) = 1, cos(a, y) = 0, cos(a, -x) = -1.
+    expected = -math.log(math.exp(2) / (math.exp(2) + math.exp(0) + math.exp(-2)))
+    assert _loss(*_toy()) == pytest.approx(expected, rel=1e-5)
+
+
+def test_skip_contrastive_loss_uses_only_own_session_negatives():
+    anchors, positives, negatives, anchor_mask, negative_mask = _toy()
+    before = _loss(anchors, positives, negatives, anchor_mask, negative_mask)
+    # Session 1 has no skips: whatever sits in its (masked) slots is irrelevant ...
+    other = negatives.clone()
+    other[1] = torch.tensor([[1.0, 0.0], [1.0, 0.1]])
+    assert _loss(anchors, positives, other, anchor_mask, negative_mask) == before
+    # ... while session 0's own skipped tracks drive its loss.
+    own = negatives.clone()
+    own[0, 0] = torch.tensor([1.0, 0.0])
+    assert _loss(anchors, positives, own, anchor_mask, negative_mask) > before + 0.5
+
+
+def test_skip_contrastive_loss_masks_padding():
+    anchors, positives, negatives, anchor_mask, negative_mask = _toy()
+    negative_mask = negative_mask.clone()
+    negative_mask[0, 1] = False  # slot 1 of session 0 becomes padding
+    before = _loss(anchors, positives, negatives, anchor_mask, negative_mask)
+    moved = negatives.clone()
+    moved[0, 1] = torch.tensor([7.0, 0.1])
+    anchors_moved = anchors.clone()
+    anchors_moved[0, 2] = torch.tensor([0.0, -9.0])  # a non-anchor (padded) position
+    after = _loss(anchors_moved, positives, moved, anchor_mask, negative_mask)
+    assert after == before
+    assert before == pytest.approx(math.log(1 + math.exp(-2)), rel=1e-5)
+
+
+def test_skip_contrastive_loss_without_skips_is_zero():
+    anchors, positives, negatives, anchor_mask, _ = _toy()
+    loss = skip_contrastive_loss(
+        anchors.requires_grad_(),
+        positives,
+        negatives,
+        anchor_mask,
+        torch.zeros(2, 2, dtype=torch.bool),
+    )
+    loss.backward()
+    assert loss.item() == 0.0
+    assert torch.isfinite(anchors.grad).all()
+
+
+def test_skip_contrastive_loss_gradient_reaches_item_embeddings():
+    table = torch.nn.Embedding(6, 2)
+    items = torch.tensor([[3, 4, 0], [5, 4, 0]])
+    anchors = torch.randn(2, 3, 2, requires_grad=True)
+    positives = table(torch.tensor([[4, 0, 0], [4, 0, 0]]))
+    negatives = table(torch.tensor([[5, 0], [0, 0]]))
+    mask = items != 0
+    loss = skip_contrastive_loss(
+        anchors,
+        positives,
+        negatives,
+        mask & torch.tensor([[True, False, False], [False, False, False]]),
+        torch.tensor([[True, False], [False, False]]),
+    )
+    loss.backward()
+    grad = table.weight.grad
+    assert grad[4].abs().sum() > 0 and grad[5].abs().sum() > 0  # positive, negative
+    assert anchors.grad[0, 0].abs().sum() > 0
+    assert anchors.grad[1].abs().sum() == 0  # session 1 has no skips
+
+
+def test_skip_contrastive_loss_compat_rolls_sessions_and_counts_padding():
+    args = _toy()
+    # Session 0 now contrasts with session 1's slots: two zero vectors (cos 0 each).
+    session0 = -math.log(math.exp(2) / (math.exp(2) + 2 * math.exp(0)))
+    # Session 1's anchors see session 0's negatives (unit y, -x):
+    # t=0: a = y, p = y -> cos 1; cos(y, y) = 1, cos(y, -x) = 0.
+    t0 = -math.log(math.exp(2) / (2 * math.exp(2) + math.exp(0)))
+    # t=1: a = (1,1)/sqrt2, p = (1,-1)/sqrt2 -> cos 0; negatives cos 1/sqrt2, -1/sqrt2.
+    c = 2 / math.sqrt(2)
+    t1 = -math.log(1 / (1 + math.exp(c) + math.exp(-c)))
+    expected = (session0 + t0 + t1) / 3
+    assert _loss(*args, compat=True) == pytest.approx(expected, rel=1e-5)
+    assert _loss(*args, compat=True) != pytest.approx(_loss(*args), rel=1e-3)

@@ -1,0 +1,178 @@
+"""Training end to end: configs, the learning test, and the ``skiprec train`` CLI."""
+
+import json
+
+import pytest
+
+from training.baselines import PopularityScorer
+from training.checkpoint import load_run
+from training.config import CONFIG_DIR, ConfigError, TrainConfig
+from training.data import write_event_log
+from training.evaluation import evaluate
+from training.splits import build_vocab, session_disjoint_split
+from training.synthetic import generate_sessions
+from training.train import main, train
+
+
+@pytest.fixture(scope="module")
+def synthetic_split():
+    sessions = generate_sessions(
+        num_sessions=600, num_tracks=150, num_clusters=10, seed=0
+    )
+    split = session_disjoint_split(sessions, seed=0)
+    return split, build_vocab(split.train)
+
+
+@pytest.fixture(scope="module")
+def event_log(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "events.csv"
+    write_event_log(generate_sessions(num_sessions=200, num_tracks=60, seed=1), path)
+    return path
+
+
+TINY = TrainConfig(
+    max_seq_len=16,
+    hidden_dim=16,
+    num_layers=1,
+    num_heads=1,
+    dropout=0.0,
+    feedback_input=True,
+    epochs=6,
+    batch_size=32,
+    lr=0.01,
+    patience=3,
+    num_threads=1,
+)
+
+
+@pytest.mark.parametrize("preset", ["default", "demo", "tiny"])
+def test_presets_load(preset):
+    config = TrainConfig.from_toml(CONFIG_DIR / f"{preset}.toml")
+    assert config.model_config(num_items=10).max_seq_len == config.max_seq_len
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("[model]\nhidden_dim = 'big'\n", "hidden_dim must be int"),
+        ("[model]\nlr = 0.1\n", r"unknown keys in \[model\]"),
+        ("epochz = 3\n", "unknown config keys"),
+        ("[loss]\nskip_hard_negatives = true\n", "sampled_softmax"),
+        ("[model\n", "not valid TOML"),
+    ],
+)
+def test_bad_config_is_refused(tmp_path, text, match):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        TrainConfig.from_toml(path)
+
+
+def test_tiny_model_learns_synthetic_sessions(synthetic_split):
+    split, vocab = synthetic_split
+    popularity = evaluate(PopularityScorer.fit(split.train, vocab), split.test, vocab)
+    result = train(TINY, split, vocab, quiet=True)
+    assert result.metrics["test"]["ndcg@10"] >= 2 * popularity["ndcg@10"]
+    assert result.metrics["best_epoch"] >= 1
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {
+            "backbone": "bert4rec",
+            "skip_cl_weight": 0.5,
+            "skip_cl_anchor": "item_embedding",
+        },
+        {
+            "target": "next_played",
+            "unlikelihood_weight": 0.5,
+            "skip_cl_compat": True,
+            "skip_cl_weight": 0.1,
+        },
+        {
+            "loss": "sampled_softmax",
+            "num_negatives": 20,
+            "skip_hard_negatives": True,
+            "unlikelihood_weight": 0.2,
+            "schedule": "cosine",
+            "warmup_steps": 5,
+        },
+    ],
+)
+def test_every_loss_variant_trains(synthetic_split, changes):
+    split, vocab = synthetic_split
+    config = TINY.replace(epochs=1, **changes)
+    result = train(config, split, vocab, quiet=True)
+    row = result.history[0]
+    assert row["train_loss"] > 0 and result.metrics["validation"]["ndcg@10"] > 0
+    for part in ("skip_cl", "unlikelihood"):
+        assert (f"train_{part}" in row) == (config.to_dict()[f"{part}_weight"] > 0)
+
+
+def test_cli_trains_a_run_directory(tmp_path, event_log):
+    out = tmp_path / "run"
+    code = main(
+        [
+            "--data",
+            str(event_log),
+            "--out",
+            str(out),
+            "--config",
+            str(CONFIG_DIR / "tiny.toml"),
+            "--epochs",
+            "2",
+            "--quiet",
+            "--seed",
+            "3",
+        ]
+    )
+    assert code == 0
+    for name in (
+        "checkpoint.pt",
+        "vocab.json",
+        "popularity.json",
+        "metrics.json",
+        "curves.png",
+        "train_log.jsonl",
+    ):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 < metrics["test"]["ndcg@10"] <= 1
+    assert (
+        len((out / "train_log.jsonl").read_text().splitlines()) == metrics["epochs_run"]
+    )
+    run = load_run(out)
+    assert run.train_config["seed"] == 3 and run.train_config["epochs"] == 2
+    assert len(run.data_fingerprint) == 64
+    assert set(run.popularity) == set(run.vocab.track_ids)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data", "missing.csv"], "no such data file"),
+        (["--config", "missing.toml"], "config file not found"),
+    ],
+)
+def test_cli_errors_exit_2_with_a_message(tmp_path, event_log, capsys, args, message):
+    base = {
+        "--data": str(event_log),
+        "--out": str(tmp_path / "run"),
+        "--config": str(CONFIG_DIR / "tiny.toml"),
+    }
+    base.update(
+        dict(zip(args[::2], [str(tmp_path / a) for a in args[1::2]], strict=True))
+    )
+    argv = [part for pair in base.items() for part in pair] + ["--quiet"]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_cli_reports_bad_data_file(tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("user_id,track_id,event,timestamp\nu1,t1,maybe,1\n")
+    argv = ["--data", str(bad), "--out", str(tmp_path / "run"), "--quiet"]
+    assert main(argv) == 2
+    assert str(bad) in capsys.readouterr().err
