@@ -67,7 +67,7 @@ demo: demo-bundle
 	echo "  curl -s '$$url/recommendations/alice?k=5'"; \
 	echo "Ctrl-C stops the server (and its embedded Redis)."; \
 	echo
-	$(BIN)/skiprec serve --bundle $(BUNDLE) --host $(HOST) --port $(PORT)
+	$(BIN)/skiprec serve --bundle $(BUNDLE) --data-dir $(DEMO_DIR)/redis --host $(HOST) --port $(PORT)
 
 demo-clean:
 	rm -rf $(DEMO_DIR)

@@ -3,8 +3,8 @@
 #
 # Used by `make demo` (on the host, inside .venv) and by the Docker `trainer` image, so both
 # produce the bundle the same way. Idempotent: when BUNDLE_DIR/manifest.json exists, nothing
-# is done. The bundle is exported next to its final place and renamed into it, so an
-# interrupted run never leaves a half-written bundle that a later run would mistake for done.
+# is done. `skiprec export` writes the bundle atomically (staging directory, then rename), so
+# an interrupted run never leaves a half-written bundle that a later run would take as done.
 #
 #   scripts/demo.sh BUNDLE_DIR WORK_DIR
 #
@@ -54,9 +54,7 @@ rm -rf "$run_dir"
 "$skiprec" train --data "$data" "${format_args[@]}" --config "$config" --out "$run_dir"
 echo "demo: trained in $((SECONDS - start)) s"
 
-staging=$bundle_dir.partial
-rm -rf "$staging"
 echo "demo: exporting -> $bundle_dir"
-"$skiprec" export --run "$run_dir" --out "$staging"
-mv "$staging" "$bundle_dir"
-echo "demo: bundle ready at $bundle_dir"
+start=$SECONDS
+"$skiprec" export --run "$run_dir" --out "$bundle_dir" --data "$data"
+echo "demo: exported in $((SECONDS - start)) s; bundle ready at $bundle_dir"

@@ -80,6 +80,10 @@ function renderRecommendations(payload, fallbackReason) {
     li.dataset.testid = "rec-item";
     li.dataset.trackId = item.track_id;
 
+    const position = document.createElement("span");
+    position.className = "rank";
+    position.textContent = String(rank + 1);
+
     const name = document.createElement("span");
     name.className = "track";
     name.textContent = item.track_id;
@@ -116,7 +120,7 @@ function renderRecommendations(payload, fallbackReason) {
     const skip = document.createElement("button");
     skip.type = "button";
     skip.className = "skip";
-    skip.textContent = "⏭ Skip";
+    skip.textContent = "✗ Skip";
     skip.dataset.testid = "skip-button";
     skip.setAttribute("aria-label", `Skip ${item.track_id}`);
     skip.addEventListener("click", () => sendEvent(item.track_id, "skip"));
@@ -124,7 +128,7 @@ function renderRecommendations(payload, fallbackReason) {
     const scoreBox = document.createElement("span");
     scoreBox.className = "score-box";
     scoreBox.append(bar, score);
-    li.append(name, movement, scoreBox, play, skip);
+    li.append(position, name, movement, scoreBox, play, skip);
     list.append(li);
   });
   if (payload.items.length === 0) {
