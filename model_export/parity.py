@@ -252,8 +252,8 @@ def check_parity(
         providers=["CPUExecutionProvider"],
     )
     inputs, outputs = expected_signature(module.top_k)
-    names = signature_problems(session.get_inputs(), inputs, "input")
-    names += signature_problems(session.get_outputs(), outputs, "output")
+    names = signature_problems(session.get_inputs(), inputs, "input", "contract")
+    names += signature_problems(session.get_outputs(), outputs, "output", "contract")
     if names:
         raise ParityShapeError("ONNX graph signature differs from the contract", names)
 

@@ -260,15 +260,16 @@ def open_inference_session(
 
 
 def signature_problems(
-    actual: list[Any], expected: list[TensorSpec], kind: str
+    actual: list[Any], expected: list[TensorSpec], kind: str, source: str = "manifest"
 ) -> list[str]:
-    """Differences between ORT ``NodeArg``s and the manifest's TensorSpecs, in words."""
+    """Differences between ORT ``NodeArg``s and the expected TensorSpecs, in words;
+    ``source`` names where the expectation comes from."""
     problems: list[str] = []
     actual_names = [arg.name for arg in actual]
     expected_names = [spec.name for spec in expected]
     if actual_names != expected_names:
         problems.append(
-            f"{kind} names are {actual_names}, manifest says {expected_names}"
+            f"{kind} names are {actual_names}, {source} says {expected_names}"
         )
     by_name = {arg.name: arg for arg in actual}
     for spec in expected:
@@ -277,18 +278,18 @@ def signature_problems(
             continue
         if arg.type != ORT_TYPES[spec.dtype]:
             problems.append(
-                f"{kind} {spec.name!r} is {arg.type}, manifest says {spec.dtype}"
+                f"{kind} {spec.name!r} is {arg.type}, {source} says {spec.dtype}"
             )
         if len(arg.shape) != len(spec.shape):
             problems.append(
                 f"{kind} {spec.name!r} has rank {len(arg.shape)}, "
-                f"manifest says {len(spec.shape)}"
+                f"{source} says {len(spec.shape)}"
             )
             continue
         for axis, (got, want) in enumerate(zip(arg.shape, spec.shape, strict=True)):
             # Only fixed sizes compare; symbolic names are the exporter's choice.
             if isinstance(got, int) and isinstance(want, int) and got != want:
                 problems.append(
-                    f"{kind} {spec.name!r} axis {axis} is {got}, manifest says {want}"
+                    f"{kind} {spec.name!r} axis {axis} is {got}, {source} says {want}"
                 )
     return problems
