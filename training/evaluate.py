@@ -1,0 +1,163 @@
+"""Evaluate a training run (and optionally the baselines) on a data file.
+
+    skiprec evaluate --run runs/mssd --data mssd_sessions_dev.csv.gz --baselines
+    skiprec evaluate --run runs/mssd --data held_out.csv.gz --split all --json out.json
+
+``--split session`` / ``loo`` rebuild the split the run was trained with (same seed) and
+score its test examples; ``--split all`` treats every session of the file as held out,
+for a file of sessions the run never saw. Ranking is over the full catalogue unless
+``--sampled`` (target + 1,000 seeded random tracks, as in the papers). The exclusion
+rules are the service's (``training.evaluation.EvalPolicy``). Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from training.baselines import BASELINES, fit_baseline
+from training.checkpoint import load_run
+from training.data import DataError, data_fingerprint, load_sessions
+from training.evaluation import evaluate
+from training.scoring import TorchScorer
+from training.splits import EvalExample, session_examples
+from training.train import make_split
+
+SAMPLED_NEGATIVES = 1000
+COLUMNS = (
+    "ndcg@10",
+    "hr@10",
+    "mrr@10",
+    "played/ndcg@10",
+    "skipped/ndcg@10",
+    "ndcg_gap@10",
+    "skip_mrr@10",
+)
+
+
+def describe(train_config: Mapping[str, Any]) -> str:
+    """A short variant name from a run's train config, e.g. ``sasrec+fb+skip_cl0.5``."""
+    name = str(train_config.get("backbone", "model"))
+    if train_config.get("feedback_input"):
+        name += "+fb"
+    if train_config.get("target") == "next_played":
+        name += "+next_played"
+    if train_config.get("skip_cl_weight"):
+        name += f"+skip_cl{train_config['skip_cl_weight']:g}"
+    if train_config.get("unlikelihood_weight"):
+        name += f"+ul{train_config['unlikelihood_weight']:g}"
+    if train_config.get("skip_hard_negatives"):
+        name += "+hardneg"
+    return name
+
+
+def markdown_table(results: Mapping[str, Mapping[str, float]]) -> str:
+    """One row per model, the headline metrics as columns (4 decimals)."""
+    header = "| model | " + " | ".join(COLUMNS) + " | examples |"
+    rule = "|---|" + "---:|" * (len(COLUMNS) + 1)
+    rows = [
+        f"| {name} | "
+        + " | ".join(f"{metrics.get(c, float('nan')):.4f}" for c in COLUMNS)
+        + f" | {int(metrics.get('num_examples', 0))} |"
+        for name, metrics in results.items()
+    ]
+    return "\n".join([header, rule, *rows])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="skiprec evaluate",
+        description="Evaluate a run (and the baselines) on a data file's test split.",
+    )
+    parser.add_argument(
+        "--run", type=Path, required=True, help="training run directory"
+    )
+    parser.add_argument("--data", type=Path, required=True, help="session data file")
+    parser.add_argument(
+        "--format",
+        choices=["mssd-derived", "mssd-log", "events", "ml-1m"],
+        help="data format (default: detected from the file's columns)",
+    )
+    parser.add_argument(
+        "--split",
+        choices=["session", "loo", "all"],
+        default="session",
+        help="session-disjoint test (default), leave-one-out test, or all sessions",
+    )
+    parser.add_argument(
+        "--sampled",
+        action="store_true",
+        help=f"rank the target among {SAMPLED_NEGATIVES} random tracks (papers)",
+    )
+    parser.add_argument(
+        "--baselines",
+        action="store_true",
+        help=f"also evaluate {', '.join(BASELINES)} fitted on the training split",
+    )
+    parser.add_argument("--json", type=Path, help="write the results as JSON here")
+    parser.add_argument("--markdown", type=Path, help="write the table here")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.baselines and args.split == "all":
+        print("skiprec evaluate: --baselines needs a training split", file=sys.stderr)
+        return 2
+    try:
+        run = load_run(args.run)
+        if not args.data.is_file():
+            raise FileNotFoundError(f"{args.data}: no such data file")
+        sessions = load_sessions(args.data, args.format)
+    except (FileNotFoundError, DataError, ValueError) as exc:
+        print(f"skiprec evaluate: {exc}", file=sys.stderr)
+        return 2
+    fingerprint = data_fingerprint(args.data)
+    if args.split != "all" and fingerprint != run.data_fingerprint:
+        print(
+            f"skiprec evaluate: warning: {args.data} is not the file this run was "
+            "trained on; its test split may overlap the run's training sessions",
+            file=sys.stderr,
+        )
+    if args.split == "all":
+        examples: list[EvalExample] = [e for s in sessions for e in session_examples(s)]
+        train_sessions = []
+    else:
+        split = make_split(sessions, args.split)
+        examples, train_sessions = split.test, split.train
+    if not examples:
+        print(f"skiprec evaluate: {args.data}: no test examples", file=sys.stderr)
+        return 2
+
+    negatives = SAMPLED_NEGATIVES if args.sampled else None
+    scorers: dict[str, Any] = {describe(run.train_config): TorchScorer(run.model)}
+    if args.baselines:
+        for name in BASELINES:
+            scorers[name] = fit_baseline(name, train_sessions, run.vocab)
+    results = {
+        name: evaluate(scorer, examples, run.vocab, sampled_negatives=negatives)
+        for name, scorer in scorers.items()
+    }
+    table = markdown_table(results)
+    print(table)
+    if args.markdown:
+        args.markdown.write_text(table + "\n")
+    if args.json:
+        payload = {
+            "run": str(args.run),
+            "data": str(args.data),
+            "data_fingerprint": fingerprint,
+            "split": args.split,
+            "ranking": "sampled" if args.sampled else "full",
+            "results": results,
+        }
+        args.json.write_text(json.dumps(payload, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
