@@ -1,0 +1,1 @@
+"""Load benchmark of the skiprec service: ``skiprec bench`` (see docs/BENCHMARKS.md)."""
