@@ -146,9 +146,10 @@ class LoadedModel:
         return results
 
 
-def _public_message(exc: BundleError) -> str:
-    """The bundle error without the server's directory layout (file name only)."""
-    return str(exc).replace(str(exc.path), exc.path.name)
+def _public_message(exc: BundleError, bundle_dir: Path) -> str:
+    """The bundle error without the server's directory layout (names only)."""
+    message = str(exc).replace(str(exc.path), exc.path.name)
+    return message.replace(str(bundle_dir), bundle_dir.name)
 
 
 class ModelHolder:
@@ -186,7 +187,9 @@ class ModelHolder:
                 )
             except BundleError as exc:
                 logger.warning("bundle rejected: %s", exc)
-                raise BundleRejected(_public_message(exc), field="bundle_dir") from exc
+                raise BundleRejected(
+                    _public_message(exc, path), field="bundle_dir"
+                ) from exc
             except BundleRejected:
                 logger.warning("bundle rejected by the smoke inference: %s", path)
                 raise

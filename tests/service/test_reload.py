@@ -1,0 +1,101 @@
+"""Hot reload: a good bundle swaps in atomically; a bad one is refused."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+
+
+async def version_of(client) -> str:
+    await client.post(
+        "/events", json={"user_id": "v", "track_id": "t1", "type": "play"}
+    )
+    return (await client.get("/recommendations/v")).json()["model_version"]
+
+
+async def test_reload_swaps_in_a_good_bundle(client, make_bundle, tiny_bundle_dir):
+    before = await version_of(client)
+    other = make_bundle(seed=1)
+    response = await client.post("/admin/reload", json={"bundle_dir": str(other)})
+    assert response.status_code == 200, response.text
+    after = response.json()["model_version"]
+    assert response.json()["previous_version"] == before
+    assert after != before
+    assert await version_of(client) == after
+    metrics = (await client.get("/metrics")).text
+    assert f'skiprec_model_info{{model_version="{after}"}} 1.0' in metrics
+    assert before not in metrics
+
+
+async def test_reload_without_body_rereads_the_configured_dir(client):
+    before = await version_of(client)
+    response = await client.post("/admin/reload")
+    assert response.status_code == 200
+    assert response.json() == {"model_version": before, "previous_version": before}
+
+
+async def test_bad_bundles_are_refused_and_the_old_one_keeps_serving(
+    client, tiny_bundle_dir, tmp_path
+):
+    before = await version_of(client)
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(tiny_bundle_dir, corrupt)
+    with (corrupt / "model.onnx").open("r+b") as handle:
+        handle.seek(100)
+        handle.write(b"\x00" * 16)
+    incomplete = tmp_path / "incomplete"
+    shutil.copytree(tiny_bundle_dir, incomplete)
+    (incomplete / "vocab.json").unlink()
+    future = tmp_path / "future"
+    shutil.copytree(tiny_bundle_dir, future)
+    manifest = json.loads((future / "manifest.json").read_text())
+    manifest["schema_version"] = 999
+    (future / "manifest.json").write_text(json.dumps(manifest))
+    cases = {
+        corrupt: "sha256",
+        incomplete: "vocab.json",
+        future: "schema_version",
+        tmp_path / "missing": "manifest.json",
+    }
+    for path, words in cases.items():
+        response = await client.post("/admin/reload", json={"bundle_dir": str(path)})
+        assert response.status_code == 409, response.text
+        error = response.json()["error"]
+        assert error["code"] == "bundle_rejected"
+        assert words in error["message"]
+        assert str(tmp_path) not in response.text  # no server paths in responses
+        assert await version_of(client) == before
+
+
+async def test_bundle_longer_than_the_session_is_refused(
+    make_client, make_settings, make_bundle
+):
+    long_model = make_bundle(max_seq_len=16)
+    async with make_client(make_settings(session_max_events=8)) as client:
+        response = await client.post(
+            "/admin/reload", json={"bundle_dir": str(long_model)}
+        )
+        assert response.status_code == 409
+        assert "SKIPREC_SESSION_MAX_EVENTS" in response.json()["error"]["message"]
+
+
+async def test_watcher_reloads_a_bundle_replaced_in_place(
+    make_client, make_settings, make_bundle, tiny_bundle_dir, tmp_path
+):
+    live = tmp_path / "live"
+    shutil.copytree(tiny_bundle_dir, live)
+    async with make_client(make_settings(bundle_dir=live, watch_bundle=0.05)) as client:
+        before = await version_of(client)
+        # A broken manifest is refused by the watcher; the old model keeps serving.
+        (live / "manifest.json").write_text("{not json")
+        await asyncio.sleep(0.3)
+        assert await version_of(client) == before
+        replacement = make_bundle(seed=2)
+        for name in ("model.onnx", "vocab.json", "popularity.json", "manifest.json"):
+            shutil.copy2(replacement / name, live / name)
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if await version_of(client) != before:
+                break
+        assert await version_of(client) != before
