@@ -78,20 +78,23 @@ def make_run(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
 def make_bundle(
     tmp_path_factory: pytest.TempPathFactory, make_run: Callable[..., Path]
 ) -> Callable[..., Path]:
-    """``make_bundle(backbone="sasrec", top_k=20, **model_overrides) -> bundle dir``;
-    equal arguments share one export."""
+    """``make_bundle(backbone="sasrec", top_k=20, precision="fp32", **model_overrides)
+    -> bundle dir``; equal arguments share one export."""
     from model_export.export import export_bundle
 
     cache: dict[str, Path] = {}
 
     def factory(
-        backbone: str = "sasrec", top_k: int = TINY_TOP_K, **overrides: Any
+        backbone: str = "sasrec",
+        top_k: int = TINY_TOP_K,
+        precision: str = "fp32",
+        **overrides: Any,
     ) -> Path:
-        key = repr((backbone, top_k, sorted(overrides.items())))
+        key = repr((backbone, top_k, precision, sorted(overrides.items())))
         if key not in cache:
             run_dir = make_run(backbone=backbone, **overrides)
             out_dir = tmp_path_factory.mktemp("bundle") / "bundle"
-            export_bundle(run_dir, out_dir, top_k=top_k)
+            export_bundle(run_dir, out_dir, top_k=top_k, precision=precision)
             cache[key] = out_dir
         return cache[key]
 

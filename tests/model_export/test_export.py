@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -114,6 +115,34 @@ def test_export_round_trips_bert4rec_and_caps_top_k(make_run, make_bundle) -> No
     assert manifest.parity.max_abs_diff <= PARITY_ATOL
     # Same seed and overrides as the factory's run: the same weights.
     _onnx_vs_torch(bundle_dir, make_run(backbone="bert4rec"))
+
+
+def test_export_int8_records_drift_and_serves(make_bundle) -> None:
+    bundle_dir = make_bundle(precision="int8")
+    bundle = load_bundle(bundle_dir)
+    assert bundle.manifest.precision == "int8"
+    drift = bundle.manifest.metrics["int8_drift"]
+    assert drift["num_sessions"] >= MIN_PARITY_SESSIONS
+    assert drift["top10_overlap"] >= 0.9
+    assert bundle.manifest.parity.max_abs_diff <= PARITY_ATOL  # the fp32 graph's
+    ops = {node.op_type for node in onnx.load(str(bundle.model_path)).graph.node}
+    assert "MatMulInteger" in ops
+    assert sorted(p.name for p in bundle_dir.iterdir()) == sorted(
+        [MANIFEST_FILE, MODEL_FILE, VOCAB_FILE, POPULARITY_FILE]
+    )
+    session = open_inference_session(bundle)
+    spec = bundle.manifest.encoding_spec()
+    item_ids, feedback = encode_sessions([[(5, 1), (9, 2)]], spec)
+    indices, scores = session.run(
+        None,
+        {
+            INPUT_ITEM_IDS: item_ids,
+            INPUT_FEEDBACK: feedback,
+            INPUT_EXCLUDE: encode_exclusions([[9]]),
+        },
+    )
+    assert indices.shape == (1, 20) and scores.dtype == np.float32
+    assert 9 not in indices[0] and (indices >= NUM_SPECIAL).all()
 
 
 def test_export_parity_failure_writes_nothing(tiny_run_dir, tmp_path, monkeypatch):
