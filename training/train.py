@@ -140,6 +140,32 @@ def batch_loss(
     return total, {name: float(value.detach()) for name, value in parts.items()}
 
 
+def _train_epoch(
+    model: SessionEncoder,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    batches: tqdm[Batch],
+    config: TrainConfig,
+    generator: torch.Generator,
+) -> dict[str, float]:
+    """One optimisation pass; the mean per batch of the loss and of each part."""
+    device = torch.device(config.device)
+    totals: dict[str, float] = {}
+    for batch in batches:
+        loss, parts = batch_loss(model, batch.to(device), config, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        loss_value = float(loss.detach())
+        for name, value in {"loss": loss_value, **parts}.items():
+            totals[name] = totals.get(name, 0.0) + value
+        batches.set_postfix(loss=f"{loss_value:.4f}")
+    return {name: total / len(batches) for name, total in totals.items()}
+
+
 def _optimizer(model: SessionEncoder, config: TrainConfig) -> torch.optim.AdamW:
     """AdamW decaying weight matrices only (not biases, LayerNorm or embeddings)."""
     decay, no_decay = [], []
@@ -215,66 +241,59 @@ def train(
     step = 0
     started = time.perf_counter()
     epochs = tqdm(range(1, config.epochs + 1), desc="epochs", disable=not show)
-    for epoch in epochs:
-        model.train()
-        epoch_start = time.perf_counter()
-        totals: dict[str, float] = {}
-        num_batches = 0
-        batches = tqdm(
-            epoch_batches(windows, config, generator),
-            total=steps_per_epoch,
-            desc=f"epoch {epoch}",
-            leave=False,
-            disable=not show,
-        )
-        for batch in batches:
-            loss, parts = batch_loss(model, batch.to(device), config, generator)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            num_batches += 1
-            loss_value = float(loss.detach())
-            for name, value in {"loss": loss_value, **parts}.items():
-                totals[name] = totals.get(name, 0.0) + value
-            batches.set_postfix(loss=f"{loss_value:.4f}")
-        row: dict[str, float] = {
-            "epoch": epoch,
-            "step": step,
-            "lr": scheduler.get_last_lr()[0],
-            "train_loss": totals["loss"] / num_batches,
-            **{f"train_{k}": v / num_batches for k, v in totals.items() if k != "loss"},
-            "train_seconds": time.perf_counter() - epoch_start,
-        }
-        if epoch % config.eval_every == 0 or epoch == config.epochs:
-            validation = evaluate(scorer, split.validation, vocab)
-            row.update(_prefixed(validation, "val", ("ndcg@10", "hr@10", "mrr@10")))
-            if validation["ndcg@10"] > best_ndcg:
-                best_ndcg, best_epoch, best_step, stale = (
-                    validation["ndcg@10"],
-                    epoch,
-                    step,
-                    0,
-                )
-                best_state = copy.deepcopy(model.state_dict())
-                best_validation = validation
-            else:
-                stale += 1
-            epochs.set_postfix(
-                val_ndcg10=f"{validation['ndcg@10']:.4f}", best=best_epoch
+    try:
+        for epoch in epochs:
+            model.train()
+            epoch_start = time.perf_counter()
+            batches = tqdm(
+                epoch_batches(windows, config, generator),
+                total=steps_per_epoch,
+                desc=f"epoch {epoch}",
+                leave=False,
+                disable=not show,
             )
-        row["seconds"] = time.perf_counter() - epoch_start
-        history.append(row)
-        if log_path is not None:
-            with log_path.open("a") as log:
-                log.write(json.dumps(row) + "\n")
-        if not quiet and not show:
-            print(_progress_line(row), file=sys.stderr, flush=True)
-        if stale >= config.patience:
-            break
+            means = _train_epoch(
+                model, optimizer, scheduler, batches, config, generator
+            )
+            step += steps_per_epoch
+            row: dict[str, float] = {
+                "epoch": epoch,
+                "step": step,
+                "lr": scheduler.get_last_lr()[0],
+                **{f"train_{name}": value for name, value in means.items()},
+                "train_seconds": time.perf_counter() - epoch_start,
+            }
+            if epoch % config.eval_every == 0 or epoch == config.epochs:
+                validation = evaluate(scorer, split.validation, vocab)
+                row.update(_prefixed(validation, "val", ("ndcg@10", "hr@10", "mrr@10")))
+                if validation["ndcg@10"] > best_ndcg:
+                    best_ndcg, best_epoch, best_step, stale = (
+                        validation["ndcg@10"],
+                        epoch,
+                        step,
+                        0,
+                    )
+                    best_state = copy.deepcopy(model.state_dict())
+                    best_validation = validation
+                else:
+                    stale += 1
+                epochs.set_postfix(
+                    val_ndcg10=f"{validation['ndcg@10']:.4f}", best=best_epoch
+                )
+            row["seconds"] = time.perf_counter() - epoch_start
+            history.append(row)
+            if log_path is not None:
+                with log_path.open("a") as log:
+                    log.write(json.dumps(row) + "\n")
+            if not quiet and not show:
+                print(_progress_line(row), file=sys.stderr, flush=True)
+            if stale >= config.patience:
+                break
+    except KeyboardInterrupt:
+        # Ctrl-C ends training early; the best state so far is still tested and saved.
+        if not any("val_ndcg@10" in row for row in history):
+            raise
+        print("interrupted: keeping the best state so far", file=sys.stderr)
     train_seconds = time.perf_counter() - started
 
     model.load_state_dict(best_state)
