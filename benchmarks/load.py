@@ -80,6 +80,7 @@ class BenchConfig:
     service_env: tuple[tuple[str, str], ...] = ()
     profile_dir: Path | None = None
     floors: bool = True
+    floor_seconds: float = 2.0  # timing budget per bare-ONNX batch size
     seed: int = 0
 
     @classmethod
@@ -98,6 +99,7 @@ class BenchConfig:
                 batch_concurrencies=(4,),
                 num_users=2000,
                 users_per_length=100,
+                floor_seconds=0.7,
             ),
             **changes,
         )
@@ -391,7 +393,7 @@ def _floors(config: BenchConfig, bundle: Path, redis_url: str) -> dict[str, Any]
     out: dict[str, Any] = {"redis": floors.redis_floor(redis_url)}
     out["onnx"] = floors.onnx_floor(
         bundle,
-        seconds_per_case=2.0 if config.phase_duration >= 8 else 0.7,
+        seconds_per_case=config.floor_seconds,
         intra_op_threads=config.onnx_threads,
     )
     print("floors: FastAPI no-op under the same uvicorn settings", flush=True)
@@ -562,7 +564,7 @@ def _catalogue_scaling(
             "onnx": floors.onnx_floor(
                 bundle,
                 batch_sizes=(1, 8),
-                seconds_per_case=0.7,
+                seconds_per_case=min(0.7, config.floor_seconds),
                 intra_op_threads=config.onnx_threads,
             )
         }

@@ -186,7 +186,7 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._buf += data
         while self.in_flight is not None:
-            parsed = _parse_response(self._buf)
+            parsed = parse_response(self._buf)
             if parsed is None:
                 return
             status, fallback, consumed = parsed
@@ -199,7 +199,7 @@ class _Connection(asyncio.Protocol):
         self._driver.on_connection_lost(self, request)
 
 
-def _parse_response(buf: bytearray) -> tuple[int, str, int] | None:
+def parse_response(buf: bytearray) -> tuple[int, str, int] | None:
     """``(status, X-Skiprec-Fallback value, bytes consumed)`` of one complete response
     at the start of ``buf``, or None while it is incomplete."""
     end = buf.find(b"\r\n\r\n")

@@ -1,0 +1,105 @@
+"""Smoke test of ``skiprec bench``: a seconds-long run of the whole harness.
+
+The real service serves the tiny bundle against a real ``redis-server`` that the
+harness starts itself; the load generator runs in its own process. Latency figures
+are not asserted (a shared CI machine makes them meaningless); the shape of the
+result, the request accounting and the written outputs are.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+from benchmarks.loadgen import parse_response, summarize_latencies
+
+
+def test_summarize_latencies_hand_values() -> None:
+    stats = summarize_latencies([0.001, 0.002, 0.003, 0.004])
+    assert stats["p50_ms"] == pytest.approx(2.5)
+    assert stats["p99_ms"] == pytest.approx(3.97)
+    assert stats["max_ms"] == pytest.approx(4.0)
+    assert stats["mean_ms"] == pytest.approx(2.5)
+
+
+def test_summarize_latencies_empty_is_nan_not_fast() -> None:
+    assert all(math.isnan(v) for v in summarize_latencies([]).values())
+
+
+def test_parse_response_content_length_and_incomplete() -> None:
+    raw = b"HTTP/1.1 202 Accepted\r\nContent-Length: 5\r\n\r\nhello"
+    assert parse_response(bytearray(raw[:-1])) is None
+    assert parse_response(bytearray(raw + b"HTTP/1.1")) == (202, "", len(raw))
+
+
+def test_parse_response_chunked_with_fallback_header() -> None:
+    raw = (
+        b"HTTP/1.1 200 OK\r\nX-Skiprec-Fallback: cold-start\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    )
+    assert parse_response(bytearray(raw[:-2])) is None
+    assert parse_response(bytearray(raw)) == (200, "cold-start", len(raw))
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="no redis-server")
+def test_bench_smoke_runs_and_reports(tiny_bundle_dir: Path, tmp_path: Path) -> None:
+    from benchmarks.load import BenchConfig, run_benchmark
+    from benchmarks.plot import plot_latency
+    from benchmarks.report import write_markdown
+
+    config = BenchConfig(
+        bundle_dir=tiny_bundle_dir,
+        scaling_catalogues=(),
+        session_lengths=(5,),
+        target_duration=0.5,
+        phase_duration=0.5,
+        warmup=0.2,
+        rates=(500,),
+        concurrencies=(4,),
+        event_rates=(),
+        event_concurrencies=(4,),
+        batch_concurrencies=(2,),
+        scaling_rate=50,
+        num_users=40,
+        users_per_length=5,
+        floor_seconds=0.1,
+        work_dir=tmp_path / "work",
+    )
+    results = run_benchmark(config)
+
+    rate_500 = results["recommendations"]["rate_500"]
+    assert {"p50_ms", "p99_ms", "errors"} <= rate_500.keys()
+    assert rate_500["status_counts"].get("200", 0) > 0
+    assert rate_500["requests"] == sum(rate_500["status_counts"].values()) + sum(
+        rate_500["error_kinds"].get(k, 0) for k in ("timeout", "connection_lost")
+    )
+    assert results["recommendations"]["saturation_rps"] > 0
+    assert results["events"]["single_eps"] > 0
+    assert results["events"]["batch_eps"] > 0
+    assert results["events"]["batch"][0]["events_per_s"] == pytest.approx(
+        100 * results["events"]["batch"][0]["throughput_rps"]
+    )
+    assert results["population"]["events"] > 40
+    assert set(results["session_length"]) == {"5"}
+    assert results["floors"]["onnx"]["batches"]["1"]["p50_ms"] > 0
+    assert results["floors"]["redis"]["sync_ping"]["p50_ms"] > 0
+    assert results["floors"]["noop"]["closed"]["throughput_rps"] > 0
+    assert "service" in rate_500["cpu_percent"]
+    assert len(results["summary"]["targets"]) == 6
+    json.dumps(results, allow_nan=True)
+
+    markdown = tmp_path / "BENCHMARKS.md"
+    markdown.write_text(
+        "# B\n\nprose\n<!-- bench:begin -->\nold\n<!-- bench:end -->\nend\n"
+    )
+    write_markdown(results, markdown)
+    text = markdown.read_text()
+    assert "old" not in text and "prose" in text and text.endswith("end\n")
+    assert "### GET /recommendations" in text
+    png = tmp_path / "latency.png"
+    plot_latency(results, png)
+    assert png.stat().st_size > 1000
