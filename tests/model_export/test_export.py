@@ -146,9 +146,13 @@ def test_export_int8_records_drift_and_serves(make_bundle) -> None:
 
 
 def test_export_parity_failure_writes_nothing(tiny_run_dir, tmp_path, monkeypatch):
+    def fake_export(module, path):
+        path.write_bytes(b"graph")
+
     def fail_parity(*args, **kwargs):
         raise ParityValueError("forced", ["session 0, position 0: forced mismatch"])
 
+    monkeypatch.setattr(export_module, "export_onnx", fake_export)
     monkeypatch.setattr(export_module, "check_parity", fail_parity)
     out_dir = tmp_path / "bundles" / "v1"
     with pytest.raises(ParityValueError, match="forced mismatch"):
