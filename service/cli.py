@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 from collections.abc import Sequence
 from importlib.util import find_spec
 from pathlib import Path
+from types import FrameType
 
 from pydantic import ValidationError
 
@@ -46,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level.upper())
@@ -63,6 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["SKIPREC_REDIS_URL"] = embedded.url
     import uvicorn
 
+    # uvicorn re-raises the signal that stopped it once it has shut down; with the
+    # default SIGTERM action that would kill us before the embedded Redis is stopped.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         uvicorn.run(
             "service.main:app",
@@ -78,4 +87,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if embedded is not None:
             embedded.stop()
+            logger.info("embedded redis stopped")
     return 0

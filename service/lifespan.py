@@ -99,6 +99,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             dedup_ttl_s=settings.dedup_ttl_s,
             stream_maxlen=settings.stream_maxlen,
         ),
+        read_client=redis.read_client,
     )
     await _register_with_retries(store)
     batcher = MicroBatcher(

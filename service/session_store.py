@@ -117,8 +117,11 @@ def current_session(
 class SessionStore:
     """Per-user live sessions and the global event stream, held by composition."""
 
-    def __init__(self, client: Any, config: StoreConfig) -> None:
+    def __init__(
+        self, client: Any, config: StoreConfig, read_client: Any | None = None
+    ) -> None:
         self.client = client
+        self.read_client = read_client if read_client is not None else client
         self.config = config
         self._script_sha: str | None = None
 
@@ -129,7 +132,7 @@ class SessionStore:
 
     async def ping(self) -> bool:
         with store_errors():
-            return bool(await self.client.ping())
+            return bool(await self.read_client.ping())
 
     async def append(self, events: Sequence[StoredEvent], now: float) -> AppendResult:
         """Store a batch (any users); returns only once Redis holds every event."""
@@ -189,7 +192,7 @@ class SessionStore:
     async def read_events(self, user_id: str) -> list[StoredEvent]:
         """Every stored event of the user (at most ``session_max_events``)."""
         with store_errors():
-            raw = await self.client.lrange(keys.session_events_key(user_id), 0, -1)
+            raw = await self.read_client.lrange(keys.session_events_key(user_id), 0, -1)
         return [StoredEvent.decode(user_id, _text(item)) for item in raw]
 
     async def read_session(self, user_id: str, now: float) -> list[StoredEvent]:

@@ -49,7 +49,10 @@ class Settings(BaseSettings):
     # Redis
     redis_url: str | None = None
     redis_cluster: bool = False
-    redis_timeout_s: float = Field(default=0.05, gt=0.0, le=30.0)
+    redis_timeout_s: float = Field(
+        default=0.08, gt=0.0, le=30.0, description="read path: bounds the fallback"
+    )
+    redis_write_timeout_s: float = Field(default=1.0, gt=0.0, le=60.0)
     redis_max_connections: int = Field(default=64, ge=1)
     data_dir: Path = Path("var")
 

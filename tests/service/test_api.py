@@ -334,3 +334,16 @@ async def test_openapi_documents_the_event_body(client):
         "EventBatch",
     }
     assert "PlaybackEvent" in schema["components"]["schemas"]
+
+
+async def test_embedded_redis_serves_and_keeps_data_across_restarts(
+    make_client, make_settings, tmp_path
+):
+    settings = make_settings(redis_url=None, data_dir=tmp_path / "embedded")
+    async with make_client(settings) as client:
+        assert (await client.post("/events", json=event("e", "t1"))).status_code == 202
+        assert (await client.get("/readyz")).status_code == 200
+    assert (tmp_path / "embedded").is_dir()
+    async with make_client(settings) as client:
+        session = (await client.get("/users/e/session")).json()
+        assert [e["track_id"] for e in session["events"]] == ["t1"]
