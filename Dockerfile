@@ -44,7 +44,10 @@ RUN python /usr/local/bin/requirements.py serve > /tmp/requirements.txt \
  && rm /tmp/requirements.txt
 COPY --from=builder /wheels /wheels
 RUN pip install --no-deps /wheels/skiprec-*.whl && rm -rf /wheels \
- && if pip show torch >/dev/null 2>&1; then echo "torch must not be in the api image" >&2; exit 1; fi
+ && if pip show torch >/dev/null 2>&1; then echo "torch must not be in the api image" >&2; exit 1; fi \
+ && mkdir -p /var/lib/skiprec && chown skiprec:skiprec /var/lib/skiprec
+# Where the embedded Redis keeps its data when SKIPREC_REDIS_URL is not set.
+ENV SKIPREC_DATA_DIR=/var/lib/skiprec
 USER skiprec
 VOLUME ["/bundles"]
 EXPOSE 8000
