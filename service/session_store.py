@@ -173,7 +173,11 @@ class SessionStore:
             ]
             for event in user_events:
                 args += (event.event_id, event.encode())
-            pipe.evalsha(self._script_sha, 2, *keys.user_keys(user_id), *args)
+            # execute_command, not pipe.evalsha: redis-py's ClusterPipeline blocks
+            # the evalsha helper, while a raw EVALSHA is routed by its keys' slot.
+            pipe.execute_command(
+                "EVALSHA", self._script_sha, 2, *keys.user_keys(user_id), *args
+            )
         for event in events:
             pipe.xadd(
                 keys.STREAM_KEY,
