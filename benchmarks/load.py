@@ -410,6 +410,11 @@ def _floors(config: BenchConfig, bundle: Path, redis_url: str) -> dict[str, Any]
     return out
 
 
+def _overloaded(result: dict[str, Any]) -> bool:
+    """An open-loop phase the server could not keep up with."""
+    return bool(result["throughput_rps"] < 0.9 * result["offered_rps"])
+
+
 def _recommendation_phases(
     config: BenchConfig, phases: Phases, users: tuple[str, ...], pid: int
 ) -> dict[str, Any]:
@@ -429,8 +434,8 @@ def _recommendation_phases(
         out["open"].append(result)
         if target:
             out["rate_500"] = result
-        if result["throughput_rps"] < 0.9 * rate and rate > TARGET_RATE:
-            break  # overloaded: higher rates only queue
+        if _overloaded(result) and rate >= TARGET_RATE:
+            break  # higher rates would only queue
     print("GET /recommendations, closed loop", flush=True)
     for concurrency in config.concurrencies:
         result = phases.run(
@@ -456,6 +461,8 @@ def _event_phases(
     print("POST /events, 1 event per request", flush=True)
     for rate in config.event_rates:
         out["single"].append(phases.run("events", "open", rate=rate, **common))
+        if _overloaded(out["single"][-1]):
+            break
     for concurrency in config.event_concurrencies:
         with profiler(
             config, pid, f"events_single_c{concurrency}", config.phase_duration

@@ -417,6 +417,14 @@ class _Driver:
             "connections": len(self._connections),
             "cpu_percent": probe.percent(),
         }
+        # CPU milliseconds per answered request: unlike throughput, this barely moves
+        # when other tenants of a shared machine take cores away from the service.
+        service_cpu = result["cpu_percent"].get("service")
+        result["service_cpu_ms_per_request"] = (
+            10.0 * service_cpu / throughput
+            if service_cpu is not None and throughput > 0
+            else None
+        )
         result.update(summarize_latencies(self.latencies))
         keys = ("p50_ms", "p99_ms", "max_ms")
         lags = summarize_latencies(self.send_lags)

@@ -139,6 +139,7 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
             }
         )
     out: dict[str, Any] = {"targets": targets, "ratios": _ratios(results)}
+    out["cpu_cost"] = _cpu_cost(results)
     out["targets_table"] = [
         f"{'PASS' if t['ok'] else 'MISS' if t['ok'] is False else 'n/a '}  "
         f"{t['target']}: {_fmt(t['measured'])} (goal {t['goal']})"
@@ -157,15 +158,49 @@ def _ratios(results: dict[str, Any]) -> dict[str, float | None]:
     redis_rtt = floor["redis"]["async_ping"]["p50_ms"]
     noop = floor["noop"]["rate_500"]["p50_ms"]
     floor_sum = onnx_b1 + redis_rtt + noop
+    # The lightest open-loop phase: the service's latency when nothing queues.
+    light = min(
+        _get(results, ("recommendations", "open")) or [service],
+        key=lambda r: r["offered_rps"],
+    )
     saturation = _get(results, ("recommendations", "saturation_rps"))
     noop_sat = floor["noop"]["closed"]["throughput_rps"]
     best_batch = min(b["per_request_ms"] for b in floor["onnx"]["batches"].values())
     return {
         "p50_floor_sum_ms": floor_sum,
         "p50_service_over_floor": service["p50_ms"] / floor_sum,
+        "light_rate": light["offered_rps"],
+        "p50_light_over_floor": light["p50_ms"] / floor_sum,
         "saturation_over_noop": (saturation or 0.0) / noop_sat if noop_sat else None,
         "onnx_bound_rps_per_thread": 1000.0 / best_batch,
     }
+
+
+def _cpu_cost(results: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Service CPU per request in the busiest error-free closed-loop phase of each
+    workload, and the requests/s one fully available core would then carry."""
+    workloads = {
+        "FastAPI no-op": _get(results, ("floors", "noop", "closed")),
+        "GET /recommendations": _best(_get(results, ("recommendations", "closed"))),
+        "POST /events ×1": _best(_get(results, ("events", "single"))),
+        "POST /events ×100": _best(_get(results, ("events", "batch"))),
+    }
+    out = {}
+    for name, result in workloads.items():
+        cost = (result or {}).get("service_cpu_ms_per_request")
+        if cost:
+            out[name] = {
+                "service_cpu_ms_per_request": cost,
+                "requests_per_core_s": 1000.0 / cost,
+                "redis_cpu_percent": result["cpu_percent"].get("redis", 0.0),
+                "throughput_rps": result["throughput_rps"],
+            }
+    return out
+
+
+def _best(results: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    closed = [r for r in results or [] if r["mode"] == "closed" and r["errors"] == 0]
+    return max(closed, key=lambda r: r["throughput_rps"], default=None)
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -213,6 +248,7 @@ def _load_rows(results: list[dict[str, Any]]) -> list[list[str]]:
                 _cpu(r, "redis"),
                 _cpu(r, "loadgen"),
                 _cpu(r, "machine"),
+                _fmt(r.get("service_cpu_ms_per_request"), 3),
             ]
         )
     return rows
@@ -231,6 +267,7 @@ LOAD_HEADER = [
     "CPU redis",
     "CPU loadgen",
     "CPU machine",
+    "service CPU ms/request",
 ]
 
 
@@ -294,6 +331,37 @@ def render(results: dict[str, Any]) -> list[str]:
         lines += _table(LOAD_HEADER, _load_rows(events["single"]))
         lines += ["", "100 events per request:", ""]
         lines += _table(LOAD_HEADER, _load_rows(events["batch"]))
+    cost = results["summary"].get("cpu_cost")
+    if cost:
+        lines += [
+            "",
+            "### CPU cost per request",
+            "",
+            "Busiest error-free closed-loop phase of each workload; *per core* is "
+            "what one fully available core would carry at that cost (the figure "
+            "that survives a shared machine).",
+            "",
+        ]
+        rows = [
+            [
+                name,
+                _fmt(c["service_cpu_ms_per_request"], 3),
+                _fmt(c["requests_per_core_s"]),
+                _fmt(c["throughput_rps"]),
+                f"{c['redis_cpu_percent']:.0f}%",
+            ]
+            for name, c in cost.items()
+        ]
+        lines += _table(
+            [
+                "workload",
+                "service CPU ms/request",
+                "requests/s per core",
+                "measured req/s",
+                "CPU redis",
+            ],
+            rows,
+        )
     lines += _render_floors(results)
     lines += _render_scaling(results)
     return lines
@@ -337,7 +405,8 @@ def _render_floors(results: dict[str, Any]) -> list[str]:
     if ratios:
         lines += [
             "",
-            f"Service / floor: p50 at 500 req/s is "
+            f"Service / floor: p50 at {ratios['light_rate']:g} req/s is "
+            f"{_fmt(ratios['p50_light_over_floor'])}× and at 500 req/s "
             f"{_fmt(ratios['p50_service_over_floor'])}× the sum of the floors "
             f"(ONNX batch 1 + async Redis + no-op = {_fmt(ratios['p50_floor_sum_ms'])}"
             f" ms); saturation is {_fmt(ratios['saturation_over_noop'])}× the no-op's "
