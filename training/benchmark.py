@@ -176,6 +176,8 @@ def run_protocol(
     for lam in lambdas:
         sweep = Variant(f"lambda={lam:g}", {"skip_cl_weight": lam})
         jobs.append((sweep.name, seeds[0], variant_config(base, sweep, seeds[0])))
+    # Seed-major order: an interrupted benchmark has every variant at one seed first.
+    jobs.sort(key=lambda job: job[1])
     for name, seed, config in jobs:
         path = _cache_path(cache, protocol, name, seed)
         if path.is_file() and not fresh:
