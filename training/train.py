@@ -168,7 +168,8 @@ def _train_epoch(
 
 def _optimizer(model: SessionEncoder, config: TrainConfig) -> torch.optim.AdamW:
     """AdamW decaying weight matrices only (not biases, LayerNorm or embeddings)."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, param in model.named_parameters():
         is_matrix = param.dim() >= 2 and not name.endswith("_emb.weight")
         (decay if is_matrix else no_decay).append(param)
@@ -259,7 +260,7 @@ def train(
             row: dict[str, float] = {
                 "epoch": epoch,
                 "step": step,
-                "lr": scheduler.get_last_lr()[0],
+                "lr": float(scheduler.get_last_lr()[0]),
                 **{f"train_{name}": value for name, value in means.items()},
                 "train_seconds": time.perf_counter() - epoch_start,
             }
