@@ -1,0 +1,143 @@
+"""Property tests: the session encoder, and the append script against a real Redis.
+
+- ``skiprec.encoding.encode_sessions``: shapes, left truncation to the newest events,
+  left padding, the appended mask, and independence from batch mates and padding width.
+- ``service/lua/append_events.lua`` is run (EVAL, on the suite's real redis-server) on
+  generated batches and compared after every call with a model of its contract: dedup
+  by event id (ids kept while younger than the dedup TTL, "" never deduplicated),
+  append in argument order, keep the newest ``max_events``, TTL on every key, counts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from service import keys
+from service.session_store import APPEND_SCRIPT
+from skiprec.encoding import FEEDBACK_MASK, FEEDBACK_PAD, EncodingSpec, encode_sessions
+from skiprec.vocab import MASK_ID, PAD_ID
+
+events = st.tuples(st.integers(1, 500), st.sampled_from([1, 2]))  # OOV=1 allowed
+sessions = st.lists(st.lists(events, max_size=30), min_size=1, max_size=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(sessions, st.integers(1, 12), st.booleans())
+def test_encoder_keeps_the_newest_events_right_aligned(batch, max_seq_len, mask):
+    spec = EncodingSpec(max_seq_len=max_seq_len, append_mask=mask)
+    item_ids, feedback = encode_sessions(batch, spec)
+    tails = [
+        (list(s) + ([(MASK_ID, FEEDBACK_MASK)] if mask else []))[-max_seq_len:]
+        for s in batch
+    ]
+    width = max(1, *map(len, tails))
+    assert item_ids.shape == feedback.shape == (len(batch), width)
+    assert item_ids.dtype == feedback.dtype == np.int64
+    for row, tail in enumerate(tails):
+        pad = width - len(tail)
+        assert (item_ids[row, :pad] == PAD_ID).all()
+        assert (feedback[row, :pad] == FEEDBACK_PAD).all()
+        assert [
+            (int(i), int(f))
+            for i, f in zip(item_ids[row, pad:], feedback[row, pad:], strict=True)
+        ] == tail
+
+
+@settings(max_examples=200, deadline=None)
+@given(sessions, st.integers(1, 12), st.booleans(), st.data())
+def test_encoder_rows_do_not_depend_on_batch_mates_or_padding(
+    batch, max_seq_len, mask, data
+):
+    spec = EncodingSpec(max_seq_len=max_seq_len, append_mask=mask)
+    together, together_fb = encode_sessions(batch, spec, seq_len=max_seq_len)
+    for row, session in enumerate(batch):
+        alone, alone_fb = encode_sessions([session], spec)
+        width = alone.shape[1]
+        # Wider padding only adds PAD on the left; the right-aligned part is the same.
+        assert (together[row, max_seq_len - width :] == alone[0]).all()
+        assert (together_fb[row, max_seq_len - width :] == alone_fb[0]).all()
+        assert (together[row, : max_seq_len - width] == PAD_ID).all()
+    width = data.draw(st.integers(1, max_seq_len))
+    narrow, _ = encode_sessions(batch, spec, seq_len=width)
+    assert (narrow == together[:, max_seq_len - width :]).all()
+
+
+# --- the append script --------------------------------------------------------------
+
+SESSION_TTL = 3_000
+DEDUP_TTL = 1_000  # in the script's "now" units; real expiry never fires in a test
+
+event_ids = st.sampled_from(["", "", "a", "b", "c", "d", "e", "f", "g"])
+script_batch = st.lists(
+    st.tuples(event_ids, st.sampled_from(["p", "s"]), st.integers(0, 9)),
+    min_size=1,
+    max_size=6,
+)
+script_calls = st.lists(
+    st.tuples(script_batch, st.integers(0, 600)), min_size=1, max_size=12
+)
+
+
+class ScriptModel:
+    """What the script promises, in plain Python."""
+
+    def __init__(self, max_events: int) -> None:
+        self.max_events = max_events
+        self.events: list[str] = []
+        self.dedup: dict[str, float] = {}
+
+    def append(self, batch: list[tuple[str, str]], now: float) -> tuple[int, int, int]:
+        accepted = duplicates = skips = 0
+        for event_id, encoded in batch:
+            if event_id and event_id in self.dedup:
+                duplicates += 1
+                continue
+            if event_id:
+                self.dedup[event_id] = now
+            self.events.append(encoded)
+            accepted += 1
+            skips += encoded.split("|")[2] == "s"
+        self.events = self.events[-self.max_events :]
+        if any(event_id for event_id, _ in batch):
+            horizon = now - DEDUP_TTL
+            self.dedup = {k: t for k, t in self.dedup.items() if t >= horizon}
+        return accepted, duplicates, skips
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(script_calls, st.integers(1, 6))
+def test_append_script_matches_its_model(redis_server, calls, max_events):
+    client = redis.Redis.from_url(redis_server, decode_responses=True)
+    client.flushall()
+    events_key, dedup_key = keys.user_keys("prop")
+    model = ScriptModel(max_events)
+    now = 1_000_000.0
+    serial = 0
+    try:
+        for batch, step in calls:
+            now += step
+            pairs: list[tuple[str, str]] = []
+            for event_id, code, track in batch:
+                serial += 1
+                pairs.append((event_id, f"{event_id}|t{track}|{code}|{serial}.000"))
+            args: list[str | int] = [max_events, SESSION_TTL, DEDUP_TTL, repr(now)]
+            for pair in pairs:
+                args += pair
+            reply = client.eval(APPEND_SCRIPT, 2, events_key, dedup_key, *args)
+            assert tuple(reply) == model.append(pairs, now)
+            assert client.lrange(events_key, 0, -1) == model.events
+            assert sorted(client.zrange(dedup_key, 0, -1)) == sorted(model.dedup)
+            if model.events:
+                assert 0 < client.ttl(events_key) <= SESSION_TTL
+            if model.dedup:
+                assert 0 < client.ttl(dedup_key) <= DEDUP_TTL
+            assert client.ttl(events_key) != -1 and client.ttl(dedup_key) != -1
+    finally:
+        client.close()
