@@ -456,7 +456,7 @@ def _event_phases(
 ) -> dict[str, Any]:
     rng = random.Random(config.seed + 1)
     tracks = zipf_tracks(track_ids, 10_000, rng)
-    common = {"users": users, "track_ids": tracks}
+    common: dict[str, Any] = {"users": users, "track_ids": tracks}
     out: dict[str, Any] = {"single": [], "batch": []}
     print("POST /events, 1 event per request", flush=True)
     for rate in config.event_rates:
