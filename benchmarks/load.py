@@ -625,13 +625,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # outputs
     parser.add_argument(
-        "--out", type=Path, default=REPO_ROOT / "docs/results/bench.json"
+        "--out",
+        type=Path,
+        default=REPO_ROOT / "docs/results/bench.json",
+        help="the results JSON",
     )
     parser.add_argument(
-        "--markdown", type=Path, default=REPO_ROOT / "docs/BENCHMARKS.md"
+        "--markdown",
+        type=Path,
+        default=REPO_ROOT / "docs/BENCHMARKS.md",
+        help="markdown whose bench:begin/end block is regenerated",
     )
     parser.add_argument(
-        "--plot", type=Path, default=REPO_ROOT / "docs/results/bench_latency.png"
+        "--plot",
+        type=Path,
+        default=REPO_ROOT / "docs/results/bench_latency.png",
+        help="the latency-vs-load PNG",
     )
     parser.add_argument("--profile", type=Path, help="py-spy raw profiles go here")
     parser.add_argument("--work-dir", type=Path, help="logs (default: a temp dir)")
