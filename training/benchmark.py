@@ -27,7 +27,7 @@ import numpy as np
 
 from training.baselines import fit_baseline
 from training.config import DEFAULT_CONFIG, TrainConfig
-from training.data import load_sessions
+from training.data import data_fingerprint, load_sessions
 from training.evaluation import evaluate
 from training.splits import build_vocab, leave_one_out_split, session_disjoint_split
 from training.train import SPLIT_SEED, train
@@ -124,7 +124,7 @@ ML1M_OVERRIDES = {
     "dropout": 0.2,
     "loss": "full_softmax",
 }
-LOO_VARIANTS = ("sasrec", "sasrec+skip_cl", "sasrec+skip_input", "sasrec+next_played")
+LOO_VARIANTS = ("sasrec", "sasrec+skip_cl")
 
 
 def variant_config(base: TrainConfig, variant: Variant, seed: int) -> TrainConfig:
@@ -161,6 +161,7 @@ def run_protocol(
 ) -> None:
     """Train/evaluate what is missing from the cache for one split protocol."""
     sessions = load_sessions(data)
+    fingerprint = data_fingerprint(data)
     split = (
         session_disjoint_split(sessions, seed=SPLIT_SEED)
         if protocol == "session"
@@ -192,7 +193,10 @@ def run_protocol(
         if config is None:
             result = evaluate(fit_baseline(name, split.train, vocab), split.test, vocab)
         else:
-            trained = train(config, split, vocab, quiet=True)
+            run_dir = cache / "runs" / protocol / path.stem
+            trained = train(
+                config, split, vocab, run_dir, data_fingerprint=fingerprint, quiet=True
+            )
             result = {
                 **trained.metrics["test"],
                 "train_seconds": trained.metrics["train_seconds"],
