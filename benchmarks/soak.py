@@ -156,8 +156,8 @@ def _window_errors(result: dict[str, Any]) -> int:
     bad_status = sum(
         n for code, n in result["status_counts"].items() if not code.startswith("2")
     )
-    degraded = sum(result["fallbacks"].get(k, 0) for k in ("store-unavailable",))
-    return int(result["errors"]) + bad_status + int(degraded)
+    degraded = int(result["fallbacks"].get("store-unavailable", 0))
+    return int(result["errors"]) + int(bad_status) + degraded
 
 
 def run_soak(
@@ -227,7 +227,7 @@ def run_soak(
                     flush=True,
                 )
                 sampler = RssSampler(pid)
-                windows = []
+                windows: list[dict[str, Any]] = []
                 deadline = time.monotonic() + minutes * 60
                 index = 0
                 while time.monotonic() + 1 < deadline:
@@ -270,7 +270,7 @@ def run_soak(
                         ),
                     }
                     results = {name: _collect(proc) for name, proc in procs.items()}
-                    window = {
+                    window: dict[str, Any] = {
                         "index": index,
                         "rss_mib": sampler.rss() / 2**20,
                         **{
@@ -282,6 +282,8 @@ def run_soak(
                                 "p99_ms": r["p99_ms"],
                                 "max_ms": r["max_ms"],
                                 "status_counts": r["status_counts"],
+                                "error_kinds": r["error_kinds"],
+                                "fallbacks": r["fallbacks"],
                             }
                             for name, r in results.items()
                         },
