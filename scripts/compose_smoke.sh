@@ -64,7 +64,10 @@ grep -iE '^(fastapi|uvicorn|redis|onnxruntime|skiprec)==' <<<"$packages"
 step "docker compose run --rm trainer (synthetic data -> train -> export)"
 docker compose run --rm trainer
 step "trainer again: must skip, the bundle exists"
-docker compose run --rm trainer | tee /dev/stderr | grep -q "bundle already at"
+# (captured, not tee'd to /dev/stderr: reopening that truncates a log file it points to)
+second_run=$(docker compose run --rm trainer 2>&1)
+echo "$second_run"
+grep -q "bundle already at" <<<"$second_run"
 
 step "docker compose up -d --wait redis api"
 docker compose up -d --wait redis api
