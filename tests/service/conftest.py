@@ -103,6 +103,10 @@ def make_settings(
             "bundle_dir": tiny_bundle_dir,
             "redis_url": redis_url,
             "data_dir": tmp_path / "var",
+            # The fallback deadline (default 80 ms) is tested on its own; elsewhere a
+            # Redis descheduled on a busy CI machine must not turn answers into
+            # popularity fallbacks.
+            "redis_timeout_s": 1.0,
         }
         values.update(overrides)
         return Settings(**values)
