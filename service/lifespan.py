@@ -98,6 +98,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             session_ttl_s=settings.session_ttl_s,
             dedup_ttl_s=settings.dedup_ttl_s,
             stream_maxlen=settings.stream_maxlen,
+            read_timeout_s=settings.redis_timeout_s,
         ),
         read_client=redis.read_client,
     )

@@ -52,12 +52,17 @@ RankedItems = list[tuple[str, float]]
 
 @dataclass(frozen=True, slots=True)
 class InferenceRequest:
-    """One live session to rank for: its events oldest first."""
+    """One live session to rank for: its events oldest first.
+
+    ``excluded``: tracks excluded besides those of these events (skipped ones, or all
+    with ``exclude_played``), i.e. those of session events older than the model reads.
+    """
 
     track_ids: tuple[str, ...]
     skipped: tuple[bool, ...]
     k: int
     exclude_played: bool
+    excluded: tuple[str, ...] = ()
 
 
 class LoadedModel:
@@ -117,6 +122,10 @@ class LoadedModel:
                 for item, skipped in zip(items, request.skipped, strict=True)
                 if item >= NUM_SPECIAL and (skipped or request.exclude_played)
             }
+            if request.excluded:
+                excluded.update(
+                    item for item in indices_of(request.excluded) if item >= NUM_SPECIAL
+                )
             exclusions.append(sorted(excluded))
         item_ids, feedback = encode_sessions(histories, self.spec)
         outputs = self.session.run(

