@@ -73,7 +73,7 @@ class BenchConfig:
     users_per_length: int = 300
     workers: int = 1
     onnx_threads: int = 1
-    top_k: int = 500
+    top_k: int = 200  # model_export.export.DEFAULT_TOP_K, the API's max k
     bundle_dir: Path | None = None  # an existing bundle instead of a synthetic one
     cache_dir: Path = field(default_factory=default_cache_dir)
     work_dir: Path | None = None  # logs and Redis data; default a temp dir
