@@ -34,6 +34,7 @@ from training.data import DataError, load_sessions
 from training.metrics import summarize
 from training.splits import EvalExample, leave_one_out_split, session_disjoint_split
 
+RETRIES = 4
 K = 20  # the largest cut-off summarize reports; deeper ranks change no metric
 
 
@@ -101,30 +102,43 @@ class Replayer:
         self.run_id = uuid.uuid4().hex[:8]
         self.result = ReplayResult()
 
+    async def _request(self, method: str, url: str, **kwargs: object) -> httpx.Response:
+        """One request, retried on transport errors and 503 (events carry ids, so a
+        retried POST is deduplicated by the service, never double-counted)."""
+        for attempt in range(RETRIES + 1):
+            try:
+                response = await self.client.request(method, url, **kwargs)  # type: ignore[arg-type]
+            except httpx.TransportError:
+                if attempt == RETRIES:
+                    raise
+            else:
+                if response.status_code != 503 or attempt == RETRIES:
+                    response.raise_for_status()
+                    return response
+            await asyncio.sleep(0.1 * 2**attempt)
+        raise AssertionError("unreachable")
+
     async def _recommend(self, user_id: str) -> tuple[list[dict[str, object]], bool]:
         started = time.perf_counter()
-        response = await self.client.get(
-            f"/recommendations/{user_id}", params=self.params
+        response = await self._request(
+            "GET", f"/recommendations/{user_id}", params=self.params
         )
         self.result.latencies_ms.append((time.perf_counter() - started) * 1000)
-        response.raise_for_status()
         body = response.json()
         self.result.model_versions.add(body["model_version"])
         return body["items"], bool(body["fallback"])
 
     async def _post(self, events: list[dict[str, object]]) -> None:
-        response = await self.client.post(
-            "/events", json={"events": events}, headers=self.headers
+        await self._request(
+            "POST", "/events", json={"events": events}, headers=self.headers
         )
-        response.raise_for_status()
 
     async def replay_session(self, index: int, session: ReplaySession) -> None:
         user_id = f"replay-{self.run_id}-{index}"
         async with self.semaphore:
-            response = await self.client.delete(
-                f"/users/{user_id}/session", headers=self.headers
+            await self._request(
+                "DELETE", f"/users/{user_id}/session", headers=self.headers
             )
-            response.raise_for_status()
             pending: list[dict[str, object]] = []
             for t, (track_id, skipped) in enumerate(session.events):
                 if t == 0 or t >= session.scored_from:
@@ -268,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             replay(args.url, sessions, args.concurrency, exclude, args.api_key)
         )
     except httpx.HTTPError as exc:
-        print(f"skiprec replay: {exc}", file=sys.stderr)
+        print(f"skiprec replay: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     elapsed = time.perf_counter() - started
     metrics = result["metrics"]
