@@ -133,9 +133,16 @@ def open_redis(settings: Settings) -> RedisHandle:
         kwargs = _client_kwargs(timeout_s)
         if settings.redis_cluster:
             return RedisCluster.from_url(url, **kwargs)
-        return aioredis.Redis.from_url(
-            url, max_connections=settings.redis_max_connections, **kwargs
+        # A blocking pool: with more requests in flight than connections, a request
+        # waits for one (bounded by the read deadline or the write timeout) instead
+        # of failing with "Too many connections" (a spurious fallback or 503).
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=settings.redis_max_connections,
+            timeout=timeout_s,
+            **kwargs,
         )
+        return aioredis.Redis.from_pool(pool)
 
     return RedisHandle(
         connect(settings.redis_write_timeout_s),
