@@ -71,7 +71,7 @@ class BenchConfig:
     scaling_rate: float = 200.0
     num_users: int = 5000
     users_per_length: int = 300
-    workers: int = 1
+    workers: int = 2  # one per core: the event loop is GIL-bound at one core
     onnx_threads: int = 1
     top_k: int = 200  # model_export.export.DEFAULT_TOP_K, the API's max k
     bundle_dir: Path | None = None  # an existing bundle instead of a synthetic one
@@ -614,7 +614,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-floors", action="store_true", help="skip the floors")
     parser.add_argument("--bundle", type=Path, help="an existing bundle to serve")
     # the service
-    parser.add_argument("--workers", type=int, help="uvicorn workers (default 1)")
+    parser.add_argument("--workers", type=int, help="uvicorn workers (default 2)")
     parser.add_argument("--onnx-threads", type=int, help="SKIPREC_ONNX_THREADS")
     parser.add_argument(
         "--env",
