@@ -353,6 +353,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, help="override the preset's max epochs")
     parser.add_argument("--patience", type=int, help="override early-stop patience")
     parser.add_argument("--threads", type=int, help="torch threads per training run")
+    parser.add_argument(
+        "--lambdas", type=float, nargs="+", default=list(LAMBDAS), help="sweep values"
+    )
     parser.add_argument("--no-sweep", action="store_true", help="skip the lambda sweep")
     parser.add_argument("--no-loo", action="store_true", help="skip leave-one-out")
     parser.add_argument("--ml1m", type=Path, help="also run the ML-1M backbone check")
@@ -376,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         base,
         args.cache,
         fresh=args.fresh,
-        lambdas=() if args.no_sweep else LAMBDAS,
+        lambdas=() if args.no_sweep else args.lambdas,
     )
     if not args.no_loo:
         loo_names = [n for n in names if n in (*BASELINE_NAMES, *LOO_VARIANTS)]
