@@ -179,6 +179,14 @@ def epoch_batches(
         yield Batch(**{name: t[rows, cols] for name, t in vars(full).items()})
 
 
+def _causal_targets(windows: TrainWindows, target: str) -> Tensor:
+    if target == "next":
+        return windows.next_targets
+    if target == "next_played":
+        return windows.next_played_targets
+    return torch.where(windows.next_skipped, PAD_ID, windows.next_targets)
+
+
 def _causal(windows: TrainWindows, target: str) -> Batch:
     """SASRec: predict at every position the next (or next played) track."""
     return Batch(
@@ -186,9 +194,7 @@ def _causal(windows: TrainWindows, target: str) -> Batch:
         feedback=windows.feedback,
         tracks=windows.tracks,
         skipped=windows.skipped,
-        targets=windows.next_targets
-        if target == "next"
-        else windows.next_played_targets,
+        targets=_causal_targets(windows, target),
         negative_targets=torch.where(
             windows.next_skipped, windows.next_targets, PAD_ID
         ),
@@ -210,6 +216,7 @@ def _masked(
     newest[:, -1] = True
     masked = torch.where(last_only[:, None], newest, masked)
     hidden = windows.tracks
+    # Both skip-aware targets mean "played tracks only" for a masked model.
     keep_target = masked if target == "next" else masked & ~windows.skipped
     return Batch(
         item_ids=torch.where(masked, MASK_ID, hidden),

@@ -89,6 +89,16 @@ VARIANTS: tuple[Variant, ...] = (
         "+ skip input, target = next played track (skips are never positives)",
     ),
     Variant(
+        "sasrec+played_only",
+        {"feedback_input": True, "target": "played_only"},
+        "+ skip input, CE only where the next track was played (skips never positive)",
+    ),
+    Variant(
+        "sasrec+played_only+unlikelihood",
+        {"feedback_input": True, "target": "played_only", "unlikelihood_weight": 1.0},
+        "+ skip input, played-only CE + unlikelihood on a skipped next track",
+    ),
+    Variant(
         "sasrec+unlikelihood",
         {"feedback_input": True, "unlikelihood_weight": 1.0},
         "+ skip input, skipped next track as explicit negative (unlikelihood)",

@@ -95,7 +95,10 @@ class TrainConfig:
     # --- loss ---
     loss: Literal["full_softmax", "sampled_softmax"] = "full_softmax"
     num_negatives: int = 256  # uniform negatives per batch (sampled softmax)
-    target: Literal["next", "next_played"] = "next"
+    # next: the next track; next_played: the first later track that was played;
+    # played_only: the next track only where it was played (skipped next tracks
+    # give no positive, and are the unlikelihood term's negatives)
+    target: Literal["next", "next_played", "played_only"] = "next"
     skip_cl_weight: float = 0.0  # lambda of the skip contrastive term; 0 = off
     skip_cl_temperature: float = 0.1
     skip_cl_anchor: Literal["output", "item_embedding"] = "output"
@@ -132,7 +135,10 @@ class TrainConfig:
                 "loss: full_softmax|sampled_softmax",
             ),
             (self.num_negatives >= 1, "num_negatives must be >= 1"),
-            (self.target in ("next", "next_played"), "target: next|next_played"),
+            (
+                self.target in ("next", "next_played", "played_only"),
+                "target: next|next_played|played_only",
+            ),
             (self.skip_cl_weight >= 0, "skip_cl_weight must be >= 0"),
             (self.skip_cl_temperature > 0, "skip_cl_temperature must be > 0"),
             (

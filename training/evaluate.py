@@ -44,8 +44,8 @@ def describe(train_config: Mapping[str, Any]) -> str:
     name = str(train_config.get("backbone", "model"))
     if train_config.get("feedback_input"):
         name += "+fb"
-    if train_config.get("target") == "next_played":
-        name += "+next_played"
+    if train_config.get("target") in ("next_played", "played_only"):
+        name += f"+{train_config['target']}"
     if train_config.get("skip_cl_weight"):
         name += f"+skip_cl{train_config['skip_cl_weight']:g}"
     if train_config.get("unlikelihood_weight"):

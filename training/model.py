@@ -54,7 +54,7 @@ class SelfAttention(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: Tensor, allowed: Tensor) -> Tensor:
-        """x: [B, T, D]; allowed: bool [B, 1, T, T] (query row may attend key column)."""
+        """x: [B, T, D]; allowed: bool [B, 1, T, T] (may query row attend key col)."""
         B, T, D = x.shape
         q, k, v = self.qkv(x).split(D, dim=2)
         # [B, T, D] -> [B, H, T, D/H]
@@ -152,7 +152,7 @@ class SessionEncoder(nn.Module):
         return allowed
 
     def score(self, hidden: Tensor) -> Tensor:
-        """hidden [..., D] -> logits over the whole item table [..., V] (tied weights)."""
+        """hidden [..., D] -> logits over the whole item table [..., V] (tied)."""
         return hidden @ self.item_emb.weight.T
 
     def item_embeddings(self, item_ids: Tensor) -> Tensor:

@@ -387,7 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="add a play/skip embedding to each input event",
     )
     parser.add_argument(
-        "--target", choices=["next", "next_played"], help="training target"
+        "--target",
+        choices=["next", "next_played", "played_only"],
+        help="training target",
     )
     parser.add_argument("--epochs", type=int, help="maximum epochs")
     parser.add_argument("--device", help="torch device, e.g. cpu or cuda")

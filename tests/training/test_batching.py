@@ -75,6 +75,9 @@ def test_causal_batch_targets_follow_config():
     for target, expected in (
         ("next", windows.next_targets),
         ("next_played", windows.next_played_targets),
+        # played_only keeps a target only where the next track was played (c -> d,
+        # c -> a); the skipped next tracks b, c and e give no positive.
+        ("played_only", torch.tensor([[0, 0, D_, 0, 0], [0, 0, 0, A, 0]])),
     ):
         config = TrainConfig(batch_size=10, max_seq_len=5, target=target)
         (batch,) = epoch_batches(windows, config, gen)
