@@ -426,8 +426,8 @@ def _render_scaling(results: dict[str, Any]) -> list[str]:
             "### Latency vs stored session length",
             "",
             f"Open loop at {first['offered_rps']:g} req/s; the model reads "
-            "the newest 50 events (max_seq_len), Redis returns the whole "
-            "stored session.",
+            "the newest 50 events (max_seq_len); Redis cuts the session inside "
+            "its read script and returns only those and the earlier skips.",
             "",
         ]
         rows = [[length, *_load_rows([r])[0][1:]] for length, r in by_length.items()]
