@@ -74,14 +74,14 @@ Session = Sequence[tuple[int, int]]
 def encode_sessions(
     sessions: Sequence[Session], spec: EncodingSpec, seq_len: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Encode sessions into left-padded ``item_ids`` and ``feedback``, both int64 [B, T].
+    """Encode sessions as left-padded ``item_ids`` and ``feedback``, both int64 [B, T].
 
     Args:
         sessions: per session, its ``(item_index, feedback_code)`` events, oldest first.
         spec: the bundle's encoding spec.
         seq_len: T; default the longest encoded session in the batch (at least 1).
     """
-    tails: list[Session] = []
+    tails: list[list[tuple[int, int]]] = []
     for events in sessions:
         tail = list(events)
         if spec.append_mask:
@@ -103,7 +103,7 @@ def encode_sessions(
 def encode_exclusions(
     excluded: Sequence[Sequence[int]], width: int | None = None
 ) -> np.ndarray:
-    """Per-session item indices never to recommend, PAD-filled to int64 [B, E] (E >= 1)."""
+    """Per-session item ids never to recommend, PAD-filled to int64 [B, E] (E >= 1)."""
     width = width if width is not None else max([1, *map(len, excluded)])
     out = np.full((len(excluded), width), PAD_ID, dtype=np.int64)
     for row, items in enumerate(excluded):

@@ -67,7 +67,8 @@ class SelfAttention(nn.Module):
         att = att.masked_fill(~allowed, float("-inf"))
         att = self.dropout(torch.softmax(att, dim=-1))
         y = (att @ v).transpose(1, 2).reshape(B, T, D)
-        return self.dropout(self.proj(y))
+        out: Tensor = self.dropout(self.proj(y))
+        return out
 
 
 class FeedForward(nn.Module):
@@ -78,7 +79,8 @@ class FeedForward(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.proj(F.gelu(self.fc(x))))
+        out: Tensor = self.dropout(self.proj(F.gelu(self.fc(x))))
+        return out
 
 
 class Block(nn.Module):
@@ -93,7 +95,8 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, allowed: Tensor) -> Tensor:
         x = x + self.attn(self.ln_1(x), allowed)
-        return x + self.mlp(self.ln_2(x))
+        x = x + self.mlp(self.ln_2(x))
+        return x
 
 
 class SessionEncoder(nn.Module):
@@ -139,7 +142,8 @@ class SessionEncoder(nn.Module):
         allowed = self._attention_mask(valid)
         for block in self.blocks:
             x = block(x, allowed)
-        return self.ln_f(x)
+        hidden: Tensor = self.ln_f(x)
+        return hidden
 
     def _attention_mask(self, valid: Tensor) -> Tensor:
         """bool [B, 1, T, T]: keys must be real events (and not in the future for
@@ -157,4 +161,5 @@ class SessionEncoder(nn.Module):
 
     def item_embeddings(self, item_ids: Tensor) -> Tensor:
         """The output-space embedding of tracks: [...] -> [..., D]."""
-        return self.item_emb(item_ids)
+        embeddings: Tensor = self.item_emb(item_ids)
+        return embeddings
