@@ -70,7 +70,6 @@ class Settings(BaseSettings):
     # Requests
     max_batch: int = Field(default=1000, ge=1, le=100_000)
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
-    max_k: int = Field(default=200, ge=1)
     exclude_played: bool = False
     api_key: SecretStr | None = None
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
