@@ -43,6 +43,7 @@ RSS_EVERY_S = 5.0
 NUM_USERS = 1000
 EVENTS_PER_USER = 20
 BATCH_SIZE = 100
+WORKERS = 2  # as in `skiprec bench`, whose saturation figures set the soak rates
 SHARES = {"recommendations": 0.6, "events": 0.3, "batches": 0.1}
 
 
@@ -170,7 +171,6 @@ def run_soak(
             import redis
 
             with redis.Redis.from_url(redis_url) as admin:
-                admin.config_set("dir", str(work))
                 admin.config_set("appendonly", "yes")
                 admin.config_set("appendfsync", "everysec")
             command = [
@@ -180,6 +180,9 @@ def run_soak(
                 "serve",
                 "--bundle",
                 str(bundle),
+                # The worker count `skiprec bench` measured saturation with.
+                "--workers",
+                str(WORKERS),
             ]
             command += ["--host", HOST, "--port", "{port}", "--log-level", "WARNING"]
             env = {"SKIPREC_REDIS_URL": redis_url}
