@@ -44,6 +44,12 @@ NUM_USERS = 1000
 EVENTS_PER_USER = 20
 BATCH_SIZE = 100
 WORKERS = 2  # as in `skiprec bench`, whose saturation figures set the soak rates
+# The three generators: loadgen scenario (and batch size) of each soak workload.
+WORKLOADS: dict[str, dict[str, Any]] = {
+    "recommendations": {"scenario": "recommendations"},
+    "events": {"scenario": "events"},
+    "batches": {"scenario": "events", "batch_size": BATCH_SIZE},
+}
 SHARES = {"recommendations": 0.6, "events": 0.3, "batches": 0.1}
 
 
@@ -234,40 +240,18 @@ def run_soak(
                     duration = min(WINDOW_S, deadline - time.monotonic())
                     common = {"mode": "open", "duration": duration, "seed": index}
                     procs = {
-                        "recommendations": _loadgen(
+                        name: _loadgen(
                             _spec(
                                 port,
                                 pid,
                                 users,
                                 pool,
-                                scenario="recommendations",
-                                rate=rates["recommendations"],
+                                rate=rates[name],
+                                **workload,
                                 **common,
                             )
-                        ),
-                        "events": _loadgen(
-                            _spec(
-                                port,
-                                pid,
-                                users,
-                                pool,
-                                scenario="events",
-                                rate=rates["events"],
-                                **common,
-                            )
-                        ),
-                        "batches": _loadgen(
-                            _spec(
-                                port,
-                                pid,
-                                users,
-                                pool,
-                                scenario="events",
-                                rate=rates["batches"],
-                                batch_size=BATCH_SIZE,
-                                **common,
-                            )
-                        ),
+                        )
+                        for name, workload in WORKLOADS.items()
                     }
                     results = {name: _collect(proc) for name, proc in procs.items()}
                     window: dict[str, Any] = {

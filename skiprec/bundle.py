@@ -141,12 +141,7 @@ def _read_manifest(path: Path) -> Manifest:
             f"no {MANIFEST_FILE}; is {path} a bundle directory written by "
             f"`skiprec export`?",
         )
-    try:
-        payload = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleManifestInvalid(
-            manifest_path, f"not valid JSON ({exc}); {_REEXPORT}"
-        ) from exc
+    payload = _read_json(manifest_path)
     if not isinstance(payload, dict):
         raise BundleManifestInvalid(
             manifest_path, f"expected a JSON object, got {type(payload).__name__}"
@@ -199,13 +194,17 @@ def _read_vocab(vocab_path: Path, manifest: Manifest) -> Vocabulary:
     return vocab
 
 
-def _read_popularity(popularity_path: Path) -> dict[str, int]:
+def _read_json(path: Path) -> Any:
+    """A bundle file's JSON; a file that is not JSON is an invalid bundle."""
     try:
-        payload = json.loads(popularity_path.read_text())
+        return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleManifestInvalid(
-            popularity_path, f"not valid JSON ({exc}); {_REEXPORT}"
-        ) from exc
+        problem = f"not valid JSON ({exc}); {_REEXPORT}"
+        raise BundleManifestInvalid(path, problem) from exc
+
+
+def _read_popularity(popularity_path: Path) -> dict[str, int]:
+    payload = _read_json(popularity_path)
     if not isinstance(payload, dict) or not all(
         isinstance(k, str) and isinstance(v, int) for k, v in payload.items()
     ):

@@ -28,18 +28,13 @@ import numpy as np
 from training.baselines import fit_baseline
 from training.config import DEFAULT_CONFIG, TrainConfig
 from training.data import data_fingerprint, load_sessions
+from training.evaluate import COLUMNS
 from training.evaluation import evaluate
 from training.splits import build_vocab, leave_one_out_split, session_disjoint_split
-from training.train import SPLIT_SEED, train
+from training.train import SPLIT_SEED, TrainResult, train
 
 REPORT_METRICS = (
-    "ndcg@10",
-    "hr@10",
-    "mrr@10",
-    "played/ndcg@10",
-    "skipped/ndcg@10",
-    "ndcg_gap@10",
-    "skip_mrr@10",
+    *COLUMNS,
     "hr@1",
     "hr@5",
     "hr@20",
@@ -145,6 +140,23 @@ def _cache_path(cache: Path, protocol: str, name: str, seed: int) -> Path:
     return cache / protocol / f"{name.replace('/', '_')}__seed{seed}.json"
 
 
+def _trained_result(trained: TrainResult, config: TrainConfig) -> dict[str, Any]:
+    """What the cache keeps of a training run: test metrics, timing, config."""
+    return {
+        **trained.metrics["test"],
+        "train_seconds": trained.metrics["train_seconds"],
+        "best_epoch": trained.metrics["best_epoch"],
+        "seconds_per_epoch": trained.metrics["seconds_per_epoch"],
+        "validation_ndcg@10": trained.metrics["validation"]["ndcg@10"],
+        "config": config.to_dict(),
+    }
+
+
+def _save(path: Path, result: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
+
+
 def _aggregate(results: Sequence[Mapping[str, float]]) -> dict[str, Any]:
     out: dict[str, Any] = {"num_seeds": len(results)}
     for key in REPORT_METRICS:
@@ -207,16 +219,8 @@ def run_protocol(
             trained = train(
                 config, split, vocab, run_dir, data_fingerprint=fingerprint, quiet=True
             )
-            result = {
-                **trained.metrics["test"],
-                "train_seconds": trained.metrics["train_seconds"],
-                "best_epoch": trained.metrics["best_epoch"],
-                "seconds_per_epoch": trained.metrics["seconds_per_epoch"],
-                "validation_ndcg@10": trained.metrics["validation"]["ndcg@10"],
-                "config": config.to_dict(),
-            }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=1))
+            result = _trained_result(trained, config)
+        _save(path, result)
         print(
             f"[{protocol}] {name} seed {seed}: NDCG@10 {result['ndcg@10']:.4f} "
             f"played {result['played/ndcg@10']:.4f} skipped "
@@ -234,15 +238,8 @@ def run_ml1m(path: Path, base: TrainConfig, cache: Path, seed: int) -> None:
     vocab = build_vocab(split.train)
     config = base.replace(**{**ML1M_OVERRIDES, "seed": seed})
     trained = train(config, split, vocab, quiet=True)
-    result = {
-        **trained.metrics["test"],
-        "train_seconds": trained.metrics["train_seconds"],
-        "best_epoch": trained.metrics["best_epoch"],
-        "seconds_per_epoch": trained.metrics["seconds_per_epoch"],
-        "config": config.to_dict(),
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    result = _trained_result(trained, config)
+    _save(out, result)
     print(f"[ml1m] sasrec seed {seed}: NDCG@10 {result['ndcg@10']:.4f}", flush=True)
 
 

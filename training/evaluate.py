@@ -21,7 +21,7 @@ from typing import Any
 
 from training.baselines import BASELINES, fit_baseline
 from training.checkpoint import load_run
-from training.data import DataError, data_fingerprint, load_sessions
+from training.data import FORMATS, DataError, data_fingerprint, load_sessions
 from training.evaluation import evaluate
 from training.scoring import TorchScorer
 from training.splits import EvalExample, session_examples
@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", type=Path, required=True, help="session data file")
     parser.add_argument(
         "--format",
-        choices=["mssd-derived", "mssd-log", "events", "ml-1m"],
+        choices=FORMATS,
         help="data format (default: detected from the file's columns)",
     )
     parser.add_argument(

@@ -43,7 +43,7 @@ from training.batching import (
 )
 from training.checkpoint import Run, save_run
 from training.config import DEFAULT_CONFIG, ConfigError, TrainConfig
-from training.data import DataError, data_fingerprint, load_sessions
+from training.data import FORMATS, DataError, data_fingerprint, load_sessions
 from training.evaluation import evaluate
 from training.losses import (
     full_softmax_loss,
@@ -357,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--format",
-        choices=["mssd-derived", "mssd-log", "events", "ml-1m"],
+        choices=FORMATS,
         help="data format (default: detected from the file's columns)",
     )
     parser.add_argument(
