@@ -45,9 +45,9 @@ from skiprec.bundle import BundleError, load_bundle, open_inference_session, sha
 from skiprec.encoding import (
     FEEDBACK_CODES,
     FEEDBACK_PLAY,
-    FEEDBACK_SKIP,
     EncodingSpec,
     Session,
+    encode_events,
 )
 from skiprec.manifest import (
     INPUT_EXCLUDE,
@@ -108,9 +108,7 @@ def export_bundle(
     run = load_run(Path(run_dir))
     config = run.model.config
     module = ServingModule(run.model, top_k)
-    spec = EncodingSpec(
-        max_seq_len=config.max_seq_len, append_mask=config.backbone == "bert4rec"
-    )
+    spec = EncodingSpec.for_model(config.backbone, config.max_seq_len)
     if parity_sessions is None and data_path is not None:
         parity_sessions = sessions_from_data(Path(data_path), run.vocab)
     sessions = list(parity_sessions or [])
@@ -261,8 +259,8 @@ def sessions_from_data(
     encoded = []
     for i in sorted(picked.tolist()):
         session = sessions[i]
-        codes = [FEEDBACK_SKIP if skip else FEEDBACK_PLAY for skip in session.skips]
-        encoded.append(list(zip(vocab.indices(session.track_ids), codes, strict=True)))
+        events = zip(session.track_ids, session.skipped, strict=True)
+        encoded.append(encode_events(events, vocab))
     return encoded
 
 

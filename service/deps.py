@@ -13,9 +13,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from service.errors import Unauthorized
+from service.inference import ModelHolder
 from service.lifespan import ServiceState
 from service.metrics import Metrics
-from service.recommender import MicroBatcher, ModelHolder
+from service.recommend import Recommender
 from service.session_store import SessionStore
 from service.settings import Settings
 
@@ -40,8 +41,8 @@ async def get_models(state: StateDep) -> ModelHolder:
     return state.models
 
 
-async def get_batcher(state: StateDep) -> MicroBatcher:
-    return state.batcher
+async def get_recommender(state: StateDep) -> Recommender:
+    return state.recommender
 
 
 async def get_metrics(state: StateDep) -> Metrics:
@@ -51,7 +52,7 @@ async def get_metrics(state: StateDep) -> Metrics:
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 SessionStoreDep = Annotated[SessionStore, Depends(get_store)]
 ModelsDep = Annotated[ModelHolder, Depends(get_models)]
-BatcherDep = Annotated[MicroBatcher, Depends(get_batcher)]
+RecommenderDep = Annotated[Recommender, Depends(get_recommender)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 

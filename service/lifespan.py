@@ -17,11 +17,13 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from service.errors import BundleRejected, SessionStoreUnavailable
+from service.inference import MicroBatcher, ModelHolder
 from service.metrics import Metrics
-from service.recommender import MicroBatcher, ModelHolder
+from service.recommend import Recommender
 from service.redis_client import RedisHandle, open_redis
 from service.session_store import SessionStore, StoreConfig
 from service.settings import Settings, get_settings
+from skiprec.policy import ExclusionPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ class ServiceState:
     store: SessionStore
     models: ModelHolder
     batcher: MicroBatcher
+    recommender: Recommender
     redis: RedisHandle
 
 
@@ -104,10 +107,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     await _register_with_retries(store)
     batcher = MicroBatcher(
-        models, settings.max_inference_batch, metrics.inference_batch.observe
+        settings.max_inference_batch, metrics.inference_batch.observe
     )
     batcher.start()
-    state = ServiceState(settings, metrics, store, models, batcher, redis)
+    policy = ExclusionPolicy(
+        exclude_skipped=True, exclude_played=settings.exclude_played
+    )
+    recommender = Recommender(store, models, batcher, metrics, policy)
+    state = ServiceState(settings, metrics, store, models, batcher, recommender, redis)
     app.state.skiprec = state
     watcher = (
         asyncio.create_task(watch_bundle(state, settings.watch_bundle))

@@ -1,6 +1,6 @@
 """The skiprec HTTP service: ``create_app()`` and the ``app`` uvicorn imports.
 
-Run it with ``skiprec serve --bundle DIR`` (see ``service/cli.py``) or
+Run it with ``skiprec serve --bundle DIR`` (see ``service/serve.py``) or
 ``SKIPREC_BUNDLE_DIR=DIR uvicorn service.main:app``. Settings are read at startup,
 not at import, so importing this module has no side effects.
 """

@@ -6,50 +6,21 @@ characters, braces (Redis hash tags) or the ``|`` that separates stored fields.
 
 from __future__ import annotations
 
-import math
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-ID_PATTERN = r"^[A-Za-z0-9._:@-]+$"
+from skiprec.events import ID_PATTERN, EventType, parse_timestamp
+
 MAX_ID_LENGTH = 128
 MAX_K = 200
 MAX_BATCH_LIMIT = 100_000  # hard ceiling; SKIPREC_MAX_BATCH is the enforced limit
-# Unix seconds accepted as event times: 1970 .. 5138 (beyond that is a unit mistake).
-MAX_TIMESTAMP = 1e11
 
 Identifier = Annotated[
     str,
     StringConstraints(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN),
 ]
-EventType = Literal["play", "skip"]
 FallbackReason = Literal["none", "cold-start", "store-unavailable"]
-
-
-def parse_timestamp(value: Any) -> float | None:
-    """Unix seconds (number) or an ISO-8601 string (naive = UTC) -> unix seconds."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise ValueError("must be unix seconds (a number) or an ISO-8601 string")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str):
-        if len(value) > 64:
-            raise ValueError("ISO-8601 timestamp longer than 64 characters")
-        try:
-            moment = datetime.fromisoformat(value)
-        except ValueError:
-            raise ValueError(f"{value!r} is not an ISO-8601 timestamp") from None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        seconds = moment.timestamp()
-    else:
-        raise ValueError("must be unix seconds (a number) or an ISO-8601 string")
-    if not (math.isfinite(seconds) and 0.0 <= seconds < MAX_TIMESTAMP):
-        raise ValueError(f"must be unix seconds between 0 and {MAX_TIMESTAMP:.0e}")
-    return seconds
 
 
 class PlaybackEvent(BaseModel):
@@ -71,7 +42,7 @@ class PlaybackEvent(BaseModel):
     @field_validator("timestamp", mode="before")
     @classmethod
     def _timestamp(cls, value: Any) -> float | None:
-        return parse_timestamp(value)
+        return None if value is None else parse_timestamp(value)
 
     @property
     def unix_time(self) -> float | None:

@@ -15,15 +15,16 @@ State transitions and their atomicity:
   event ids. An event that got a 202 is in both the session and the stream; an event
   whose request got a 503 and was never retried may be in the session only.
 - read for the model: one script call (``lua/read_session.lua``) cuts the current
-  session inside Redis and returns only the newest ``window`` events plus the tracks
-  the exclusion rule needs from the older ones, as three strings.
+  session inside Redis and returns only the newest ``window`` events plus the
+  distinct (track, play/skip) pairs of the older ones, as four strings; the
+  exclusion policy (``skiprec.policy``) is applied in Python, never in Lua.
 - read in full (``GET /users/{id}/session``): one ``LRANGE``; the current session is
-  the events after the last inactivity gap (event timestamps), and empty once
-  ``now - last > gap``.
+  cut by ``skiprec.sessions``.
 
 Reads run under a deadline (``StoreConfig.read_timeout_s``) that bounds the
 popularity fallback when Redis hangs; see ``_within``. ``redis`` connection and
-timeout errors become ``SessionStoreUnavailable``.
+timeout errors, and the replies of a Redis that refuses work for now (out of memory,
+read-only replica, cluster down), become ``SessionStoreUnavailable``.
 """
 
 from __future__ import annotations
@@ -43,11 +44,12 @@ from redis.crc import key_slot
 
 from service import keys
 from service.errors import SessionStoreUnavailable
+from skiprec.events import FIELD_SEPARATOR, StoredEvent, is_skip, is_skip_letter
+from skiprec.sessions import current_session_start
 
 APPEND_SCRIPT = files("service").joinpath("lua/append_events.lua").read_text()
 READ_SCRIPT = files("service").joinpath("lua/read_session.lua").read_text()
 READ_SCRIPT_SHA = hashlib.sha1(READ_SCRIPT.encode()).hexdigest()
-FIELD_SEPARATOR = "|"  # never in an id: ids are [A-Za-z0-9._:@-]
 USER_SEPARATOR = "|"  # between users' pairs in the append script's ARGV
 STREAM_FIELD = "events"  # one stream entry: a request's events, one per line
 # A deadline timer that fires late (a busy loop) runs before the loop reads a reply
@@ -55,35 +57,15 @@ STREAM_FIELD = "events"  # one stream entry: a request's events, one per line
 # loop turns let such a reply land instead of a spurious fallback.
 DEADLINE_GRACE_TURNS = 3
 T = TypeVar("T")
-TYPE_CODES = {"play": "p", "skip": "s"}
-TYPE_NAMES = {code: name for name, code in TYPE_CODES.items()}
-UNAVAILABLE_REPLY_PREFIXES = ("OOM", "READONLY", "LOADING", "CLUSTERDOWN", "TRYAGAIN")
-
-
-@dataclass(frozen=True, slots=True)
-class StoredEvent:
-    """One event as kept in Redis: ``event_id`` is "" when the client sent none."""
-
-    event_id: str
-    user_id: str
-    track_id: str
-    event_type: str  # "play" | "skip"
-    timestamp: float  # unix seconds
-
-    def encode(self) -> str:
-        return FIELD_SEPARATOR.join(
-            (
-                self.event_id,
-                self.track_id,
-                TYPE_CODES[self.event_type],
-                f"{self.timestamp:.3f}",
-            )
-        )
-
-    @classmethod
-    def decode(cls, user_id: str, raw: str) -> StoredEvent:
-        event_id, track_id, code, timestamp = raw.split(FIELD_SEPARATOR)
-        return cls(event_id, user_id, track_id, TYPE_NAMES[code], float(timestamp))
+# Replies of a Redis that is up but refuses to work now (redis-py maps each error
+# prefix to its class; a pipeline rewrites the message, never the class).
+REFUSALS: tuple[type[redis_errors.RedisError], ...] = (
+    redis_errors.OutOfMemoryError,
+    redis_errors.ReadOnlyError,
+    redis_errors.ClusterDownError,
+    redis_errors.TryAgainError,
+    redis_errors.MasterDownError,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,17 +79,21 @@ class StoreConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class ModelInput:
+class SessionWindow:
     """The part of the current session that a ranking needs, oldest first.
 
     ``track_ids``/``skipped``: the newest events (at most the window asked for);
-    ``excluded``: distinct tracks of the session's older events that the exclusion
-    rule removes (skipped ones; played ones too when asked).
+    ``earlier``: the distinct ``(track_id, skipped)`` pairs of the session's older
+    events, which only the exclusion policy reads.
     """
 
-    track_ids: tuple[str, ...]
-    skipped: tuple[bool, ...]
-    excluded: tuple[str, ...]
+    track_ids: tuple[str, ...] = ()
+    skipped: tuple[bool, ...] = ()
+    earlier: tuple[tuple[str, bool], ...] = ()
+
+    def events(self) -> list[tuple[str, bool]]:
+        """Every ``(track_id, skipped)`` the policy weighs: earlier and window."""
+        return [*self.earlier, *zip(self.track_ids, self.skipped, strict=True)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,28 +112,17 @@ def store_errors() -> Iterator[None]:
         raise SessionStoreUnavailable(
             f"session store unavailable ({type(exc).__name__})"
         ) from exc
-    except redis_errors.ResponseError as exc:
-        if str(exc).startswith(UNAVAILABLE_REPLY_PREFIXES):
-            raise SessionStoreUnavailable(
-                f"session store refused the write ({str(exc).split()[0]})"
-            ) from exc
-        raise
+    except REFUSALS as exc:
+        raise SessionStoreUnavailable(
+            f"session store refused the command ({type(exc).__name__})"
+        ) from exc
 
 
 def current_session(
     events: Sequence[StoredEvent], gap_s: float, now: float
 ) -> list[StoredEvent]:
-    """The events after the last gap longer than ``gap_s``, oldest first.
-
-    A session whose last event is more than ``gap_s`` before ``now`` is over: empty.
-    """
-    if not events or now - events[-1].timestamp > gap_s:
-        return []
-    start = 0
-    for i in range(len(events) - 1, 0, -1):
-        if events[i].timestamp - events[i - 1].timestamp > gap_s:
-            start = i
-            break
+    """The current session of a listener's stored events (``skiprec.sessions``)."""
+    start = current_session_start([e.timestamp for e in events], gap_s, now)
     return list(events[start:])
 
 
@@ -256,7 +231,7 @@ class SessionStore:
             )
         pipe.xadd(
             keys.STREAM_KEY,
-            {STREAM_FIELD: "\n".join(_stream_line(event) for event in events)},
+            {STREAM_FIELD: "\n".join(event.stream_line() for event in events)},
             maxlen=cfg.stream_maxlen,
             approximate=True,
         )
@@ -275,20 +250,17 @@ class SessionStore:
         events = await self.read_events(user_id)
         return current_session(events, self.config.session_gap_s, now)
 
-    async def read_model_input(
-        self, user_id: str, now: float, window: int, exclude_played: bool
-    ) -> ModelInput:
-        """The current session's newest ``window`` events and the older exclusions.
+    async def read_window(self, user_id: str, now: float, window: int) -> SessionWindow:
+        """The current session's newest ``window`` events and its earlier tracks.
 
-        Equal to cutting ``read_session`` (see ``ModelInput``), in one round trip
-        that returns three strings however long the stored session is.
+        Equal to cutting ``read_session`` (see ``SessionWindow``), in one round trip
+        that returns four strings however long the stored session is.
         """
         args = (
             keys.session_events_key(user_id),
             repr(now),
             repr(float(self.config.session_gap_s)),
             window,
-            int(exclude_played),
         )
         with store_errors():
             try:
@@ -302,13 +274,22 @@ class SessionStore:
                 reply = await self._within(
                     self.read_client.execute_command("EVAL", READ_SCRIPT, 1, *args)
                 )
-        tracks, codes, excluded = (_text(part) for part in reply)
+        tracks, letters, earlier_tracks, earlier_letters = (_text(p) for p in reply)
         if not tracks:
-            return ModelInput((), (), ())
-        return ModelInput(
+            return SessionWindow()
+        earlier = (
+            zip(
+                earlier_tracks.split(FIELD_SEPARATOR),
+                map(is_skip_letter, earlier_letters),
+                strict=True,
+            )
+            if earlier_tracks
+            else ()
+        )
+        return SessionWindow(
             tuple(tracks.split(FIELD_SEPARATOR)),
-            tuple(code == "s" for code in codes),
-            tuple(excluded.split(FIELD_SEPARATOR)) if excluded else (),
+            tuple(map(is_skip_letter, letters)),
+            tuple(earlier),
         )
 
     async def reset(self, user_id: str) -> None:
@@ -343,32 +324,17 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _stream_line(event: StoredEvent) -> str:
-    """``event_id|user_id|track_id|p/s|timestamp``: one event of a stream entry."""
-    return FIELD_SEPARATOR.join(
-        (
-            event.event_id,
-            event.user_id,
-            event.track_id,
-            TYPE_CODES[event.event_type],
-            f"{event.timestamp:.3f}",
-        )
-    )
-
-
 def _stream_events(fields: dict[Any, Any]) -> list[StoredEvent]:
     """The events of one stream entry: a request's batch, or (entries written before
     batching) one event as fields ``id u t e ts``."""
     data = {_text(k): _text(v) for k, v in fields.items()}
     if STREAM_FIELD in data:
-        parts = [line.split(FIELD_SEPARATOR) for line in data[STREAM_FIELD].split("\n")]
-        events = [
-            StoredEvent(event_id, user_id, track_id, TYPE_NAMES[code], float(stamp))
-            for event_id, user_id, track_id, code, stamp in parts
-        ]
+        lines = data[STREAM_FIELD].split("\n")
+        events = [StoredEvent.from_stream_line(line) for line in lines]
     else:
+        skipped = is_skip(data["e"])
         events = [
-            StoredEvent(data["id"], data["u"], data["t"], data["e"], float(data["ts"]))
+            StoredEvent(data["id"], data["u"], data["t"], skipped, float(data["ts"]))
         ]
     for event in events:
         if not math.isfinite(event.timestamp):

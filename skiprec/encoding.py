@@ -14,12 +14,12 @@ last event.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from skiprec.vocab import MASK_ID, PAD_ID
+from skiprec.vocab import MASK_ID, PAD_ID, Vocabulary
 
 FEEDBACK_PAD = 0
 FEEDBACK_PLAY = 1
@@ -34,13 +34,21 @@ FEEDBACK_CODES: Mapping[str, int] = {
 NUM_FEEDBACK_CODES = len(FEEDBACK_CODES)
 
 
-def feedback_code(event_type: str) -> int:
-    """``"play"``/``"skip"`` -> its code; anything else is a caller bug."""
-    if event_type == "play":
-        return FEEDBACK_PLAY
-    if event_type == "skip":
-        return FEEDBACK_SKIP
-    raise ValueError(f"unknown event type {event_type!r}; expected 'play' or 'skip'")
+def feedback_code(skipped: bool) -> int:
+    """The model's input code of a played (False) or skipped (True) event."""
+    return FEEDBACK_SKIP if skipped else FEEDBACK_PLAY
+
+
+def encode_events(
+    events: Iterable[tuple[str, bool]], vocab: Vocabulary
+) -> list[tuple[int, int]]:
+    """``(track_id, skipped)`` events -> ``(item_index, feedback_code)`` (OOV kept)."""
+    pairs = list(events)
+    indices = vocab.indices(track for track, _ in pairs)
+    return [
+        (index, feedback_code(skipped))
+        for index, (_, skipped) in zip(indices, pairs, strict=True)
+    ]
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,11 @@ class EncodingSpec:
     feedback_codes: Mapping[str, int] = field(
         default_factory=lambda: dict(FEEDBACK_CODES)
     )
+
+    @classmethod
+    def for_model(cls, backbone: str, max_seq_len: int) -> EncodingSpec:
+        """A model's serving encoding: its window, plus a final mask for BERT4Rec."""
+        return cls(max_seq_len=max_seq_len, append_mask=backbone == "bert4rec")
 
     def __post_init__(self) -> None:
         if self.max_seq_len < 1:

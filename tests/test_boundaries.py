@@ -1,22 +1,40 @@
-"""Serving stays torch-free: importing the service never pulls in training code."""
+"""The dependency direction holds: serving is torch-free, the contract imports nobody.
+
+- ``service`` may import ``skiprec`` only: never torch, ``training`` or
+  ``model_export``.
+- ``skiprec`` (the torch-free contract both sides share) imports none of the
+  packages built on it, and not torch.
+Each check imports every module of the package in a fresh interpreter.
+"""
 
 from __future__ import annotations
 
 import json
+import pkgutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
-FORBIDDEN = ("torch", "training", "model_export")
 
 
-def test_importing_the_service_leaves_torch_and_training_out():
+def modules_of(package: str) -> list[str]:
+    path = ROOT / package
+    names = [package]
+    for info in pkgutil.walk_packages([str(path)], prefix=f"{package}."):
+        names.append(info.name)
+    return names
+
+
+def imported_after(modules: list[str], forbidden: tuple[str, ...]) -> list[str]:
     code = (
-        "import json, sys\n"
-        "import service.main, service.cli, service.events_cli\n"
-        f"print(json.dumps([m for m in {FORBIDDEN!r} if m in sys.modules "
-        "or any(k.startswith(m + '.') for k in sys.modules)]))\n"
+        "import importlib, json, sys\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module(name)\n"
+        f"print(json.dumps(sorted({{m for m in {forbidden!r} if m in sys.modules "
+        "or any(k.startswith(m + '.') for k in sys.modules)})))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code],
@@ -26,4 +44,21 @@ def test_importing_the_service_leaves_torch_and_training_out():
         check=True,
         timeout=120,
     )
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+    return list(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+@pytest.mark.parametrize(
+    ("package", "forbidden"),
+    [
+        ("service", ("torch", "training", "model_export", "benchmarks")),
+        ("skiprec", ("torch", "training", "model_export", "service", "benchmarks")),
+    ],
+)
+def test_package_never_imports_what_it_must_not(package, forbidden):
+    modules = modules_of(package)
+    assert len(modules) > 3  # the walk found the package's modules
+    assert imported_after(modules, forbidden) == []
+
+
+def test_the_check_sees_a_forbidden_import():
+    assert imported_after(["training.model"], ("torch",)) == ["torch"]

@@ -3,7 +3,7 @@
 Serving side: the bundle's manifest -> skiprec.encoding -> ONNX Runtime (what the
 service does with a live session). Training side: the torch model, fed (a) one session
 at a time from the raw events with no padding at all, and (b) through the evaluation
-path (``training.evaluation.encode_history`` + ``training.scoring.TorchScorer``). The
+path (``skiprec.encoding.encode_events`` + ``training.scoring.TorchScorer``). The
 sessions include unknown tracks (OOV), sessions longer than ``max_seq_len``
 (truncation) and, for BERT4Rec, the appended mask.
 """
@@ -17,11 +17,17 @@ import pytest
 import torch
 
 from skiprec.bundle import load_bundle, open_inference_session
-from skiprec.encoding import encode_exclusions, encode_sessions, feedback_code
+from skiprec.encoding import (
+    encode_events,
+    encode_exclusions,
+    encode_sessions,
+    feedback_code,
+)
 from skiprec.manifest import INPUT_EXCLUDE, INPUT_FEEDBACK, INPUT_ITEM_IDS
+from skiprec.policy import ExclusionPolicy
 from skiprec.vocab import MASK_ID, NUM_SPECIAL
 from training.checkpoint import load_run
-from training.evaluation import EvalPolicy, encode_history, excluded_items
+from training.evaluation import excluded_items
 from training.scoring import TorchScorer, encoding_spec
 
 TOP_N = 10
@@ -39,7 +45,10 @@ def _serving_top(bundle_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     bundle = load_bundle(bundle_dir)
     session = open_inference_session(bundle)
     encoded = [
-        [(bundle.vocab.index(track), feedback_code(kind)) for track, kind in events]
+        [
+            (bundle.vocab.index(track), feedback_code(kind == "skip"))
+            for track, kind in events
+        ]
         for events in RAW_SESSIONS
     ]
     item_ids, feedback = encode_sessions(encoded, bundle.manifest.encoding_spec())
@@ -94,15 +103,15 @@ def _unpadded_reference(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _scorer_reference(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The offline evaluation path: encode_history + TorchScorer + EvalPolicy."""
+    """The offline evaluation path: encode_events + TorchScorer + ExclusionPolicy."""
     run = load_run(run_dir)
     histories = [
-        encode_history([(t, kind == "skip") for t, kind in events], run.vocab)
+        encode_events([(t, kind == "skip") for t, kind in events], run.vocab)
         for events in RAW_SESSIONS
     ]
     scores = TorchScorer(run.model).score(histories)
     pairs = [
-        _top(row, excluded_items(history, EvalPolicy()))
+        _top(row, excluded_items(history, ExclusionPolicy()))
         for row, history in zip(scores, histories, strict=True)
     ]
     return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
@@ -142,7 +151,10 @@ def test_oov_and_truncation_change_the_input(tiny_run_dir) -> None:
     """Guards the fixtures above: OOV maps to index 1, long sessions are cut left."""
     run = load_run(tiny_run_dir)
     encoded = [
-        [(run.vocab.index(track), feedback_code(kind)) for track, kind in events]
+        [
+            (run.vocab.index(track), feedback_code(kind == "skip"))
+            for track, kind in events
+        ]
         for events in RAW_SESSIONS
     ]
     item_ids, _ = encode_sessions(encoded, encoding_spec(run.model))

@@ -116,7 +116,7 @@ class MarkovScorer:
         for session in sessions:
             indices = vocab.indices(session.track_ids)
             for t in range(1, len(indices)):
-                if not (played_only and session.skips[t]):
+                if not (played_only and session.skipped[t]):
                     sources.append(indices[t - 1])
                     targets.append(indices[t])
         transitions = _SparseRows.from_pairs(

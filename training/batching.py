@@ -54,7 +54,7 @@ class SessionLike(Protocol):
     def track_ids(self) -> tuple[str, ...]: ...
 
     @property
-    def skips(self) -> tuple[bool, ...]: ...
+    def skipped(self) -> tuple[bool, ...]: ...
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ def build_windows(
         count=int(lengths.sum()),
     )
     skips = np.fromiter(
-        (bool(k) for s in sessions for k in s.skips), dtype=bool, count=len(items)
+        (bool(k) for s in sessions for k in s.skipped), dtype=bool, count=len(items)
     )
     ends = np.cumsum(lengths)  # exclusive end of each session in the flat arrays
     session_end = np.repeat(ends, lengths)  # [E] end of the event's session

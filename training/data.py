@@ -1,15 +1,16 @@
 """Session data: loaders for every supported log format, and the event-log writer.
 
 Every loader produces ``Session`` objects (one listening session, oldest event first,
-``skips[i]`` True when event ``i`` was skipped in the MSSD ``skip_2`` sense). Formats:
+``skipped[i]`` True when event ``i`` was skipped in the MSSD ``skip_2`` sense). Formats:
 
     mssd-derived  user_id,song_id,previous_song,skipped     (one session per user_id;
                   ``skipped`` is a graded level 0..4, skip = ``skipped <= 1``; see
                   shared/data/mssd_sessions_derived/SOURCE.md)
     mssd-log      official MSSD session log (session_id, session_position,
                   track_id_clean, skip_2, ...); skip = skip_2
-    events        user_id,track_id,event,timestamp — the generic log the live service
-                  exports; split into sessions by an inactivity gap
+    events        user_id,track_id,event,timestamp — the event log the live service
+                  exports (``skiprec.events``); split into sessions by the
+                  inactivity gap of ``skiprec.sessions``
     ml-1m         ``user item`` per line, no header (SASRec's ml-1m.txt); all plays
 
 Files may be gzip-compressed (detected from the magic bytes). Anything unexpected
@@ -28,13 +29,13 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
+from skiprec.events import EVENT_LOG_COLUMNS, event_log_row, is_skip, parse_timestamp
+from skiprec.sessions import DEFAULT_SESSION_GAP_S, session_starts
+
 FORMATS = ("mssd-derived", "mssd-log", "events", "ml-1m")
-DEFAULT_SESSION_GAP_S = 30 * 60.0
-EVENT_LOG_COLUMNS = ("user_id", "track_id", "event", "timestamp")
 MSSD_DERIVED_COLUMNS = ("user_id", "song_id", "previous_song", "skipped")
 MSSD_LOG_COLUMNS = ("session_id", "session_position", "track_id_clean", "skip_2")
 
@@ -56,7 +57,7 @@ class Session:
 
     session_id: str
     track_ids: tuple[str, ...]
-    skips: tuple[bool, ...]  # True = skipped (MSSD skip_2), False = played
+    skipped: tuple[bool, ...]  # True = skipped (MSSD skip_2), False = played
     timestamps: tuple[float, ...] | None = (
         None  # unix seconds, when the source has them
     )
@@ -307,21 +308,6 @@ def _load_mssd_log(path: Path) -> list[Session]:
     return sessions
 
 
-def parse_timestamp(value: str) -> float:
-    """Unix seconds (int or float) or ISO-8601 (naive means UTC) -> unix seconds."""
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        moment = datetime.fromisoformat(value)  # raises ValueError when malformed
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        return moment.timestamp()
-    if seconds != seconds or seconds in (float("inf"), float("-inf")):
-        raise ValueError(f"not a finite time: {value!r}")
-    return seconds
-
-
 def _load_events(path: Path, session_gap_s: float) -> list[Session]:
     per_user: dict[str, list[tuple[float, str, bool]]] = {}
     with _open_text(path) as text:
@@ -334,13 +320,15 @@ def _load_events(path: Path, session_gap_s: float) -> list[Session]:
                 raise DataError(path, line, "user_id", "empty user_id")
             if not track:
                 raise DataError(path, line, "track_id", "empty track_id")
-            if event not in ("play", "skip"):
+            try:
+                skipped = is_skip(event)
+            except ValueError:
                 raise DataError(
                     path,
                     line,
                     "event",
                     f"unknown event type {event!r}; expected play|skip",
-                )
+                ) from None
             try:
                 timestamp = parse_timestamp(raw_time)
             except ValueError:
@@ -350,23 +338,23 @@ def _load_events(path: Path, session_gap_s: float) -> list[Session]:
                     "timestamp",
                     f"bad timestamp {raw_time!r}; expected unix seconds or ISO-8601",
                 ) from None
-            per_user.setdefault(user, []).append((timestamp, track, event == "skip"))
+            per_user.setdefault(user, []).append((timestamp, track, skipped))
     sessions: list[Session] = []
     for user, events in per_user.items():
         events.sort(key=lambda event: event[0])  # stable: ties keep file order
-        start, number = 0, 0
-        for i in range(1, len(events) + 1):
-            if i == len(events) or events[i][0] - events[i - 1][0] > session_gap_s:
-                chunk = events[start:i]
-                sessions.append(
-                    Session(
-                        f"{user}#{number}",
-                        tuple(e[1] for e in chunk),
-                        tuple(e[2] for e in chunk),
-                        tuple(e[0] for e in chunk),
-                    )
+        starts = session_starts([e[0] for e in events], session_gap_s)
+        for number, (start, end) in enumerate(
+            zip(starts, [*starts[1:], len(events)], strict=True)
+        ):
+            chunk = events[start:end]
+            sessions.append(
+                Session(
+                    f"{user}#{number}",
+                    tuple(e[1] for e in chunk),
+                    tuple(e[2] for e in chunk),
+                    tuple(e[0] for e in chunk),
                 )
-                start, number = i, number + 1
+            )
     return sessions
 
 
@@ -397,11 +385,6 @@ def _load_ml1m(path: Path) -> list[Session]:
         Session(user, tuple(items), (False,) * len(items))
         for user, items in per_user.items()
     ]
-
-
-def _format_timestamp(timestamp: float) -> str:
-    # Whole seconds print as integers; otherwise repr() round-trips the float exactly.
-    return str(int(timestamp)) if float(timestamp).is_integer() else repr(timestamp)
 
 
 def write_event_log(
@@ -449,15 +432,8 @@ def write_event_log(
                 times = tuple(begin + 60.0 * i for i in range(len(session)))
                 next_free[user] = times[-1] + 2 * session_gap_s if times else begin
             for track, skipped, timestamp in zip(
-                session.track_ids, session.skips, times, strict=True
+                session.track_ids, session.skipped, times, strict=True
             ):
-                writer.writerow(
-                    (
-                        user,
-                        track,
-                        "skip" if skipped else "play",
-                        _format_timestamp(timestamp),
-                    )
-                )
+                writer.writerow(event_log_row(user, track, skipped, timestamp))
                 written += 1
     return written

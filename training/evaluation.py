@@ -1,10 +1,10 @@
 """Offline evaluation harness: any ``Scorer`` over ``EvalExample``s -> metrics.
 
-The ranking rules are the live service's (see docs/ARCHITECTURE.md): specials
-(PAD/OOV/MASK) are never ranked, tracks skipped earlier in the session are never
-recommended (``EvalPolicy.exclude_skipped``), optionally nor tracks already played.
-Excluded items get score -inf before ranking; a target that is OOV or excluded
-cannot be recommended at all and counts as a miss.
+The ranking rules are the live service's: specials (PAD/OOV/MASK) are never ranked,
+and the exclusion policy is the one the service applies (``skiprec.policy``: tracks
+skipped earlier in the session, optionally those played too). Excluded items get
+score -inf before ranking; a target that is OOV or excluded cannot be recommended at
+all and counts as a miss.
 
 Full ranking over the whole catalogue is the default. ``sampled_negatives=N`` ranks
 the target among N seeded random tracks instead, as many papers do; those numbers are
@@ -14,12 +14,12 @@ much higher and not comparable with full-ranking ones.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
-from skiprec.encoding import FEEDBACK_PLAY, FEEDBACK_SKIP
+from skiprec.encoding import FEEDBACK_SKIP, encode_events
+from skiprec.policy import ExclusionPolicy
 from skiprec.vocab import NUM_SPECIAL, OOV_ID, Vocabulary
 from training.metrics import ranks_from_scores, summarize
 from training.splits import EvalExample
@@ -36,36 +36,12 @@ class Scorer(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class EvalPolicy:
-    """What may not be recommended; the same rules the live service applies."""
-
-    exclude_skipped: bool = True
-    exclude_played: bool = False
-
-
-def encode_history(
-    history: Sequence[tuple[str, bool]], vocab: Vocabulary
-) -> list[tuple[int, int]]:
-    """(track_id, skipped) pairs -> (item_index, feedback_code) pairs (OOV kept)."""
-    indices = vocab.indices(track for track, _ in history)
-    return [
-        (index, FEEDBACK_SKIP if skipped else FEEDBACK_PLAY)
-        for index, (_, skipped) in zip(indices, history, strict=True)
-    ]
-
-
-def excluded_items(history: Sequence[tuple[int, int]], policy: EvalPolicy) -> list[int]:
-    """Real-track indices of ``history`` the policy forbids recommending."""
-    banned = set()
-    for index, code in history:
-        if index < NUM_SPECIAL:
-            continue
-        if (code == FEEDBACK_SKIP and policy.exclude_skipped) or (
-            code == FEEDBACK_PLAY and policy.exclude_played
-        ):
-            banned.add(index)
-    return sorted(banned)
+def excluded_items(
+    history: Sequence[tuple[int, int]], policy: ExclusionPolicy
+) -> list[int]:
+    """Real-track indices of an encoded ``history`` the policy forbids recommending."""
+    events = ((index, code == FEEDBACK_SKIP) for index, code in history)
+    return sorted(i for i in policy.excluded(events) if i >= NUM_SPECIAL)
 
 
 def _sample_candidates(
@@ -96,7 +72,7 @@ def evaluate(
     scorer: Scorer,
     examples: Sequence[EvalExample],
     vocab: Vocabulary,
-    policy: EvalPolicy = EvalPolicy(),
+    policy: ExclusionPolicy = ExclusionPolicy(),
     batch_size: int = 512,
     sampled_negatives: int | None = None,
     seed: int = 0,
@@ -112,7 +88,7 @@ def evaluate(
     num_oov = num_excluded = 0
     for start in range(0, len(examples), batch_size):
         batch = examples[start : start + batch_size]
-        histories = [encode_history(e.history, vocab) for e in batch]
+        histories = [encode_events(e.history, vocab) for e in batch]
         if any(not h for h in histories):
             raise ValueError("every evaluation example needs a non-empty history")
         targets = np.array([vocab.index(e.target) for e in batch], dtype=np.int64)

@@ -213,7 +213,7 @@ def select_sessions(
     sessions = load_sessions(path, format)
     if everything:
         return [
-            ReplaySession(tuple(zip(s.track_ids, s.skips, strict=True)))
+            ReplaySession(tuple(zip(s.track_ids, s.skipped, strict=True)))
             for s in sessions
             if len(s) >= 1
         ]

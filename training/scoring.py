@@ -19,11 +19,8 @@ from training.model import SessionEncoder
 
 
 def encoding_spec(model: SessionEncoder) -> EncodingSpec:
-    """The serving encoding of a model: its window, plus a final mask for BERT4Rec."""
-    return EncodingSpec(
-        max_seq_len=model.config.max_seq_len,
-        append_mask=model.config.backbone == "bert4rec",
-    )
+    """The serving encoding of a model (``EncodingSpec.for_model``)."""
+    return EncodingSpec.for_model(model.config.backbone, model.config.max_seq_len)
 
 
 class TorchScorer:

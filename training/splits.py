@@ -41,7 +41,7 @@ class Split:
 
 
 def _events(session: Session) -> tuple[tuple[str, bool], ...]:
-    return tuple(zip(session.track_ids, session.skips, strict=True))
+    return tuple(zip(session.track_ids, session.skipped, strict=True))
 
 
 def session_examples(session: Session) -> list[EvalExample]:
@@ -91,7 +91,7 @@ def leave_one_out_split(sessions: Sequence[Session]) -> Split:
             Session(
                 session.session_id,
                 session.track_ids[:-2],
-                session.skips[:-2],
+                session.skipped[:-2],
                 times[:-2] if times is not None else None,
             )
         )
@@ -113,6 +113,6 @@ def popularity(train_sessions: Sequence[Session]) -> dict[str, int]:
     """
     counts: Counter[str] = Counter()
     for session in train_sessions:
-        for track_id, skipped in zip(session.track_ids, session.skips, strict=True):
+        for track_id, skipped in zip(session.track_ids, session.skipped, strict=True):
             counts[track_id] += not skipped
     return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))

@@ -173,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     written = write_event_log(sessions, args.out)
-    skips = sum(sum(s.skips) for s in sessions)
+    skips = sum(sum(s.skipped) for s in sessions)
     print(
         f"wrote {written} events in {len(sessions)} sessions to {args.out} "
         f"(skip rate {skips / max(written, 1):.1%})"

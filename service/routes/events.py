@@ -9,9 +9,9 @@ from fastapi import APIRouter, Request, Response
 
 from service.body import parse_events, read_json
 from service.deps import ApiKeyDep, MetricsDep, SessionStoreDep, SettingsDep
+from service.ingest import record_events
 from service.openapi import EVENTS_BODY, error_responses
 from service.schemas import EventsAccepted
-from service.session_store import StoredEvent
 
 router = APIRouter(tags=["events"])
 
@@ -33,23 +33,6 @@ async def post_events(
     """Append events to their users' live sessions (idempotent by event_id)."""
     payload = await read_json(request, settings.max_body_bytes)
     events = parse_events(payload, settings.max_batch)
-    now = time.time()
-    stored = [
-        StoredEvent(
-            event.event_id or "",
-            event.user_id,
-            event.track_id,
-            event.type,
-            event.unix_time if event.unix_time is not None else now,
-        )
-        for event in events
-    ]
-    result = await store.append(stored, now)
-    if result.duplicates:
-        metrics.duplicates.inc(result.duplicates)
-    if result.accepted_skips:
-        metrics.events.labels(type="skip").inc(result.accepted_skips)
-    if result.accepted > result.accepted_skips:
-        metrics.events.labels(type="play").inc(result.accepted - result.accepted_skips)
+    result = await record_events(store, metrics, events, time.time())
     body = {"accepted": result.accepted, "duplicates": result.duplicates}
     return Response(orjson.dumps(body), status_code=202, media_type="application/json")

@@ -10,6 +10,7 @@ from service.deps import ApiKeyDep, ModelsDep, SessionStoreDep
 from service.openapi import error_responses
 from service.routes.recommendations import UserIdPath
 from service.schemas import SessionEvent, UserSession
+from skiprec.events import event_type
 
 router = APIRouter(prefix="/users", tags=["users"])
 
@@ -29,13 +30,13 @@ async def get_session(
         SessionEvent(
             event_id=event.event_id,
             track_id=event.track_id,
-            type="skip" if event.event_type == "skip" else "play",
+            type=event_type(event.skipped),
             timestamp=event.timestamp,
             known=event.track_id in vocab,
         )
         for event in session
     ]
-    skips = sum(event.type == "skip" for event in events)
+    skips = sum(event.skipped for event in session)
     return UserSession(
         user_id=user_id,
         events=events,

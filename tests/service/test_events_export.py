@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from service.events_cli import main as events_main
+from service.events_export import main as events_main
 
 
 async def test_export_round_trips_through_the_event_loader(client, redis_url, tmp_path):
@@ -39,7 +39,7 @@ async def test_export_round_trips_through_the_event_loader(client, redis_url, tm
     for user, events in listens.items():
         session = sessions[f"{user}#0"]
         assert list(session.track_ids) == [track for track, _ in events]
-        assert list(session.skips) == [kind == "skip" for _, kind in events]
+        assert list(session.skipped) == [kind == "skip" for _, kind in events]
 
 
 async def test_a_model_trains_on_exported_live_events(client, redis_url, tmp_path):

@@ -1,4 +1,9 @@
-"""Session store pieces that need no HTTP: gap logic, event codec, Lua invariants."""
+"""The session store on a real Redis: append, dedup, stream, and the Lua twins.
+
+``lua/read_session.lua`` cuts the current session and parses stored events; the
+tests here run the same cases through it and through ``skiprec.sessions`` /
+``skiprec.events``, so the two copies cannot drift apart.
+"""
 
 from __future__ import annotations
 
@@ -7,39 +12,17 @@ import redis.asyncio as aioredis
 
 from service import keys
 from service.errors import SessionStoreUnavailable
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from service.session_store import (
+    APPEND_SCRIPT,
+    READ_SCRIPT,
     SessionStore,
     StoreConfig,
-    StoredEvent,
-    current_session,
 )
-
-
-def at(timestamp: float, track_id: str = "t") -> StoredEvent:
-    return StoredEvent("", "u", track_id, "play", timestamp)
-
-
-def test_current_session_starts_after_the_last_gap():
-    events = [at(0, "a"), at(10, "b"), at(200, "c"), at(250, "d")]
-    assert [e.track_id for e in current_session(events, 100, now=260)] == ["c", "d"]
-    # A gap of exactly gap_s does not split (strictly greater does).
-    assert len(current_session([at(0), at(100)], 100, now=100)) == 2
-
-
-def test_current_session_is_empty_once_the_listener_left():
-    assert current_session([at(0), at(10)], 100, now=111) == []
-    assert current_session([], 100, now=0) == []
-
-
-def test_current_session_keeps_acceptance_order_when_clocks_go_back():
-    # Gaps are measured between consecutive accepted events; going back is no gap.
-    events = [at(100, "a"), at(50, "b"), at(90, "c")]
-    assert [e.track_id for e in current_session(events, 60, now=130)] == ["a", "b", "c"]
-
-
-def test_event_codec_round_trips():
-    event = StoredEvent("e-1:x@y", "user.1", "track_9", "skip", 1700000000.125)
-    assert StoredEvent.decode("user.1", event.encode()) == event
+from skiprec.events import FIELD_SEPARATOR, STORED_SKIP, StoredEvent
+from skiprec.sessions import current_session_start
 
 
 def store_for(url: str, **overrides: float) -> SessionStore:
@@ -58,7 +41,7 @@ def store_for(url: str, **overrides: float) -> SessionStore:
 async def test_append_dedups_trims_and_counts_skips(redis_url):
     store = store_for(redis_url)
     events = [
-        StoredEvent(f"e{i}", "u", f"t{i}", "skip" if i % 2 else "play", 1000.0 + i)
+        StoredEvent(f"e{i}", "u", f"t{i}", bool(i % 2), 1000.0 + i)
         for i in range(7)
     ]
     result = await store.append(events, now=1010.0)
@@ -72,8 +55,8 @@ async def test_append_dedups_trims_and_counts_skips(redis_url):
 
 async def test_dedup_entries_expire_after_the_dedup_ttl(redis_url):
     store = store_for(redis_url, dedup_ttl_s=50)
-    await store.append([StoredEvent("old", "u", "t1", "play", 1.0)], now=1000.0)
-    await store.append([StoredEvent("new", "u", "t2", "play", 2.0)], now=1100.0)
+    await store.append([StoredEvent("old", "u", "t1", False, 1.0)], now=1000.0)
+    await store.append([StoredEvent("new", "u", "t2", False, 2.0)], now=1100.0)
     members = await store.client.zrange(keys.dedup_key("u"), 0, -1)
     assert members == ["new"]
     await store.client.aclose()
@@ -83,7 +66,7 @@ async def test_script_is_reloaded_after_the_server_forgets_it(redis_url):
     store = store_for(redis_url)
     await store.register()
     await store.client.script_flush()
-    result = await store.append([StoredEvent("a", "u", "t1", "play", 1.0)], now=2.0)
+    result = await store.append([StoredEvent("a", "u", "t1", False, 1.0)], now=2.0)
     assert result.accepted == 1
     await store.client.aclose()
 
@@ -91,8 +74,8 @@ async def test_script_is_reloaded_after_the_server_forgets_it(redis_url):
 async def test_stream_export_yields_each_event_id_once(redis_url):
     store = store_for(redis_url)
     batch = [
-        StoredEvent("a", "u", "t1", "play", 1.0),
-        StoredEvent("", "u", "t2", "skip", 2.0),
+        StoredEvent("a", "u", "t1", False, 1.0),
+        StoredEvent("", "u", "t2", True, 2.0),
     ]
     await store.append(batch, now=3.0)
     await store.append(batch[:1], now=4.0)  # a retry: duplicate in the stream
@@ -113,48 +96,103 @@ async def test_unreachable_redis_maps_to_session_store_unavailable():
 
 def session_of(*specs: tuple[str, str, float]) -> list[StoredEvent]:
     return [
-        StoredEvent(f"e{i}", "u", track, kind, ts)
+        StoredEvent(f"e{i}", "u", track, kind == "skip", ts)
         for i, (track, kind, ts) in enumerate(specs)
     ]
 
 
-@pytest.mark.parametrize(
-    ("now", "window", "exclude_played"),
-    [(400.0, 2, False), (400.0, 2, True), (400.0, 50, False), (2000.0, 5, False)],
-)
-async def test_model_input_is_the_current_session_cut_in_redis(
-    redis_url, now, window, exclude_played
-):
+def expected_window(
+    session: list[StoredEvent], window: int
+) -> tuple[tuple[str, ...], tuple[bool, ...], set[tuple[str, bool]]]:
+    """What read_window must return, computed from ``skiprec`` alone."""
+    newest = session[len(session) - min(window, len(session)) :]
+    older = session[: len(session) - len(newest)]
+    return (
+        tuple(e.track_id for e in newest),
+        tuple(e.skipped for e in newest),
+        {(e.track_id, e.skipped) for e in older},
+    )
+
+
+async def check_window_against_python(store, events, now, window):
+    await store.reset("u")
+    await store.append(events, now=now)
+    got = await store.read_window("u", now, window)
+    stored = await store.read_events("u")
+    start = current_session_start([e.timestamp for e in stored], 100.0, now)
+    tracks, skipped, earlier = expected_window(stored[start:], window)
+    assert got.track_ids == tracks
+    assert got.skipped == skipped
+    assert set(got.earlier) == earlier
+    assert len(got.earlier) == len(earlier)  # distinct pairs, each once
+
+
+@pytest.mark.parametrize(("now", "window"), [(400.0, 2), (400.0, 50), (2000.0, 5)])
+async def test_window_is_the_current_session_cut_in_redis(redis_url, now, window):
     store = store_for(redis_url, session_gap_s=100.0, session_max_events=50)
-    # A gap (150 -> 300) ends an earlier session; then a, b skipped twice, c, d.
+    # A gap (150 -> 300) ends an earlier session; then b skipped twice, a, x, c, d.
     events = session_of(
         ("old", "skip", 100.0),
         ("old2", "play", 150.0),
         ("b", "skip", 300.0),
         ("a", "play", 301.0),
         ("b", "skip", 302.5),
+        ("b", "play", 302.75),
         ("x", "play", 303.0),
         ("c", "skip", 310.25),
         ("d", "play", 320.0),
     )
-    await store.append(events, now=320.0)
-    got = await store.read_model_input("u", now, window, exclude_played)
-    session = await store.read_session("u", now)
-    assert got.track_ids == tuple(e.track_id for e in session[-window:])
-    assert got.skipped == tuple(e.event_type == "skip" for e in session[-window:])
-    older = session[: max(0, len(session) - window)]
-    expected = {e.track_id for e in older if e.event_type == "skip" or exclude_played}
-    assert sorted(got.excluded) == sorted(expected)
-    assert len(got.excluded) == len(set(got.excluded))
+    await check_window_against_python(store, events, now, window)
     await store.client.aclose()
+
+
+stamps = st.floats(min_value=0.0, max_value=1_000.0, allow_nan=False).map(
+    lambda t: round(t, 3)  # stored with 3 decimals
+)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    # Each example resets the user's keys, so a shared server fixture is safe.
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    specs=st.lists(
+        st.tuples(st.sampled_from("abcd"), st.booleans(), stamps), max_size=12
+    ),
+    now_offset=st.floats(min_value=-50.0, max_value=200.0, allow_nan=False),
+    window=st.integers(min_value=1, max_value=6),
+)
+async def test_lua_and_python_cut_and_parse_the_same_sessions(
+    redis_url, specs, now_offset, window
+):
+    """Random logs (clocks going back included) through both copies of the rules."""
+    store = store_for(redis_url, session_gap_s=100.0, session_max_events=50)
+    events = [
+        StoredEvent(f"id-{i}", "u", track, skipped, ts)
+        for i, (track, skipped, ts) in enumerate(specs)
+    ]
+    now = (specs[-1][2] if specs else 0.0) + now_offset
+    await check_window_against_python(store, events, now, window)
+    await store.client.aclose()
+
+
+def test_the_lua_script_spells_the_stored_event_as_skiprec_does():
+    event = StoredEvent("e-1:x@y", "user.1", "track_9", True, 1700000000.125)
+    assert event.encode() == "e-1:x@y|track_9|s|1700000000.125"
+    # The patterns the scripts match stored events with (their only parsing).
+    assert '"^([^|]*)|([^|]*)|(%a)|(.*)$"' in READ_SCRIPT
+    assert '"^[^|]*|[^|]*|s|"' in APPEND_SCRIPT
+    assert STORED_SKIP == "s" and FIELD_SEPARATOR == "|"
 
 
 async def test_model_input_of_a_finished_or_missing_session_is_empty(redis_url):
     store = store_for(redis_url, session_gap_s=100.0)
-    assert (await store.read_model_input("nobody", 10.0, 5, False)).track_ids == ()
+    assert (await store.read_window("nobody", 10.0, 5)).track_ids == ()
     await store.append(session_of(("a", "play", 1.0)), now=1.0)
-    assert (await store.read_model_input("u", 101.0, 5, False)).track_ids == ("a",)
-    assert (await store.read_model_input("u", 101.5, 5, False)).track_ids == ()
+    assert (await store.read_window("u", 101.0, 5)).track_ids == ("a",)
+    assert (await store.read_window("u", 101.5, 5)).track_ids == ()
     await store.client.aclose()
 
 
@@ -163,7 +201,7 @@ async def test_one_request_is_one_script_call_and_one_stream_entry(
 ):
     store = store_for(redis_url)
     batch = [
-        StoredEvent(f"e{i}", f"user{i % 3}", f"t{i}", "skip" if i % 2 else "play", i)
+        StoredEvent(f"e{i}", f"user{i % 3}", f"t{i}", bool(i % 2), i)
         for i in range(9)
     ]
     result = await store.append(batch, now=10.0)
@@ -184,10 +222,10 @@ async def test_stream_entries_written_one_event_each_still_export(
     store = store_for(redis_url)
     fields = {"id": "a", "u": "u", "t": "t1", "e": "skip", "ts": "5.000"}
     sync_redis.xadd(keys.STREAM_KEY, fields)  # the format before batched entries
-    await store.append([StoredEvent("b", "u", "t2", "play", 6.0)], now=7.0)
+    await store.append([StoredEvent("b", "u", "t2", False, 6.0)], now=7.0)
     assert [e async for e in store.iter_stream()] == [
-        StoredEvent("a", "u", "t1", "skip", 5.0),
-        StoredEvent("b", "u", "t2", "play", 6.0),
+        StoredEvent("a", "u", "t1", True, 5.0),
+        StoredEvent("b", "u", "t2", False, 6.0),
     ]
     await store.client.aclose()
 
@@ -204,6 +242,6 @@ async def test_a_read_past_its_deadline_is_unavailable(redis_url):
         store = store_for(f"redis://127.0.0.1:{port}/0", read_timeout_s=0.05)
         started = time.monotonic()
         with pytest.raises(SessionStoreUnavailable):
-            await store.read_model_input("u", 1.0, 5, False)
+            await store.read_window("u", 1.0, 5)
         assert time.monotonic() - started < 0.5
         await store.client.aclose()

@@ -100,7 +100,7 @@ def test_mssd_dev_file_loads_fast(shared_data: Path) -> None:
     events = sum(map(len, sessions))
     assert (len(sessions), events) == (8040, 155_651)
     assert len({t for s in sessions for t in s.track_ids}) == 5027
-    assert sum(sum(s.skips) for s in sessions) / events == pytest.approx(
+    assert sum(sum(s.skipped) for s in sessions) / events == pytest.approx(
         0.5364, abs=1e-3
     )
     assert elapsed < 2.0
@@ -143,7 +143,7 @@ def test_mssd_log_official_sample(shared_data: Path) -> None:
     events = sum(map(len, sessions))
     assert (len(sessions), events) == (11, 201)
     assert sorted(map(len, sessions)) == [11, 15, 15] + [20] * 8
-    assert sum(sum(s.skips) for s in sessions) / events == pytest.approx(
+    assert sum(sum(s.skipped) for s in sessions) / events == pytest.approx(
         0.408, abs=1e-3
     )
     assert sessions[0].session_id == "0_00006f66-33e5-4de7-a324-2d18e439fc1e"
@@ -212,7 +212,7 @@ def test_write_event_log_synthesises_separated_timestamps(tmp_path: Path) -> Non
     path = tmp_path / "log.csv"
     write_event_log(sessions, path, user_ids=["same", "same"])
     loaded = load_sessions(path)
-    assert [(s.session_id, s.track_ids, s.skips) for s in loaded] == [
+    assert [(s.session_id, s.track_ids, s.skipped) for s in loaded] == [
         ("same#0", ("a", "b"), (False, True)),
         ("same#1", ("c",), (False,)),
     ]

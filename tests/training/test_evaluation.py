@@ -7,10 +7,11 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from skiprec.encoding import FEEDBACK_PLAY, FEEDBACK_SKIP
+from skiprec.encoding import FEEDBACK_PLAY, FEEDBACK_SKIP, encode_events
+from skiprec.policy import ExclusionPolicy
 from skiprec.vocab import OOV_ID, Vocabulary
 from training.baselines import PopularityScorer
-from training.evaluation import EvalPolicy, encode_history, evaluate
+from training.evaluation import evaluate
 from training.splits import EvalExample, Split
 
 VOCAB = Vocabulary(("a", "b", "c", "d", "e"))  # indices 3..7
@@ -36,8 +37,8 @@ def example(history: list[tuple[str, bool]], target: str, skipped: bool = False)
     return EvalExample(tuple(history), target, skipped)
 
 
-def test_encode_history_maps_oov_and_feedback() -> None:
-    encoded = encode_history([("a", False), ("zzz", True)], VOCAB)
+def test_encode_events_maps_oov_and_feedback() -> None:
+    encoded = encode_events([("a", False), ("zzz", True)], VOCAB)
     assert encoded == [(3, FEEDBACK_PLAY), (OOV_ID, FEEDBACK_SKIP)]
 
 
@@ -57,10 +58,12 @@ def test_evaluate_excludes_skipped_history_tracks() -> None:
     default = evaluate(FixedScorer(ROW), examples, VOCAB)
     assert default["hr@1"] == 0.0 and default["hr@5"] == 1.0  # b above c, a excluded
     assert default["mrr@10"] == pytest.approx(1 / 2)
-    both = evaluate(FixedScorer(ROW), examples, VOCAB, EvalPolicy(exclude_played=True))
+    both = evaluate(
+        FixedScorer(ROW), examples, VOCAB, ExclusionPolicy(exclude_played=True)
+    )
     assert both["hr@1"] == 1.0
     none = evaluate(
-        FixedScorer(ROW), examples, VOCAB, EvalPolicy(exclude_skipped=False)
+        FixedScorer(ROW), examples, VOCAB, ExclusionPolicy(exclude_skipped=False)
     )
     assert none["mrr@10"] == pytest.approx(1 / 3)
 

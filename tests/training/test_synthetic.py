@@ -32,7 +32,7 @@ def test_generate_sessions_shape(synthetic_sessions: list[Session]) -> None:
     tracks = {t for s in synthetic_sessions for t in s.track_ids}
     assert tracks <= {f"t{i}" for i in range(300)}
     events = sum(map(len, synthetic_sessions))
-    skip_rate = sum(sum(s.skips) for s in synthetic_sessions) / events
+    skip_rate = sum(sum(s.skipped) for s in synthetic_sessions) / events
     assert 0.15 < skip_rate < 0.6
     for session in synthetic_sessions:
         assert session.timestamps is not None

@@ -1,6 +1,8 @@
 """The ``skiprec`` command: a thin dispatcher to each subcommand's own ``main(argv)``.
 
-Subcommands are imported only when run, so ``skiprec serve`` never imports torch.
+It lives outside every package it dispatches to (the torch-free ``skiprec`` contract
+included), and imports a subcommand only when it runs, so ``skiprec serve`` never
+imports torch. ``python -m skiprec_cli`` is the same command.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("training.evaluate", "evaluate a run (or the baselines) on a split"),
     "benchmark": ("training.benchmark", "reproduce docs/RESULTS.md (all variants)"),
     "export": ("model_export.export", "export a run to a versioned ONNX bundle"),
-    "serve": ("service.cli", "serve a bundle over HTTP (embedded Redis by default)"),
+    "serve": ("service.serve", "serve a bundle over HTTP (embedded Redis by default)"),
     "replay": ("training.replay", "replay held-out sessions through a live service"),
-    "events": ("service.events_cli", "export the live event log for retraining"),
+    "events": ("service.events_export", "export the live event log for retraining"),
     "synth": ("training.synthetic", "write a synthetic session log (demo data)"),
     "bench": ("benchmarks.load", "load benchmark of the running service"),
 }

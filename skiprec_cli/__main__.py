@@ -1,5 +1,5 @@
 import sys
 
-from skiprec.cli import main
+from skiprec_cli import main
 
 sys.exit(main())

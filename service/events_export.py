@@ -1,7 +1,7 @@
 """``skiprec events export --out FILE [--redis-url URL | --data-dir DIR]``.
 
-Writes the live event stream as the generic event log ``user_id,track_id,event,
-timestamp`` (unix seconds), oldest first, each (user, event id) once, which
+Writes the live event stream as the event log (``skiprec.events``: ``user_id,
+track_id,event,timestamp``), oldest first, each (user, event id) once, which
 ``skiprec train --format events`` reads: serving's traffic becomes training data.
 Without ``--redis-url`` it reads the embedded Redis in ``--data-dir`` (default
 SKIPREC_DATA_DIR or ./var), starting it if the service is not running.
@@ -21,10 +21,9 @@ import redis.asyncio as aioredis
 
 from service.redis_client import EmbeddedRedis
 from service.session_store import SessionStore, StoreConfig
+from skiprec.events import EVENT_LOG_COLUMNS, event_log_row
 
 logger = logging.getLogger(__name__)
-
-EVENT_LOG_COLUMNS = ("user_id", "track_id", "event", "timestamp")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,11 +60,8 @@ async def export_events(redis_url: str, out: Path) -> int:
             writer.writerow(EVENT_LOG_COLUMNS)
             async for event in store.iter_stream():
                 writer.writerow(
-                    (
-                        event.user_id,
-                        event.track_id,
-                        event.event_type,
-                        f"{event.timestamp:.3f}",
+                    event_log_row(
+                        event.user_id, event.track_id, event.skipped, event.timestamp
                     )
                 )
                 written += 1

@@ -2,16 +2,19 @@
 
 - ``LoadedModel.infer`` (sync, CPU) encodes a batch of live sessions with
   ``skiprec.encoding`` (the code training and evaluation use), runs the graph once and
-  decodes the top-k. Exclusions (tracks skipped in the session, plus played ones when
-  asked) go into the graph's ``exclude_ids`` input, so the graph's top-K already
-  skips them and k results come back whenever the catalogue has k other tracks.
+  decodes the top-k. The excluded tracks of each request (the policy decided them,
+  see ``service/recommend.py``) go into the graph's ``exclude_ids`` input, so the
+  graph's top-K already skips them and k results come back whenever the catalogue
+  has k other tracks.
 - ``ModelHolder`` keeps the serving model; ``reload`` validates a new bundle
   completely (manifest, hashes, graph signature, one smoke inference) off the event
   loop and swaps the reference atomically; a bad bundle raises ``BundleRejected`` and
   the old model keeps serving.
 - ``MicroBatcher`` coalesces concurrent requests into one ONNX call: whatever queued
   while the previous call ran goes into the next one (no timer, so a lone request
-  waits for nothing). Inference runs on one dedicated thread, never on the event loop.
+  waits for nothing). Each request carries the model it was read for, so a reload
+  between reading a session and ranking it never pairs one model's window with
+  another's graph. Inference runs on one dedicated thread, never on the event loop.
 """
 
 from __future__ import annotations
@@ -30,9 +33,8 @@ import numpy as np
 from service.errors import BundleRejected, InvalidRequest, ModelUnavailable
 from skiprec.bundle import Bundle, BundleError, load_bundle, open_inference_session
 from skiprec.encoding import (
-    FEEDBACK_PLAY,
-    FEEDBACK_SKIP,
     EncodingSpec,
+    encode_events,
     encode_exclusions,
     encode_sessions,
 )
@@ -52,16 +54,11 @@ RankedItems = list[tuple[str, float]]
 
 @dataclass(frozen=True, slots=True)
 class InferenceRequest:
-    """One live session to rank for: its events oldest first.
-
-    ``excluded``: tracks excluded besides those of these events (skipped ones, or all
-    with ``exclude_played``), i.e. those of session events older than the model reads.
-    """
+    """One live session to rank for: its events oldest first, and what not to rank."""
 
     track_ids: tuple[str, ...]
     skipped: tuple[bool, ...]
     k: int
-    exclude_played: bool
     excluded: tuple[str, ...] = ()
 
 
@@ -94,7 +91,7 @@ class LoadedModel:
         """One inference on a one-event session: shapes, dtypes and index range."""
         first = self.vocab.track_ids[0] if self.vocab.num_tracks else "?"
         k = min(self.top_k, max(1, self.vocab.num_tracks - 1))
-        outputs = self._run([InferenceRequest((first,), (True,), k, False)])
+        outputs = self._run([InferenceRequest((first,), (True,), k, (first,))])
         indices, scores = outputs
         if indices.shape != (1, self.top_k) or scores.shape != (1, self.top_k):
             raise BundleRejected(
@@ -110,22 +107,9 @@ class LoadedModel:
         exclusions: list[list[int]] = []
         indices_of = self.vocab.indices
         for request in requests:
-            items = indices_of(request.track_ids)
-            histories.append(
-                [
-                    (item, FEEDBACK_SKIP if skipped else FEEDBACK_PLAY)
-                    for item, skipped in zip(items, request.skipped, strict=True)
-                ]
-            )
-            excluded = {
-                item
-                for item, skipped in zip(items, request.skipped, strict=True)
-                if item >= NUM_SPECIAL and (skipped or request.exclude_played)
-            }
-            if request.excluded:
-                excluded.update(
-                    item for item in indices_of(request.excluded) if item >= NUM_SPECIAL
-                )
+            events = zip(request.track_ids, request.skipped, strict=True)
+            histories.append(encode_events(events, self.vocab))
+            excluded = {i for i in indices_of(request.excluded) if i >= NUM_SPECIAL}
             exclusions.append(sorted(excluded))
         item_ids, feedback = encode_sessions(histories, self.spec)
         outputs = self.session.run(
@@ -225,8 +209,9 @@ class ModelHolder:
 
 @dataclass(slots=True)
 class _Pending:
+    model: LoadedModel
     request: InferenceRequest
-    future: asyncio.Future[tuple[str, RankedItems]]
+    future: asyncio.Future[RankedItems]
 
 
 class MicroBatcher:
@@ -234,11 +219,9 @@ class MicroBatcher:
 
     def __init__(
         self,
-        holder: ModelHolder,
         max_batch: int,
         observe_batch: Callable[[int], None] | None = None,
     ) -> None:
-        self.holder = holder
         self.max_batch = max_batch
         self._observe_batch = observe_batch
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
@@ -254,17 +237,14 @@ class MicroBatcher:
             await asyncio.gather(self._task, return_exceptions=True)
         self._executor.shutdown(wait=True)
 
-    async def rank(self, request: InferenceRequest) -> tuple[str, RankedItems]:
-        """``(model_version, ranked items)`` for one session."""
-        model = self.holder.current  # raises ModelUnavailable before queueing
+    async def rank(self, model: LoadedModel, request: InferenceRequest) -> RankedItems:
+        """The ranked items of one session, by ``model``."""
         if request.k > model.top_k:
             raise InvalidRequest(
                 f"k: at most {model.top_k} for model {model.model_version}", "k"
             )
-        future: asyncio.Future[tuple[str, RankedItems]] = (
-            asyncio.get_running_loop().create_future()
-        )
-        self._queue.put_nowait(_Pending(request, future))
+        future: asyncio.Future[RankedItems] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(model, request, future))
         return await future
 
     async def _run(self) -> None:
@@ -273,24 +253,31 @@ class MicroBatcher:
             batch = [await self._queue.get()]
             while len(batch) < self.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            batch = [p for p in batch if not p.future.done()]
-            if not batch:
-                continue
-            model = self.holder.current
-            try:
-                results = await loop.run_in_executor(
-                    self._executor, model.infer, [p.request for p in batch]
-                )
-            except Exception as exc:
-                logger.exception("inference failed for a batch of %d", len(batch))
-                for pending in batch:
-                    if not pending.future.done():
-                        pending.future.set_exception(
-                            ModelUnavailable(f"inference failed ({type(exc).__name__})")
-                        )
-                continue
-            if self._observe_batch is not None:
-                self._observe_batch(len(batch))
-            for pending, ranked in zip(batch, results, strict=True):
+            by_model: dict[int, list[_Pending]] = {}
+            for pending in batch:
                 if not pending.future.done():
-                    pending.future.set_result((model.model_version, ranked))
+                    by_model.setdefault(id(pending.model), []).append(pending)
+            for group in by_model.values():  # more than one only across a reload
+                await self._infer(loop, group)
+
+    async def _infer(
+        self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]
+    ) -> None:
+        model = batch[0].model
+        try:
+            results = await loop.run_in_executor(
+                self._executor, model.infer, [p.request for p in batch]
+            )
+        except Exception as exc:
+            logger.exception("inference failed for a batch of %d", len(batch))
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(
+                        ModelUnavailable(f"inference failed ({type(exc).__name__})")
+                    )
+            return
+        if self._observe_batch is not None:
+            self._observe_batch(len(batch))
+        for pending, ranked in zip(batch, results, strict=True):
+            if not pending.future.done():
+                pending.future.set_result(ranked)

@@ -1,0 +1,85 @@
+"""The recommendation domain: one call from a listener to a ranked list.
+
+``Recommender.recommend`` owns every decision of ``GET /recommendations``: it takes
+the serving model once (its window and its graph belong to the same bundle, even
+across a reload), reads that window of the current session from the store, applies
+the exclusion policy (``skiprec.policy``) to the whole session, ranks through the
+micro-batcher, and falls back to popularity when there is no session or no
+reachable store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from service.errors import SessionStoreUnavailable
+from service.inference import InferenceRequest, MicroBatcher, ModelHolder, RankedItems
+from service.metrics import Metrics
+from service.schemas import FallbackReason
+from service.session_store import SessionStore, SessionWindow
+from skiprec.policy import ExclusionPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class RecommendRequest:
+    """What a client asks: ``exclude_played`` None means the service's default."""
+
+    user_id: str
+    k: int
+    now: float
+    exclude_played: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Recommendation:
+    user_id: str
+    model_version: str
+    items: RankedItems
+    fallback_reason: FallbackReason
+
+
+class Recommender:
+    """Ranks the next tracks of a listener's live session."""
+
+    def __init__(
+        self,
+        store: SessionStore,
+        models: ModelHolder,
+        batcher: MicroBatcher,
+        metrics: Metrics,
+        policy: ExclusionPolicy,
+    ) -> None:
+        self.store = store
+        self.models = models
+        self.batcher = batcher
+        self.metrics = metrics
+        self.policy = policy
+
+    def policy_for(self, request: RecommendRequest) -> ExclusionPolicy:
+        if request.exclude_played is None:
+            return self.policy
+        return ExclusionPolicy(self.policy.exclude_skipped, request.exclude_played)
+
+    async def recommend(self, request: RecommendRequest) -> Recommendation:
+        model = self.models.current  # once: a reload mid-request changes nothing
+        reason: FallbackReason = "none"
+        window = SessionWindow()
+        try:
+            window = await self.store.read_window(
+                request.user_id, request.now, model.spec.max_seq_len
+            )
+        except SessionStoreUnavailable:
+            reason = "store-unavailable"
+        if not window.track_ids:
+            reason = "cold-start" if reason == "none" else reason
+            self.metrics.fallbacks.labels(reason=reason).inc()
+            popular = model.popular[: request.k]
+            return Recommendation(request.user_id, model.model_version, popular, reason)
+        excluded = self.policy_for(request).excluded(window.events())
+        ranked = await self.batcher.rank(
+            model,
+            InferenceRequest(
+                window.track_ids, window.skipped, request.k, tuple(sorted(excluded))
+            ),
+        )
+        return Recommendation(request.user_id, model.model_version, ranked, reason)

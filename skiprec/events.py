@@ -1,0 +1,158 @@
+"""Listening events and every format they travel in: the one definition.
+
+Inside the code an event is ``skipped: bool`` (MSSD's ``skip_2`` sense). At the
+edges it has three spellings, each defined here and nowhere else:
+
+- the word ``"play"``/``"skip"``: the API's ``type`` field and the event log's
+  ``event`` column (``EVENT_TYPES``, ``event_type``, ``is_skip``);
+- one letter ``"p"``/``"s"`` inside a stored event (``StoredEvent.encode``);
+- the model's integer feedback code (``skiprec.encoding.feedback_code``).
+
+Formats:
+
+- **Stored event** (one entry of a listener's Redis list):
+  ``event_id|track_id|p or s|unix seconds with 3 decimals``; ``event_id`` is "" when
+  the client sent none. ``service/lua/*.lua`` parse it too (the only other copy,
+  under an equality test). ``|`` never occurs in an id (``ID_PATTERN``).
+- **Stream line** (one event of an entry of the global event stream): the same with
+  the user id after the event id: ``event_id|user_id|track_id|p or s|seconds``.
+- **Event log** (CSV): ``user_id,track_id,event,timestamp``, what ``skiprec events
+  export`` writes and ``skiprec train --format events`` reads.
+
+Timestamps are unix seconds, or ISO-8601 strings (naive means UTC) on input.
+Torch-free.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+EventType = Literal["play", "skip"]
+EVENT_TYPES: tuple[EventType, ...] = ("play", "skip")
+ID_PATTERN = r"^[A-Za-z0-9._:@-]+$"
+FIELD_SEPARATOR = "|"  # never in an id (ID_PATTERN)
+STORED_PLAY = "p"
+STORED_SKIP = "s"
+EVENT_LOG_COLUMNS = ("user_id", "track_id", "event", "timestamp")
+# Unix seconds accepted as event times: 1970 .. 5138 (beyond that is a unit mistake).
+MAX_TIMESTAMP = 1e11
+MAX_ISO_LENGTH = 64
+
+
+def event_type(skipped: bool) -> EventType:
+    return "skip" if skipped else "play"
+
+
+def is_skip(word: str) -> bool:
+    """``"skip"`` -> True, ``"play"`` -> False; anything else raises ``ValueError``."""
+    if word == "skip":
+        return True
+    if word == "play":
+        return False
+    raise ValueError(f"unknown event type {word!r}; expected 'play' or 'skip'")
+
+
+def parse_timestamp(value: float | int | str) -> float:
+    """Unix seconds (a number or its text) or ISO-8601 (naive = UTC) -> unix seconds.
+
+    Raises ``ValueError`` saying what is wrong: not a time, not finite, or outside
+    ``0 .. MAX_TIMESTAMP`` (a milliseconds value, most likely).
+    """
+    if isinstance(value, bool):
+        raise ValueError("must be unix seconds (a number) or an ISO-8601 string")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        if len(text) > MAX_ISO_LENGTH:
+            raise ValueError(
+                f"ISO-8601 timestamp longer than {MAX_ISO_LENGTH} characters"
+            )
+        try:
+            seconds = float(text)
+        except ValueError:
+            try:
+                moment = datetime.fromisoformat(text)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an ISO-8601 timestamp") from None
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)
+            seconds = moment.timestamp()
+    else:
+        raise ValueError("must be unix seconds (a number) or an ISO-8601 string")
+    if not (math.isfinite(seconds) and 0.0 <= seconds < MAX_TIMESTAMP):
+        raise ValueError(f"must be unix seconds between 0 and {MAX_TIMESTAMP:.0e}")
+    return seconds
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """One accepted event as the service keeps it."""
+
+    event_id: str  # "" when the client sent none
+    user_id: str
+    track_id: str
+    skipped: bool
+    timestamp: float  # unix seconds
+
+    def encode(self) -> str:
+        """The stored-event string (a list entry, without the user id)."""
+        return FIELD_SEPARATOR.join(
+            (self.event_id, self.track_id, _letter(self.skipped), _seconds(self))
+        )
+
+    @classmethod
+    def decode(cls, user_id: str, raw: str) -> StoredEvent:
+        event_id, track_id, letter, timestamp = raw.split(FIELD_SEPARATOR)
+        return cls(
+            event_id, user_id, track_id, is_skip_letter(letter), float(timestamp)
+        )
+
+    def stream_line(self) -> str:
+        """This event as one line of a stream entry (with the user id)."""
+        return FIELD_SEPARATOR.join(
+            (
+                self.event_id,
+                self.user_id,
+                self.track_id,
+                _letter(self.skipped),
+                _seconds(self),
+            )
+        )
+
+    @classmethod
+    def from_stream_line(cls, line: str) -> StoredEvent:
+        event_id, user_id, track_id, letter, stamp = line.split(FIELD_SEPARATOR)
+        return cls(event_id, user_id, track_id, is_skip_letter(letter), float(stamp))
+
+
+def event_log_row(
+    user_id: str, track_id: str, skipped: bool, timestamp: float
+) -> tuple[str, str, str, str]:
+    """One row of the event log (``EVENT_LOG_COLUMNS``); the time round-trips."""
+    return user_id, track_id, event_type(skipped), format_timestamp(timestamp)
+
+
+def format_timestamp(timestamp: float) -> str:
+    # Whole seconds print as integers; otherwise repr() round-trips the float exactly.
+    return str(int(timestamp)) if float(timestamp).is_integer() else repr(timestamp)
+
+
+def _letter(skipped: bool) -> str:
+    return STORED_SKIP if skipped else STORED_PLAY
+
+
+def is_skip_letter(letter: str) -> bool:
+    """A stored event's ``"s"``/``"p"`` -> skipped; anything else raises."""
+    if letter == STORED_SKIP:
+        return True
+    if letter == STORED_PLAY:
+        return False
+    raise ValueError(f"unknown stored event code {letter!r}; expected 'p' or 's'")
+
+
+def _seconds(event: StoredEvent) -> str:
+    return f"{event.timestamp:.3f}"
