@@ -28,11 +28,7 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import random
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,12 +40,12 @@ from typing import Any
 
 import httpx
 
-from benchmarks import floors
+from benchmarks import floors, processes
 from benchmarks.build_model import BenchModel, default_cache_dir, ensure_bundle
 from benchmarks.report import machine_info, summarize, write_markdown
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-HOST = "127.0.0.1"
+HOST = processes.HOST
 TARGET_RATE = 500.0  # the issue's target: p50 <= 3 ms, p99 <= 15 ms at 500 req/s
 
 
@@ -108,119 +104,22 @@ class BenchConfig:
 # --- processes ---------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
+def service_command(config: BenchConfig, bundle: Path) -> list[str]:
+    """``skiprec serve`` as the benchmark runs it (workers from the config)."""
+    return processes.serve_command(bundle, workers=config.workers)
 
 
-def _wait_http(
-    url: str, proc: subprocess.Popen[bytes], timeout: float, log: Path
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(
-                f"{url}: process exited ({proc.returncode}); {_tail(log)}"
-            )
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} not ready after {timeout:.0f}s; {_tail(log)}")
-
-
-def _tail(log: Path, lines: int = 20) -> str:
-    if not log.exists():
-        return "no log"
-    return "log tail:\n" + "\n".join(
-        log.read_text(errors="replace").splitlines()[-lines:]
-    )
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@contextlib.contextmanager
-def redis_server(work_dir: Path) -> Iterator[tuple[str, int]]:
-    """A throwaway ``redis-server`` (no persistence) -> ``(url, pid)``."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError("redis-server is not on PATH (apt-get install redis-server)")
-    port = free_port()
-    data = work_dir / "redis"
-    data.mkdir(parents=True, exist_ok=True)
-    log = work_dir / "redis.log"
-    args = [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly"]
-    args += ["no", "--dir", str(data), "--logfile", str(log)]
-    proc = subprocess.Popen(args)
-    try:
-        import redis
-
-        client = redis.Redis(host=HOST, port=port)
-        for _ in range(100):
-            with contextlib.suppress(redis.ConnectionError):
-                if client.ping():
-                    break
-            time.sleep(0.05)
-        client.close()
-        yield f"redis://{HOST}:{port}/0", proc.pid
-    finally:
-        _stop(proc)
-
-
-@contextlib.contextmanager
-def http_server(
-    args: list[str], ready_path: str, env: dict[str, str], log: Path, timeout: float
-) -> Iterator[tuple[int, int]]:
-    """Run an HTTP server command (``{port}`` in ``args`` is filled) -> (port, pid)."""
-    port = free_port()
-    command = [a.format(port=port) for a in args]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            command,
-            env={**os.environ, **env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=REPO_ROOT,
-        )
-    try:
-        _wait_http(f"http://{HOST}:{port}{ready_path}", proc, timeout, log)
-        yield port, proc.pid
-    finally:
-        _stop(proc)
-
-
-def service_command(
-    config: BenchConfig, bundle: Path
-) -> tuple[list[str], dict[str, str]]:
-    args = [sys.executable, "-m", "skiprec", "serve", "--bundle", str(bundle)]
-    args += ["--host", HOST, "--port", "{port}", "--workers", str(config.workers)]
-    args += ["--log-level", "WARNING"]
+def service_env(config: BenchConfig, redis_url: str) -> dict[str, str]:
     env = {"SKIPREC_ONNX_THREADS": str(config.onnx_threads), **dict(config.service_env)}
-    return args, env
+    return env | {"SKIPREC_REDIS_URL": redis_url}
 
 
 def noop_command(config: BenchConfig) -> list[str]:
     """The no-op app under the uvicorn settings ``skiprec serve`` uses."""
-    args = [sys.executable, "-m", "uvicorn", "benchmarks.floors:noop_app", "--factory"]
-    args += ["--host", HOST, "--port", "{port}", "--workers", str(config.workers)]
-    return args + [
-        "--loop",
-        "uvloop",
-        "--http",
-        "httptools",
-        "--no-access-log",
-        "--log-level",
-        "warning",
-    ]
+    command = processes.uvicorn_command(
+        "benchmarks.floors:noop_app", factory=True, workers=config.workers
+    )
+    return command + ["--loop", "uvloop", "--http", "httptools"]
 
 
 @contextlib.contextmanager
@@ -399,8 +298,10 @@ def _floors(config: BenchConfig, bundle: Path, redis_url: str) -> dict[str, Any]
     print("floors: FastAPI no-op under the same uvicorn settings", flush=True)
     assert config.work_dir is not None
     log = config.work_dir / "noop.log"
-    with http_server(noop_command(config), "/noop", {}, log, 60) as (port, pid):
-        phases = Phases(config, port, {"service": pid})
+    with processes.http_server(
+        noop_command(config), log, ready_path="/noop", timeout_s=60
+    ) as noop:
+        phases = Phases(config, noop.port, {"service": noop.pid})
         out["noop"] = {
             "rate_500": phases.run("noop", "open", rate=TARGET_RATE),
             "closed": phases.run(
@@ -505,15 +406,16 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
             "config": _jsonable(asdict(config)),
             "machine": machine_info(),
         }
-        redis_url, redis_pid = stack.enter_context(redis_server(config.work_dir))
+        store = stack.enter_context(processes.redis_server(config.work_dir / "redis"))
+        redis_url, redis_pid = store.url, store.pid
         if config.floors:
             results["floors"] = _floors(config, bundle, redis_url)
-        args, env = service_command(config, bundle)
-        env["SKIPREC_REDIS_URL"] = redis_url
+        args = service_command(config, bundle)
+        env = service_env(config, redis_url)
         log = config.work_dir / "service.log"
         print(f"service: {' '.join(args)}", flush=True)
-        with http_server(args, "/readyz", env, log, 180) as (port, pid):
-            base_url = f"http://{HOST}:{port}"
+        with processes.http_server(args, log, env=env, timeout_s=180) as service:
+            port, pid, base_url = service.port, service.pid, service.base_url
             rng = random.Random(config.seed)
             population = populate(base_url, config, track_ids, rng)
             print(
@@ -575,11 +477,12 @@ def _catalogue_scaling(
                 intra_op_threads=config.onnx_threads,
             )
         }
-        args, env = service_command(config, bundle)
-        env["SKIPREC_REDIS_URL"] = redis_url
+        args = service_command(config, bundle)
+        env = service_env(config, redis_url)
         log = config.work_dir / f"service-{num_tracks}.log"
-        with http_server(args, "/readyz", env, log, 300) as (port, pid):
-            phases = Phases(config, port, {"service": pid, "redis": redis_pid})
+        with processes.http_server(args, log, env=env, timeout_s=300) as service:
+            watch = {"service": service.pid, "redis": redis_pid}
+            phases = Phases(config, service.port, watch)
             entry["open"] = phases.run(
                 "recommendations", "open", rate=config.scaling_rate, users=users
             )

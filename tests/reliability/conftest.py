@@ -1,8 +1,8 @@
 """Reliability fixtures: the service suite's real-Redis fixtures, plus the tier rule.
 
 The fixtures of ``tests/service/conftest.py`` (``redis_server``, ``redis_url``,
-``make_settings``, ``make_client``, ...) are re-exported here so these tests share them;
-``tests/reliability/procs.py`` starts the processes tests stop, kill and restart.
+``make_settings``, ``make_client``, ``redis_process``, ``api_process``, ...) are
+re-exported here so these tests share them.
 
 Tests marked ``slow`` (minutes of load, kill -9 trials) or ``cluster`` (a three-master
 Redis Cluster) are skipped unless a ``-m`` expression is given, so plain
@@ -17,9 +17,12 @@ from pathlib import Path
 import pytest
 
 from tests.service.conftest import (  # noqa: F401  (pytest finds fixtures by name)
+    api_process,
     client,
     make_client,
     make_settings,
+    redis_cluster,
+    redis_process,
     redis_server,
     redis_url,
     sync_redis,

@@ -17,8 +17,6 @@ import httpx
 import pytest
 import redis
 
-from tests.reliability.procs import api_process, redis_cluster, redis_process
-
 NUM_USERS = 200
 
 
@@ -52,7 +50,9 @@ def same_answer(a: httpx.Response, b: httpx.Response) -> None:
 
 
 @pytest.mark.cluster
-def test_two_replicas_on_a_cluster_match_a_single_node(tiny_bundle_dir, tmp_path):
+def test_two_replicas_on_a_cluster_match_a_single_node(
+    tiny_bundle_dir, tmp_path, redis_cluster, redis_process, api_process
+):
     log = session_log()
     rng = random.Random(1)
     with (

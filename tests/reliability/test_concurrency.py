@@ -23,7 +23,6 @@ import httpx
 import pytest
 
 from service import keys
-from tests.reliability.procs import api_process, redis_process
 
 HOT_USER = "hot"
 WRITERS = 32
@@ -143,7 +142,9 @@ def check(ledger: Ledger, commands: list[list[str]], stored: list[str], n: int) 
         assert indices == sorted(indices)  # a writer's acknowledged order is kept
 
 
-async def test_concurrent_writers_in_process(make_client, make_settings, tmp_path):
+async def test_concurrent_writers_in_process(
+    make_client, make_settings, tmp_path, redis_process
+):
     num_events = 2_000
     with redis_process(tmp_path / "redis") as server:
         redis_client = server.client()
@@ -158,7 +159,9 @@ async def test_concurrent_writers_in_process(make_client, make_settings, tmp_pat
 
 
 @pytest.mark.slow
-async def test_concurrent_writers_over_http(tiny_bundle_dir, tmp_path):
+async def test_concurrent_writers_over_http(
+    tiny_bundle_dir, tmp_path, redis_process, api_process
+):
     num_events = 10_000
     with redis_process(tmp_path / "redis") as server:
         redis_client = server.client()

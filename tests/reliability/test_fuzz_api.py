@@ -26,13 +26,15 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from tests.reliability.procs import REPO_ROOT, api_process, redis_process
+from benchmarks.processes import REPO_ROOT
 
 LEAK_MARKERS = ("Traceback", 'File "', "site-packages", str(REPO_ROOT), "/tmp/")
 
 
 @pytest.fixture(scope="module")
-def live_api(tiny_bundle_dir: Path, tmp_path_factory) -> Iterator[str]:
+def live_api(
+    tiny_bundle_dir: Path, tmp_path_factory, redis_process, api_process
+) -> Iterator[str]:
     work = tmp_path_factory.mktemp("fuzz")
     with (
         redis_process(work / "redis") as server,

@@ -14,8 +14,8 @@ import time
 
 import pytest
 
+from benchmarks.processes import RedisServer
 from service import keys
-from tests.reliability.procs import RedisProcess, redis_process
 
 USERS = ("r0", "r1", "r2")
 EVENTS_PER_USER = 150  # under SESSION_MAX_EVENTS (200): nothing is trimmed away
@@ -47,7 +47,7 @@ async def post_everything(client) -> dict[str, list[str]]:
 
 @pytest.mark.parametrize("how", ["sigterm", "shutdown"])
 async def test_graceful_restart_keeps_every_acknowledged_event(
-    how, make_client, make_settings, tmp_path
+    how, make_client, make_settings, tmp_path, redis_process
 ):
     with redis_process(tmp_path / "redis") as server:
         async with make_client(make_settings(redis_url=server.url)) as client:
@@ -70,7 +70,7 @@ async def test_graceful_restart_keeps_every_acknowledged_event(
 
 
 async def one_kill_trial(
-    server: RedisProcess, client, trial: int, rng: random.Random
+    server: RedisServer, client, trial: int, rng: random.Random
 ) -> dict[str, float]:
     """Write until a random moment, kill -9, restart; count what is missing."""
     acked_at: dict[tuple[str, str], float] = {}
@@ -123,7 +123,7 @@ EVERYSEC_WINDOW_S = 2.0
 @pytest.mark.slow
 @pytest.mark.parametrize("appendfsync", ["everysec", "always"])
 async def test_kill_9_loss_per_fsync_policy(
-    appendfsync, make_client, make_settings, tmp_path, capsys
+    appendfsync, make_client, make_settings, tmp_path, capsys, redis_process
 ):
     rng = random.Random(7)
     trials = []

