@@ -6,6 +6,11 @@
 ``tiny_bundle_dir`` that run exported with top_k=20 (parity checked).
 ``make_run`` / ``make_bundle`` factories for variants, e.g.
                    ``make_bundle(backbone="bert4rec", top_k=5, max_seq_len=4)``.
+
+Tiers are markers, not folders: tests marked ``slow`` (minutes of load, kill -9
+trials) or ``cluster`` (a three-master Redis Cluster) are skipped unless a ``-m``
+expression is given, so plain ``python -m pytest`` stays fast; run them with
+``python -m pytest tests/service -m "cluster or slow"``.
 """
 
 from __future__ import annotations
@@ -18,6 +23,22 @@ import pytest
 
 TINY_NUM_TRACKS = 57
 TINY_TOP_K = 20
+HEAVY_MARKERS = ("slow", "cluster")
+
+
+def pytest_collection_modifyitems(
+    config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    if config.option.markexpr:
+        return  # the caller chose the tiers explicitly
+    for item in items:
+        heavy = [name for name in HEAVY_MARKERS if item.get_closest_marker(name)]
+        if heavy:
+            item.add_marker(
+                pytest.mark.skip(
+                    reason=f'{"/".join(heavy)} tier: run with -m "cluster or slow"'
+                )
+            )
 
 
 def build_tiny_run(run_dir: Path, seed: int = 0, **overrides: Any) -> Path:

@@ -17,6 +17,8 @@ import pytest
 from benchmarks.processes import RedisServer
 from service import keys
 
+pytestmark = pytest.mark.reliability
+
 USERS = ("r0", "r1", "r2")
 EVENTS_PER_USER = 150  # under SESSION_MAX_EVENTS (200): nothing is trimmed away
 

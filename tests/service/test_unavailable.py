@@ -14,6 +14,8 @@ import time
 import httpx
 import pytest
 
+pytestmark = pytest.mark.reliability
+
 USER = "listener"
 SAMPLES = 15
 MAX_EXTRA_MS = 100.0

@@ -24,6 +24,8 @@ import pytest
 
 from service import keys
 
+pytestmark = pytest.mark.reliability
+
 HOT_USER = "hot"
 WRITERS = 32
 MAX_EVENTS = 200

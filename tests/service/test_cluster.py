@@ -17,6 +17,8 @@ import httpx
 import pytest
 import redis
 
+pytestmark = pytest.mark.reliability
+
 NUM_USERS = 200
 
 

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -19,6 +20,8 @@ from service import keys
 from service.session_store import APPEND_SCRIPT
 from skiprec.encoding import FEEDBACK_MASK, FEEDBACK_PAD, EncodingSpec, encode_sessions
 from skiprec.vocab import MASK_ID, PAD_ID
+
+pytestmark = pytest.mark.reliability
 
 events = st.tuples(st.integers(1, 500), st.sampled_from([1, 2]))  # OOV=1 allowed
 sessions = st.lists(st.lists(events, max_size=30), min_size=1, max_size=6)

@@ -1,6 +1,11 @@
-"""Replay held-out sessions through the live HTTP API: the evaluation of record.
+"""``skiprec replay``: held-out sessions through the live HTTP API, the evaluation
+of record.
 
     skiprec replay --data SESSIONS --url http://127.0.0.1:8000 [--json OUT]
+
+It lives with the other live-service tools (``benchmarks.load``, ``benchmarks.soak``)
+because it is an HTTP client of a running service; the data, splits and metrics it
+scores with come from ``training``, so its numbers equal the offline evaluation's.
 
 For each session (default: the test sessions of ``session_disjoint_split(seed=0)``,
 exactly those ``skiprec evaluate`` scores; ``--split loo`` the leave-one-out test

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from training.replay import ReplaySession, rank_of, replay, sessions_from_examples
+from benchmarks.replay import ReplaySession, rank_of, replay, sessions_from_examples
 from training.splits import EvalExample
 
 

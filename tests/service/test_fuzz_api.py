@@ -28,6 +28,8 @@ from schemathesis.checks import (
 
 from benchmarks.processes import REPO_ROOT
 
+pytestmark = pytest.mark.reliability
+
 LEAK_MARKERS = ("Traceback", 'File "', "site-packages", str(REPO_ROOT), "/tmp/")
 
 

@@ -14,6 +14,8 @@ import redis
 import service.deps
 from service.session_store import SessionStore
 
+pytestmark = pytest.mark.reliability
+
 KEY = "k3y-0123456789abcdef"
 
 
