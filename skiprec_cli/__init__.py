@@ -12,15 +12,21 @@ import sys
 from collections.abc import Sequence
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("training.train", "train a model on a data file into a run directory"),
-    "evaluate": ("training.evaluate", "evaluate a run (or the baselines) on a split"),
-    "benchmark": ("training.benchmark", "reproduce docs/RESULTS.md (all variants)"),
+    "train": ("training.cli.train", "train a model on a data file into a run dir"),
+    "evaluate": (
+        "training.cli.evaluate",
+        "evaluate a run (and the baselines) on a split",
+    ),
+    "benchmark": (
+        "training.cli.benchmark",
+        "quality tables (regenerates docs/RESULTS.md)",
+    ),
+    "synth": ("training.cli.synth", "write a synthetic session log (demo data)"),
     "export": ("model_export.export", "export a run to a versioned ONNX bundle"),
     "serve": ("service.serve", "serve a bundle over HTTP (embedded Redis by default)"),
-    "replay": ("training.replay", "replay held-out sessions through a live service"),
     "events": ("service.events_export", "export the live event log for retraining"),
-    "synth": ("training.synthetic", "write a synthetic session log (demo data)"),
-    "bench": ("benchmarks.load", "load benchmark of the running service"),
+    "replay": ("benchmarks.replay", "replay held-out sessions through a live service"),
+    "loadtest": ("benchmarks.load", "load benchmark of the running service"),
 }
 
 

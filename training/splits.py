@@ -23,6 +23,9 @@ import numpy as np
 from skiprec.vocab import Vocabulary
 from training.data import Session
 
+SPLIT_SEED = 0  # the held-out sessions do not move with the training seed
+PROTOCOLS = ("session", "loo")
+
 
 @dataclass(frozen=True)
 class EvalExample:
@@ -116,3 +119,16 @@ def popularity(train_sessions: Sequence[Session]) -> dict[str, int]:
         for track_id, skipped in zip(session.track_ids, session.skipped, strict=True):
             counts[track_id] += not skipped
     return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+def make_split(sessions: Sequence[Session], protocol: str) -> Split:
+    """``session`` = session-disjoint (seed ``SPLIT_SEED``), ``loo`` = leave-one-out.
+
+    The split every command rebuilds from a data file, so ``skiprec evaluate`` scores
+    the test sessions of the split ``skiprec train`` held out.
+    """
+    if protocol == "session":
+        return session_disjoint_split(sessions, seed=SPLIT_SEED)
+    if protocol == "loo":
+        return leave_one_out_split(sessions)
+    raise ValueError(f"unknown split {protocol!r}; expected one of {PROTOCOLS}")

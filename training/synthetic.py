@@ -1,8 +1,8 @@
 """Synthetic listening sessions with learnable sequence and skip structure (demo data).
 
-Run: ``skiprec synth --out demo.csv [--sessions 5000] [--tracks 2000] [--seed 0]``
-writes the generic event log (``user_id,track_id,event,timestamp``) that
-``training.data.load_sessions`` reads back into the same sessions.
+``skiprec synth`` (``training/cli/synth.py``) writes them as the generic event log
+(``user_id,track_id,event,timestamp``) that ``training.data.load_sessions`` reads back
+into the same sessions.
 
 The generative story, chosen so that each signal a model can use is present:
 - Tracks belong to latent taste clusters placed on a ring (neighbouring clusters are
@@ -21,15 +21,12 @@ split recovers them with the same ``user#n`` ids.
 
 from __future__ import annotations
 
-import argparse
 import bisect
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from training.data import Session, write_event_log
+from training.data import Session
 
 
 @dataclass(frozen=True)
@@ -154,28 +151,3 @@ def generate_sessions(
         )
     return [session for user in sorted(per_user) for session in per_user[user]]
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="skiprec synth", description="Write a synthetic session log (demo data)."
-    )
-    parser.add_argument("--out", type=Path, required=True, help="output CSV (.gz ok)")
-    parser.add_argument("--sessions", type=int, default=5000, help="number of sessions")
-    parser.add_argument("--tracks", type=int, default=2000, help="catalogue size")
-    parser.add_argument("--clusters", type=int, default=40, help="taste clusters")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
-    args = parser.parse_args(argv)
-    sessions = generate_sessions(
-        num_sessions=args.sessions,
-        num_tracks=args.tracks,
-        num_clusters=args.clusters,
-        seed=args.seed,
-    )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    written = write_event_log(sessions, args.out)
-    skips = sum(sum(s.skipped) for s in sessions)
-    print(
-        f"wrote {written} events in {len(sessions)} sessions to {args.out} "
-        f"(skip rate {skips / max(written, 1):.1%})"
-    )
-    return 0

@@ -8,10 +8,11 @@ from pathlib import Path
 
 from skiprec.vocab import Vocabulary
 from training.baselines import MarkovScorer, PopularityScorer
+from training.cli.synth import main
 from training.data import Session, load_sessions
 from training.evaluation import evaluate
 from training.splits import Split
-from training.synthetic import SyntheticConfig, generate_sessions, main
+from training.synthetic import SyntheticConfig, generate_sessions
 
 
 def test_generate_sessions_is_deterministic_per_seed() -> None:

@@ -6,13 +6,14 @@ import pytest
 
 from training.baselines import BASELINES, PopularityScorer
 from training.checkpoint import load_run
+from training.cli.evaluate import main as evaluate_main
+from training.cli.train import main
 from training.config import CONFIG_DIR, ConfigError, TrainConfig
 from training.data import write_event_log
-from training.evaluate import main as evaluate_main
 from training.evaluation import evaluate
 from training.splits import build_vocab, session_disjoint_split
 from training.synthetic import generate_sessions
-from training.train import main, train
+from training.trainer import train
 
 
 @pytest.fixture(scope="module")

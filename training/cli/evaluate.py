@@ -1,4 +1,4 @@
-"""Evaluate a training run (and optionally the baselines) on a data file.
+"""``skiprec evaluate``: a training run (and optionally the baselines) on a data file.
 
     skiprec evaluate --run runs/mssd --data mssd_sessions_dev.csv.gz --baselines
     skiprec evaluate --run runs/mssd --data held_out.csv.gz --split all --json out.json
@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,51 +23,11 @@ from training.baselines import BASELINES, fit_baseline
 from training.checkpoint import load_run
 from training.data import FORMATS, DataError, data_fingerprint, load_sessions
 from training.evaluation import evaluate
+from training.report import describe, markdown_table
 from training.scoring import TorchScorer
-from training.splits import EvalExample, session_examples
-from training.train import make_split
+from training.splits import PROTOCOLS, EvalExample, make_split, session_examples
 
 SAMPLED_NEGATIVES = 1000
-COLUMNS = (
-    "ndcg@10",
-    "hr@10",
-    "mrr@10",
-    "played/ndcg@10",
-    "skipped/ndcg@10",
-    "ndcg_gap@10",
-    "skip_mrr@10",
-)
-
-
-def describe(train_config: Mapping[str, Any]) -> str:
-    """A short variant name from a run's train config, e.g. ``sasrec+fb+skip_cl0.5``."""
-    name = str(train_config.get("backbone", "model"))
-    if train_config.get("feedback_input"):
-        name += "+fb"
-    if train_config.get("target") in ("next_played", "played_only"):
-        name += f"+{train_config['target']}"
-    if train_config.get("skip_cl_weight"):
-        name += f"+skip_cl{train_config['skip_cl_weight']:g}"
-    if train_config.get("unlikelihood_weight"):
-        name += f"+ul{train_config['unlikelihood_weight']:g}"
-    if train_config.get("skip_hard_negatives"):
-        name += "+hardneg"
-    return name
-
-
-def markdown_table(results: Mapping[str, Mapping[str, float]]) -> str:
-    """One row per model, the headline metrics as columns (4 decimals)."""
-    header = "| model | " + " | ".join(COLUMNS) + " | examples |"
-    rule = "|---|" + "---:|" * (len(COLUMNS) + 1)
-    rows = [
-        f"| {name} | "
-        + " | ".join(f"{metrics.get(c, float('nan')):.4f}" for c in COLUMNS)
-        + f" | {int(metrics.get('num_examples', 0))} |"
-        for name, metrics in results.items()
-    ]
-    return "\n".join([header, rule, *rows])
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="skiprec evaluate",
@@ -84,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--split",
-        choices=["session", "loo", "all"],
+        choices=[*PROTOCOLS, "all"],
         default="session",
         help="session-disjoint test (default), leave-one-out test, or all sessions",
     )

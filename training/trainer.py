@@ -1,22 +1,18 @@
-"""Train a skip-aware session encoder and save the run directory.
+"""The training loop: a ``TrainConfig`` and a split in, the best model and a run out.
 
-    # the production preset (configs/default.toml):
-    skiprec train --out runs/mssd \\
-        --data ../shared/data/mssd_sessions_derived/mssd_sessions_dev.csv.gz
-    skiprec train --data demo.csv --out runs/demo --config training/configs/demo.toml
-    python -m training.train --data D --out R --backbone bert4rec --skip-cl-weight 0.5
-
-The loop: AdamW (decay on matrices only), optional linear warmup + cosine decay,
-gradient clipping; validation NDCG@10 every ``eval_every`` epochs through the shared
-evaluation harness with a ``TorchScorer`` (the serving encoding and exclusion rules);
-early stopping after ``patience`` evaluations without improvement; the best state is
-restored, scored on the test split and saved with ``training.checkpoint.save_run``
-together with ``curves.png`` and ``train_log.jsonl`` (one JSON object per epoch).
+``skiprec train`` (``training/cli/train.py``) and ``skiprec benchmark`` both call
+:func:`train`. The loop: AdamW (decay on matrices only), optional linear warmup +
+cosine decay, gradient clipping; validation NDCG@10 every ``eval_every`` epochs through
+the shared evaluation harness with a ``TorchScorer`` (the serving encoding and
+exclusion rules); early stopping after ``patience`` evaluations without improvement;
+the best state is restored, scored on the test split and saved with
+``training.checkpoint.save_run`` together with ``curves.png`` and ``train_log.jsonl``
+(one JSON object per epoch). Progress goes to stderr: tqdm bars on a terminal, one line
+per epoch otherwise.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
@@ -42,8 +38,7 @@ from training.batching import (
     session_skips,
 )
 from training.checkpoint import Run, save_run
-from training.config import DEFAULT_CONFIG, ConfigError, TrainConfig
-from training.data import FORMATS, DataError, data_fingerprint, load_sessions
+from training.config import TrainConfig
 from training.evaluation import evaluate
 from training.losses import (
     full_softmax_loss,
@@ -54,17 +49,10 @@ from training.losses import (
 from training.model import SessionEncoder
 from training.plots import plot_curves
 from training.scoring import TorchScorer
-from training.splits import (
-    Split,
-    build_vocab,
-    leave_one_out_split,
-    popularity,
-    session_disjoint_split,
-)
+from training.splits import Split, popularity
 
 LOG_FILE = "train_log.jsonl"
 CURVES_FILE = "curves.png"
-SPLIT_SEED = 0  # the held-out sessions do not move with the training seed
 
 
 @dataclass
@@ -335,115 +323,3 @@ def _progress_line(row: dict[str, float]) -> str:
         text += f", val NDCG@10 {row['val_ndcg@10']:.4f}"
     return text + f" ({row['seconds']:.1f} s)"
 
-
-def make_split(sessions: Sequence[Any], protocol: str) -> Split:
-    """``session`` = session-disjoint (default), ``loo`` = leave-one-out per session."""
-    if protocol == "session":
-        return session_disjoint_split(sessions, seed=SPLIT_SEED)
-    if protocol == "loo":
-        return leave_one_out_split(sessions)
-    raise ValueError(f"unknown split {protocol!r}; expected 'session' or 'loo'")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="skiprec train",
-        description="Train a skip-aware session recommender into a run directory.",
-    )
-    # --- data ---
-    parser.add_argument("--data", type=Path, required=True, help="session data file")
-    parser.add_argument(
-        "--out", type=Path, required=True, help="run directory to write"
-    )
-    parser.add_argument(
-        "--format",
-        choices=FORMATS,
-        help="data format (default: detected from the file's columns)",
-    )
-    parser.add_argument(
-        "--split",
-        choices=["session", "loo"],
-        default="session",
-        help="session-disjoint held-out sessions (default) or leave-one-out",
-    )
-    # --- configuration ---
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=DEFAULT_CONFIG,
-        help="TOML preset (default: production)",
-    )
-    parser.add_argument("--seed", type=int, help="training seed")
-    parser.add_argument(
-        "--backbone", choices=["sasrec", "bert4rec"], help="encoder type"
-    )
-    parser.add_argument(
-        "--skip-cl-weight", type=float, help="lambda of the skip contrastive loss"
-    )
-    parser.add_argument(
-        "--feedback-input",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="add a play/skip embedding to each input event",
-    )
-    parser.add_argument(
-        "--target",
-        choices=["next", "next_played", "played_only"],
-        help="training target",
-    )
-    parser.add_argument("--epochs", type=int, help="maximum epochs")
-    parser.add_argument("--device", help="torch device, e.g. cpu or cuda")
-    # --- output ---
-    parser.add_argument("--quiet", action="store_true", help="no progress output")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        config = TrainConfig.from_toml(args.config).replace(
-            seed=args.seed,
-            backbone=args.backbone,
-            skip_cl_weight=args.skip_cl_weight,
-            feedback_input=args.feedback_input,
-            target=args.target,
-            epochs=args.epochs,
-            device=args.device,
-        )
-    except (ConfigError, TypeError) as exc:
-        print(f"skiprec train: {exc}", file=sys.stderr)
-        return 2
-    if not args.data.is_file():
-        print(f"skiprec train: {args.data}: no such data file", file=sys.stderr)
-        return 2
-    try:
-        sessions = load_sessions(args.data, args.format)
-        split = make_split(sessions, args.split)
-        vocab = build_vocab(split.train)
-        if vocab.num_tracks == 0:
-            raise ValueError(f"{args.data}: no training tracks")
-        result = train(
-            config,
-            split,
-            vocab,
-            args.out,
-            data_fingerprint=data_fingerprint(args.data),
-            quiet=args.quiet,
-            extra_metrics={"split": {"protocol": args.split, "seed": SPLIT_SEED}},
-        )
-    except (DataError, ConfigError, ValueError) as exc:
-        print(f"skiprec train: {exc}", file=sys.stderr)
-        return 2
-    if not args.quiet:
-        val, test = result.metrics["validation"], result.metrics["test"]
-        print(
-            f"best epoch {result.metrics['best_epoch']}: "
-            f"val NDCG@10 {val['ndcg@10']:.4f}, "
-            f"test NDCG@10 {test.get('ndcg@10', float('nan')):.4f}"
-            f" -> {args.out}"
-        )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
