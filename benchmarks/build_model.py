@@ -5,9 +5,9 @@ The weights are random (latency does not depend on what the model learned), but 
 bundle is built by the real exporter, parity-checked against torch on its minimum
 session count and validated by ``skiprec.bundle.load_bundle``, exactly like a
 production bundle. Bundles are cached by their parameters under ``cache_dir`` so a
-rerun of ``skiprec bench`` does not re-export; the 1M-track export (a 256 MB item
-table stored twice in the graph: input embedding and transposed scoring table) takes
-about a minute on 2 cores.
+rerun of ``skiprec loadtest`` does not re-export (the large catalogues are slow to
+export: the item table is stored twice in the graph, as the input embedding and as the
+transposed scoring table).
 
     python -m benchmarks.build_model --tracks 100000 --out /tmp/bundle
 """

@@ -1,23 +1,24 @@
-"""``skiprec bench``: load benchmark of the real service against a real Redis server.
+"""``skiprec loadtest``: load benchmark of the real service against a real Redis server.
 
-    skiprec bench                      # full run, ~10 min: BENCHMARKS.md + bench.json
-    skiprec bench --quick              # ~2 min, shorter phases, 10k/100k scaling only
-    skiprec bench --profile /tmp/prof  # same phases, py-spy recording the service
+    skiprec loadtest                      # full run: BENCHMARKS.md + bench.json
+    skiprec loadtest --quick              # shorter phases, 10k/100k scaling only
+    skiprec loadtest --profile /tmp/prof  # same phases, py-spy recording the service
 
-What one run does, in order (docs/BENCHMARKS.md explains the method):
+What one run does, in order (docs/BENCHMARKS.md explains the method and the run
+times):
 
-1. Builds (or takes from the cache) the synthetic bundles: d=64, L=50 SASRec with
-   random weights over 100k tracks, plus 10k and 1M for the scaling table
-   (``benchmarks/build_model.py``).
-2. Starts ``redis-server`` on a free loopback port and measures the floors
-   (``benchmarks/floors.py``): a Redis round trip, bare ONNX inference at batch 1 and
-   batched, and a FastAPI no-op app under the service's uvicorn settings.
+1. Builds (or takes from the cache) the synthetic bundles: the main catalogue plus the
+   scaling catalogues (``benchmarks/build_model.py``).
+2. Starts ``redis-server`` on a free loopback port (``benchmarks/processes.py``) and
+   measures the floors (``benchmarks/floors.py``): a Redis round trip, bare ONNX
+   inference at batch 1 and batched, and a FastAPI no-op app under the service's
+   uvicorn settings.
 3. Starts the service (``skiprec serve``, a separate process) on loopback, fills
-   Redis with users through ``POST /events`` (session lengths 1..200, median ~20),
-   and drives it from a separate load-generator process (``benchmarks/loadgen.py``):
-   ``GET /recommendations`` open loop at fixed rates and closed loop to saturation,
-   ``POST /events`` with 1 and with 100 events per request; then latency vs session
-   length and vs catalogue size.
+   Redis with users through ``POST /events`` and runs the phases of
+   ``benchmarks/phases.py``, each from a separate load-generator process
+   (``benchmarks/loadgen.py``): ``GET /recommendations`` open loop at fixed rates and
+   closed loop to saturation, ``POST /events`` with 1 and with 100 events per
+   request; then latency vs session length and vs catalogue size.
 4. Writes bench.json, the latency-vs-load PNG and the generated part of
    docs/BENCHMARKS.md (between the ``bench:begin``/``bench:end`` markers).
 """
@@ -27,78 +28,30 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import random
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from benchmarks import floors, processes
-from benchmarks.build_model import BenchModel, default_cache_dir, ensure_bundle
-from benchmarks.report import machine_info, summarize, write_markdown
+from benchmarks.build_model import BenchModel, ensure_bundle
+from benchmarks.phases import (
+    TARGET_RATE,
+    BenchConfig,
+    Phases,
+    event_phases,
+    populate,
+    recommendation_phases,
+)
+from benchmarks.report import machine_info, write_markdown
+from benchmarks.summary import summarize
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-HOST = processes.HOST
-TARGET_RATE = 500.0  # the issue's target: p50 <= 3 ms, p99 <= 15 ms at 500 req/s
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    """Every knob of one run; the CLI builds it, ``--quick`` swaps in short phases."""
-
-    catalogue: int = 100_000
-    scaling_catalogues: tuple[int, ...] = (10_000, 100_000, 1_000_000)
-    session_lengths: tuple[int, ...] = (20, 50, 200)
-    target_duration: float = 60.0  # GET /recommendations at TARGET_RATE
-    phase_duration: float = 10.0  # every other measured phase
-    warmup: float = 2.0
-    rates: tuple[float, ...] = (100, 250, 500, 1000, 1500, 2000)
-    concurrencies: tuple[int, ...] = (1, 8, 32, 64)
-    event_rates: tuple[float, ...] = (1000, 3000)
-    event_concurrencies: tuple[int, ...] = (8, 32)
-    batch_concurrencies: tuple[int, ...] = (2, 8)
-    scaling_rate: float = 200.0
-    num_users: int = 5000
-    users_per_length: int = 300
-    workers: int = 2  # one per core: the event loop is GIL-bound at one core
-    onnx_threads: int = 1
-    top_k: int = 200  # model_export.export.DEFAULT_TOP_K, the API's max k
-    bundle_dir: Path | None = None  # an existing bundle instead of a synthetic one
-    cache_dir: Path = field(default_factory=default_cache_dir)
-    work_dir: Path | None = None  # logs and Redis data; default a temp dir
-    service_env: tuple[tuple[str, str], ...] = ()
-    profile_dir: Path | None = None
-    floors: bool = True
-    floor_seconds: float = 2.0  # timing budget per bare-ONNX batch size
-    seed: int = 0
-
-    @classmethod
-    def quick(cls, **changes: Any) -> BenchConfig:
-        return replace(
-            cls(
-                scaling_catalogues=(10_000, 100_000),
-                session_lengths=(20, 200),
-                target_duration=10.0,
-                phase_duration=4.0,
-                warmup=1.0,
-                rates=(250, 500, 1000),
-                concurrencies=(8, 32),
-                event_rates=(),
-                event_concurrencies=(16,),
-                batch_concurrencies=(4,),
-                num_users=2000,
-                users_per_length=100,
-                floor_seconds=0.7,
-            ),
-            **changes,
-        )
+REPO_ROOT = processes.REPO_ROOT
+COMMAND = "skiprec loadtest"
 
 
 # --- processes ---------------------------------------------------------------------
@@ -120,154 +73,6 @@ def noop_command(config: BenchConfig) -> list[str]:
         "benchmarks.floors:noop_app", factory=True, workers=config.workers
     )
     return command + ["--loop", "uvloop", "--http", "httptools"]
-
-
-@contextlib.contextmanager
-def profiler(
-    config: BenchConfig, pid: int, name: str, seconds: float
-) -> Iterator[None]:
-    """py-spy recording of the service tree while the block runs (when asked)."""
-    if config.profile_dir is None:
-        yield
-        return
-    config.profile_dir.mkdir(parents=True, exist_ok=True)
-    out = config.profile_dir / f"{name}.txt"
-    args = ["py-spy", "record", "--pid", str(pid), "--subprocesses", "--rate", "200"]
-    args += ["--format", "raw", "--duration", str(math.ceil(seconds)), "-o", str(out)]
-    args += ["--nonblocking", "--threads"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        yield
-    finally:
-        try:
-            proc.wait(timeout=seconds + 30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-# --- the load generator ------------------------------------------------------------
-
-
-def run_loadgen(spec: dict[str, Any]) -> dict[str, Any]:
-    """One phase in a separate load-generator process; its JSON result."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.loadgen"],
-        input=json.dumps(spec).encode(),
-        capture_output=True,
-        cwd=REPO_ROOT,
-        timeout=spec["duration"] + spec.get("warmup", 1.0) + 120,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"load generator failed: {proc.stderr.decode()[-2000:]}")
-    result: dict[str, Any] = json.loads(proc.stdout)
-    return result
-
-
-def _brief(result: dict[str, Any]) -> str:
-    cpu = " ".join(f"{k}={v:.0f}%" for k, v in result.get("cpu_percent", {}).items())
-    load = (
-        f"offered {result['offered_rps']:.0f}/s"
-        if result["mode"] == "open"
-        else f"c={result['concurrency']}"
-    )
-    return (
-        f"{result['scenario']:<15} b={result['batch_size']:<3} {load:<14} "
-        f"{result['throughput_rps']:8.0f} req/s  p50 {result['p50_ms']:7.2f}  "
-        f"p99 {result['p99_ms']:8.2f}  max {result['max_ms']:8.1f} ms  "
-        f"err {result['errors']}  cpu {cpu}"
-    )
-
-
-class Phases:
-    """Runs load phases against one server and collects their results."""
-
-    def __init__(self, config: BenchConfig, port: int, watch: dict[str, int]) -> None:
-        self.config = config
-        self.port = port
-        self.watch = watch
-
-    def run(
-        self, scenario: str, mode: str, duration: float | None = None, **spec: Any
-    ) -> dict[str, Any]:
-        full = {
-            "host": HOST,
-            "port": self.port,
-            "scenario": scenario,
-            "mode": mode,
-            "duration": duration or self.config.phase_duration,
-            "warmup": self.config.warmup,
-            "watch_pids": self.watch,
-            "seed": self.config.seed,
-            **spec,
-        }
-        result = run_loadgen(full)
-        result.pop("spec", None)
-        print(f"  {_brief(result)}", flush=True)
-        return result
-
-
-# --- users ---------------------------------------------------------------------------
-
-
-def zipf_tracks(track_ids: Sequence[str], count: int, rng: random.Random) -> list[str]:
-    """``count`` draws from the catalogue, rank-frequency ~ 1/rank^0.8 (vocab order
-    is most popular first), so sessions and posted events look like listening."""
-    n = len(track_ids)
-    weights = [1.0 / (rank + 1) ** 0.8 for rank in range(n)]
-    return rng.choices(track_ids, weights=weights, k=count)
-
-
-@dataclass(frozen=True)
-class Population:
-    users: tuple[str, ...]  # the general population (GET and POST target these)
-    by_length: dict[int, tuple[str, ...]]  # users whose session has exactly N events
-    num_events: int
-    seconds: float
-
-
-def populate(
-    base_url: str, config: BenchConfig, track_ids: Sequence[str], rng: random.Random
-) -> Population:
-    """Create every user's session through ``POST /events`` (batches of <= 1000)."""
-    sessions: dict[str, int] = {}
-    for i in range(config.num_users):
-        # lognormal, median 20 events, clipped to 1..200
-        length = int(min(200, max(1, round(rng.lognormvariate(math.log(20), 0.9)))))
-        sessions[f"user{i:06d}"] = length
-    by_length: dict[int, tuple[str, ...]] = {}
-    for length in config.session_lengths:
-        group = tuple(f"len{length}-{j:04d}" for j in range(config.users_per_length))
-        by_length[length] = group
-        sessions.update(dict.fromkeys(group, length))
-    pool = zipf_tracks(track_ids, 20_000, rng)
-    started = time.perf_counter()
-    batch: list[dict[str, str]] = []
-    total = 0
-    with httpx.Client(base_url=base_url, timeout=60.0) as client:
-
-        def flush() -> None:
-            response = client.post("/events", json={"events": batch})
-            response.raise_for_status()
-            batch.clear()
-
-        for user, length in sessions.items():
-            if len(batch) + length > 1000:
-                flush()
-            for _ in range(length):
-                kind = "skip" if rng.random() < 0.3 else "play"
-                batch.append(
-                    {"user_id": user, "track_id": rng.choice(pool), "type": kind}
-                )
-            total += length
-        if batch:
-            flush()
-    return Population(
-        tuple(u for u in sessions if u.startswith("user")),
-        by_length,
-        total,
-        time.perf_counter() - started,
-    )
 
 
 # --- the run -------------------------------------------------------------------------
@@ -308,84 +113,6 @@ def _floors(config: BenchConfig, bundle: Path, redis_url: str) -> dict[str, Any]
                 "noop", "closed", concurrency=max(config.concurrencies)
             ),
         }
-    return out
-
-
-def _overloaded(result: dict[str, Any]) -> bool:
-    """An open-loop phase the server could not keep up with."""
-    return bool(result["throughput_rps"] < 0.9 * result["offered_rps"])
-
-
-def _recommendation_phases(
-    config: BenchConfig, phases: Phases, users: tuple[str, ...], pid: int
-) -> dict[str, Any]:
-    print("GET /recommendations, open loop", flush=True)
-    out: dict[str, Any] = {"open": [], "closed": []}
-    for rate in config.rates:
-        target = rate == TARGET_RATE
-        duration = config.target_duration if target else config.phase_duration
-        with (
-            profiler(config, pid, "recommendations_rate_500", duration)
-            if target
-            else contextlib.nullcontext()
-        ):
-            result = phases.run(
-                "recommendations", "open", duration, rate=rate, users=users
-            )
-        out["open"].append(result)
-        if target:
-            out["rate_500"] = result
-        if _overloaded(result) and rate >= TARGET_RATE:
-            break  # higher rates would only queue
-    print("GET /recommendations, closed loop", flush=True)
-    for concurrency in config.concurrencies:
-        result = phases.run(
-            "recommendations", "closed", concurrency=concurrency, users=users
-        )
-        out["closed"].append(result)
-    clean = [r["throughput_rps"] for r in out["closed"] if r["errors"] == 0]
-    out["saturation_rps"] = max(clean, default=0.0)
-    return out
-
-
-def _event_phases(
-    config: BenchConfig,
-    phases: Phases,
-    users: tuple[str, ...],
-    track_ids: Sequence[str],
-    pid: int,
-) -> dict[str, Any]:
-    rng = random.Random(config.seed + 1)
-    tracks = zipf_tracks(track_ids, 10_000, rng)
-    common: dict[str, Any] = {"users": users, "track_ids": tracks}
-    out: dict[str, Any] = {"single": [], "batch": []}
-    print("POST /events, 1 event per request", flush=True)
-    for rate in config.event_rates:
-        out["single"].append(phases.run("events", "open", rate=rate, **common))
-        if _overloaded(out["single"][-1]):
-            break
-    for concurrency in config.event_concurrencies:
-        with profiler(
-            config, pid, f"events_single_c{concurrency}", config.phase_duration
-        ):
-            result = phases.run("events", "closed", concurrency=concurrency, **common)
-        out["single"].append(result)
-    print("POST /events, 100 events per request", flush=True)
-    for concurrency in config.batch_concurrencies:
-        with profiler(
-            config, pid, f"events_batch_c{concurrency}", config.phase_duration
-        ):
-            result = phases.run(
-                "events", "closed", concurrency=concurrency, batch_size=100, **common
-            )
-        out["batch"].append(result)
-
-    def best(results: list[dict[str, Any]]) -> float:
-        clean = [r["events_per_s"] for r in results if r["errors"] == 0]
-        return max(clean, default=0.0)
-
-    out["single_eps"] = best(out["single"])
-    out["batch_eps"] = best(out["batch"])
     return out
 
 
@@ -430,7 +157,7 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
                 "seconds": population.seconds,
             }
             phases = Phases(config, port, {"service": pid, "redis": redis_pid})
-            results["recommendations"] = _recommendation_phases(
+            results["recommendations"] = recommendation_phases(
                 config, phases, population.users, pid
             )
             print("latency vs session length", flush=True)
@@ -440,7 +167,7 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
                 )
                 for length, users in population.by_length.items()
             }
-            results["events"] = _event_phases(
+            results["events"] = event_phases(
                 config, phases, population.users, track_ids, pid
             )
         results["catalogue"] = _catalogue_scaling(
@@ -505,10 +232,12 @@ def _jsonable(value: Any) -> Any:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="skiprec bench", description="Load benchmark of the skiprec service."
+        prog=COMMAND, description="Load benchmark of the skiprec service."
     )
     # what to run
-    parser.add_argument("--quick", action="store_true", help="~2 min instead of ~10")
+    parser.add_argument(
+        "--quick", action="store_true", help="short phases, 10k/100k scaling only"
+    )
     parser.add_argument("--catalogue", type=int, help="tracks of the main bundle")
     parser.add_argument("--duration", type=float, help="seconds of the 500 req/s phase")
     parser.add_argument("--phase-duration", type=float, help="seconds of other phases")
@@ -583,7 +312,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = config_from_args(args)
-    command = "skiprec bench " + " ".join(sys.argv[2:] if argv is None else argv)
+    command = f"{COMMAND} " + " ".join(sys.argv[2:] if argv is None else argv)
     results = run_benchmark(config)
     results["command"] = command.strip()
     args.out.parent.mkdir(parents=True, exist_ok=True)

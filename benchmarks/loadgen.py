@@ -1,7 +1,7 @@
 """The load generator: a separate process that drives one HTTP workload and times it.
 
-``benchmarks/load.py`` runs it once per phase as ``python -m benchmarks.loadgen`` with
-a JSON :class:`LoadSpec` on stdin; it prints one JSON result object on stdout.
+``benchmarks/phases.py`` runs it once per phase as ``python -m benchmarks.loadgen``
+with a JSON :class:`LoadSpec` on stdin; it prints one JSON result object on stdout.
 
 Two disciplines:
 
@@ -16,10 +16,16 @@ Two disciplines:
   request as soon as the previous answer arrives; this finds the saturation throughput.
 
 HTTP/1.1 is spoken directly over asyncio protocols (uvloop when installed) with
-callbacks rather than an HTTP client library: per request this costs a few tens of
-microseconds of CPU, so on a 2-core machine the generator stays far from being the
-bottleneck. Its own CPU use is measured and reported next to the server's
-(``cpu_percent``; 100 = one core busy), so a saturated generator is visible.
+callbacks rather than an HTTP client library, so the generator costs far less CPU per
+request than the server it drives and stays away from being the bottleneck on a small
+machine. Its own CPU use is measured (``benchmarks/probes.py``) and reported next to
+the server's (``cpu_percent``; 100 = one core busy), so a saturated generator is
+visible.
+
+Long because the request builder, the connection protocol and the scheduler are one
+engine around one clock and one set of counters, and the HTTP framing they speak is
+short enough to read beside them; the process-tree CPU probe, the part that stands
+alone, lives in ``benchmarks/probes.py``.
 """
 
 from __future__ import annotations
@@ -37,7 +43,8 @@ from typing import Any, Literal, cast
 
 import numpy as np
 import orjson
-import psutil
+
+from benchmarks.probes import CpuProbe
 
 Scenario = Literal["recommendations", "events", "noop"]
 DEGRADED_FALLBACK = "store-unavailable"  # X-Skiprec-Fallback value of a degraded 200
@@ -347,7 +354,7 @@ class _Driver:
         await asyncio.gather(*(self._open() for _ in range(initial)))
         if not self._connections:
             raise ConnectionError(f"cannot connect to {spec.host}:{spec.port}")
-        probe = _CpuProbe(spec.watch_pids)
+        probe = CpuProbe(spec.watch_pids)
         self.loop.call_later(self._window[0] - time.perf_counter(), probe.start)
         self.loop.call_later(self._window[1] - time.perf_counter(), probe.stop)
         if spec.mode == "open":
@@ -393,7 +400,7 @@ class _Driver:
             if n % 64 == 0:  # never starve the callbacks when behind schedule
                 await asyncio.sleep(0)
 
-    def _result(self, probe: _CpuProbe) -> dict[str, Any]:
+    def _result(self, probe: CpuProbe) -> dict[str, Any]:
         spec = self.spec
         requests = len(self.latencies) + self.errors["timeout"]
         requests += self.errors["connection_lost"]
@@ -434,64 +441,6 @@ class _Driver:
             k: response[k] for k in ("p50_ms", "p95_ms", *keys[1:])
         }
         return result
-
-
-class _CpuProbe:
-    """CPU seconds used over the measured window, per watched process tree and by
-    this generator itself; reported as percent of one core."""
-
-    def __init__(self, watch_pids: dict[str, int]) -> None:
-        self._watch = watch_pids
-        self._start: dict[str, float] = {}
-        self._stop: dict[str, float] = {}
-        self._wall = (0.0, 0.0)
-
-    def _sample(self) -> dict[str, float]:
-        cpu = psutil.cpu_times()
-        busy = cpu.user + cpu.nice + cpu.system
-        busy += getattr(cpu, "irq", 0.0) + getattr(cpu, "softirq", 0.0)
-        # "machine" is every process on the host: what is left after the service,
-        # Redis and the generator is other tenants' load (a shared machine).
-        out = {"loadgen": time.process_time(), "machine": busy}
-        for name, pid in self._watch.items():
-            out[name] = _tree_cpu_seconds(pid)
-        return out
-
-    def start(self) -> None:
-        self._start = self._sample()
-        self._wall = (time.monotonic(), 0.0)
-
-    def stop(self) -> None:
-        self._stop = self._sample()
-        self._wall = (self._wall[0], time.monotonic())
-
-    def percent(self) -> dict[str, float]:
-        elapsed = self._wall[1] - self._wall[0]
-        if elapsed <= 0:
-            return {}
-        return {
-            name: 100.0 * (self._stop[name] - self._start[name]) / elapsed
-            for name in self._start
-            if name in self._stop
-        }
-
-
-def _tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and its live descendants (the uvicorn
-    supervisor and its workers)."""
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return float("nan")
-    total = 0.0
-    for proc in procs:
-        try:
-            times = proc.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system
-    return total
 
 
 async def run_load(spec: LoadSpec) -> dict[str, Any]:

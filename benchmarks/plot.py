@@ -1,4 +1,5 @@
-"""The latency-vs-load figure of docs/BENCHMARKS.md from one ``skiprec bench`` result.
+"""The latency-vs-load figure of docs/BENCHMARKS.md from one ``skiprec loadtest``
+result.
 
 Left: ``GET /recommendations`` p50/p95/p99 against the offered open-loop rate, with
 the issue's targets drawn in. Right: every endpoint's closed-loop p50/p99 against the

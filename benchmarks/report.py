@@ -1,4 +1,7 @@
-"""Turn one ``skiprec bench`` result into the targets verdict and docs/BENCHMARKS.md.
+"""Write one ``skiprec loadtest`` result into docs/BENCHMARKS.md, and record the
+machine it ran on.
+
+The verdict itself (targets, ratios, CPU cost) is computed by ``benchmarks/summary.py``.
 
 The generated tables replace whatever sits between the ``<!-- bench:begin -->`` and
 ``<!-- bench:end -->`` markers of the markdown file; the prose around them (method,
@@ -18,46 +21,6 @@ from typing import Any
 
 BEGIN = "<!-- bench:begin -->"
 END = "<!-- bench:end -->"
-
-# (label, target, path in the results, comparison) -- the issue's targets.
-TARGETS: list[tuple[str, float, tuple[str, ...], str]] = [
-    (
-        "GET /recommendations p50 @ 500 req/s (ms)",
-        3.0,
-        ("recommendations", "rate_500", "p50_ms"),
-        "<=",
-    ),
-    (
-        "GET /recommendations p99 @ 500 req/s (ms)",
-        15.0,
-        ("recommendations", "rate_500", "p99_ms"),
-        "<=",
-    ),
-    (
-        "GET /recommendations errors @ 500 req/s",
-        0.0,
-        ("recommendations", "rate_500", "errors"),
-        "<=",
-    ),
-    (
-        "GET /recommendations saturation (req/s)",
-        1000.0,
-        ("recommendations", "saturation_rps"),
-        ">=",
-    ),
-    (
-        "POST /events, 1 event/request (events/s)",
-        3000.0,
-        ("events", "single_eps"),
-        ">=",
-    ),
-    (
-        "POST /events, 100 events/request (events/s)",
-        30000.0,
-        ("events", "batch_eps"),
-        ">=",
-    ),
-]
 
 
 def machine_info() -> dict[str, Any]:
@@ -113,97 +76,7 @@ def _git_commit() -> str:
     return out.stdout.strip()
 
 
-def _get(results: dict[str, Any], path: tuple[str, ...]) -> Any:
-    value: Any = results
-    for key in path:
-        if not isinstance(value, dict) or key not in value:
-            return None
-        value = value[key]
-    return value
-
-
-def summarize(results: dict[str, Any]) -> dict[str, Any]:
-    """Targets met or missed, and the service / floor ratios."""
-    targets = []
-    for label, target, path, op in TARGETS:
-        measured = _get(results, path)
-        ok = None
-        if isinstance(measured, int | float) and not math.isnan(measured):
-            ok = measured <= target if op == "<=" else measured >= target
-        targets.append(
-            {
-                "target": label,
-                "goal": f"{op} {target:g}",
-                "measured": measured,
-                "ok": ok,
-            }
-        )
-    out: dict[str, Any] = {"targets": targets, "ratios": _ratios(results)}
-    out["cpu_cost"] = _cpu_cost(results)
-    out["targets_table"] = [
-        f"{'PASS' if t['ok'] else 'MISS' if t['ok'] is False else 'n/a '}  "
-        f"{t['target']}: {_fmt(t['measured'])} (goal {t['goal']})"
-        for t in targets
-    ]
-    return out
-
-
-def _ratios(results: dict[str, Any]) -> dict[str, float | None]:
-    """Service vs the sum of its floors (latency) and vs the no-op (throughput)."""
-    floor = results.get("floors")
-    service = _get(results, ("recommendations", "rate_500"))
-    if not floor or not service:
-        return {}
-    onnx_b1 = floor["onnx"]["batches"]["1"]["p50_ms"]
-    redis_rtt = floor["redis"]["async_ping"]["p50_ms"]
-    noop = floor["noop"]["rate_500"]["p50_ms"]
-    floor_sum = onnx_b1 + redis_rtt + noop
-    # The lightest open-loop phase: the service's latency when nothing queues.
-    light = min(
-        _get(results, ("recommendations", "open")) or [service],
-        key=lambda r: r["offered_rps"],
-    )
-    saturation = _get(results, ("recommendations", "saturation_rps"))
-    noop_sat = floor["noop"]["closed"]["throughput_rps"]
-    best_batch = min(b["per_request_ms"] for b in floor["onnx"]["batches"].values())
-    return {
-        "p50_floor_sum_ms": floor_sum,
-        "p50_service_over_floor": service["p50_ms"] / floor_sum,
-        "light_rate": light["offered_rps"],
-        "p50_light_over_floor": light["p50_ms"] / floor_sum,
-        "saturation_over_noop": (saturation or 0.0) / noop_sat if noop_sat else None,
-        "onnx_bound_rps_per_thread": 1000.0 / best_batch,
-    }
-
-
-def _cpu_cost(results: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Service CPU per request in the busiest error-free closed-loop phase of each
-    workload, and the requests/s one fully available core would then carry."""
-    workloads = {
-        "FastAPI no-op": _get(results, ("floors", "noop", "closed")),
-        "GET /recommendations": _best(_get(results, ("recommendations", "closed"))),
-        "POST /events ×1": _best(_get(results, ("events", "single"))),
-        "POST /events ×100": _best(_get(results, ("events", "batch"))),
-    }
-    out = {}
-    for name, result in workloads.items():
-        cost = (result or {}).get("service_cpu_ms_per_request")
-        if cost:
-            out[name] = {
-                "service_cpu_ms_per_request": cost,
-                "requests_per_core_s": 1000.0 / cost,
-                "redis_cpu_percent": result["cpu_percent"].get("redis", 0.0),
-                "throughput_rps": result["throughput_rps"],
-            }
-    return out
-
-
-def _best(results: list[dict[str, Any]] | None) -> dict[str, Any] | None:
-    closed = [r for r in results or [] if r["mode"] == "closed" and r["errors"] == 0]
-    return max(closed, key=lambda r: r["throughput_rps"], default=None)
-
-
-def _fmt(value: Any, digits: int = 2) -> str:
+def fmt(value: Any, digits: int = 2) -> str:
     if value is None:
         return "–"
     if isinstance(value, float):
@@ -237,18 +110,18 @@ def _load_rows(results: list[dict[str, Any]]) -> list[list[str]]:
         rows.append(
             [
                 load,
-                _fmt(r["throughput_rps"]),
-                _fmt(eps) if eps is not None else "–",
-                _fmt(r["p50_ms"]),
-                _fmt(r["p95_ms"]),
-                _fmt(r["p99_ms"]),
-                _fmt(r["max_ms"]),
+                fmt(r["throughput_rps"]),
+                fmt(eps) if eps is not None else "–",
+                fmt(r["p50_ms"]),
+                fmt(r["p95_ms"]),
+                fmt(r["p99_ms"]),
+                fmt(r["max_ms"]),
                 str(r["errors"]),
                 _cpu(r, "service"),
                 _cpu(r, "redis"),
                 _cpu(r, "loadgen"),
                 _cpu(r, "machine"),
-                _fmt(r.get("service_cpu_ms_per_request"), 3),
+                fmt(r.get("service_cpu_ms_per_request"), 3),
             ]
         )
     return rows
@@ -276,7 +149,7 @@ def render(results: dict[str, Any]) -> list[str]:
     m = results["machine"]
     cfg = results["config"]
     lines = [
-        f"Generated by `{results.get('command', 'skiprec bench')}` on {m['date']} "
+        f"Generated by `{results.get('command', 'skiprec loadtest')}` on {m['date']} "
         f"(commit {m['git_commit']}, {results.get('elapsed_s', 0):.0f} s).",
         "",
         f"**Machine:** {m['cpu_model']}, {m['usable_cpus']} usable of "
@@ -298,7 +171,7 @@ def render(results: dict[str, Any]) -> list[str]:
         [
             t["target"],
             t["goal"],
-            _fmt(t["measured"]),
+            fmt(t["measured"]),
             "met" if t["ok"] else "missed" if t["ok"] is False else "n/a",
         ]
         for t in results["summary"]["targets"]
@@ -345,9 +218,9 @@ def render(results: dict[str, Any]) -> list[str]:
         rows = [
             [
                 name,
-                _fmt(c["service_cpu_ms_per_request"], 3),
-                _fmt(c["requests_per_core_s"]),
-                _fmt(c["throughput_rps"]),
+                fmt(c["service_cpu_ms_per_request"], 3),
+                fmt(c["requests_per_core_s"]),
+                fmt(c["throughput_rps"]),
                 f"{c['redis_cpu_percent']:.0f}%",
             ]
             for name, c in cost.items()
@@ -381,7 +254,7 @@ def _render_floors(results: dict[str, Any]) -> list[str]:
         "",
     ]
     rows = [
-        [batch, _fmt(s["p50_ms"]), _fmt(s["p99_ms"]), _fmt(s["per_request_ms"], 3)]
+        [batch, fmt(s["p50_ms"]), fmt(s["p99_ms"]), fmt(s["per_request_ms"], 3)]
         for batch, s in onnx["batches"].items()
     ]
     lines += _table(["batch", "p50 ms/call", "p99 ms/call", "ms/request"], rows)
@@ -390,15 +263,15 @@ def _render_floors(results: dict[str, Any]) -> list[str]:
     lines += [
         "",
         f"Redis PING round trip: sync redis-py p50 "
-        f"{_fmt(redis['sync_ping']['p50_ms'], 3)} ms "
-        f"(p99 {_fmt(redis['sync_ping']['p99_ms'], 3)}), asyncio redis-py p50 "
-        f"{_fmt(redis['async_ping']['p50_ms'], 3)} ms "
-        f"(p99 {_fmt(redis['async_ping']['p99_ms'], 3)}).",
+        f"{fmt(redis['sync_ping']['p50_ms'], 3)} ms "
+        f"(p99 {fmt(redis['sync_ping']['p99_ms'], 3)}), asyncio redis-py p50 "
+        f"{fmt(redis['async_ping']['p50_ms'], 3)} ms "
+        f"(p99 {fmt(redis['async_ping']['p99_ms'], 3)}).",
         "",
         f"FastAPI no-op (same uvicorn settings): at 500 req/s p50 "
-        f"{_fmt(noop['rate_500']['p50_ms'])} ms, p99 {_fmt(noop['rate_500']['p99_ms'])}"
+        f"{fmt(noop['rate_500']['p50_ms'])} ms, p99 {fmt(noop['rate_500']['p99_ms'])}"
         f" ms; closed loop c={noop['closed']['concurrency']}: "
-        f"{_fmt(noop['closed']['throughput_rps'])} req/s "
+        f"{fmt(noop['closed']['throughput_rps'])} req/s "
         f"(service CPU {_cpu(noop['closed'], 'service')}).",
     ]
     ratios = results["summary"]["ratios"]
@@ -406,12 +279,12 @@ def _render_floors(results: dict[str, Any]) -> list[str]:
         lines += [
             "",
             f"Service / floor: p50 at {ratios['light_rate']:g} req/s is "
-            f"{_fmt(ratios['p50_light_over_floor'])}× and at 500 req/s "
-            f"{_fmt(ratios['p50_service_over_floor'])}× the sum of the floors "
-            f"(ONNX batch 1 + async Redis + no-op = {_fmt(ratios['p50_floor_sum_ms'])}"
-            f" ms); saturation is {_fmt(ratios['saturation_over_noop'])}× the no-op's "
+            f"{fmt(ratios['p50_light_over_floor'])}× and at 500 req/s "
+            f"{fmt(ratios['p50_service_over_floor'])}× the sum of the floors "
+            f"(ONNX batch 1 + async Redis + no-op = {fmt(ratios['p50_floor_sum_ms'])}"
+            f" ms); saturation is {fmt(ratios['saturation_over_noop'])}× the no-op's "
             f"throughput; best batched ONNX alone would cap one inference thread at "
-            f"{_fmt(ratios['onnx_bound_rps_per_thread'])} req/s.",
+            f"{fmt(ratios['onnx_bound_rps_per_thread'])} req/s.",
         ]
     return lines
 
@@ -442,12 +315,12 @@ def _render_scaling(results: dict[str, Any]) -> list[str]:
             rows.append(
                 [
                     f"{int(tracks):,}",
-                    _fmt(onnx["1"]["p50_ms"]),
-                    _fmt(onnx["8"]["per_request_ms"], 3),
+                    fmt(onnx["1"]["p50_ms"]),
+                    fmt(onnx["8"]["per_request_ms"], 3),
                     f"{r['offered_rps']:g}/s",
-                    _fmt(r["throughput_rps"]),
-                    _fmt(r["p50_ms"]),
-                    _fmt(r["p99_ms"]),
+                    fmt(r["throughput_rps"]),
+                    fmt(r["p50_ms"]),
+                    fmt(r["p99_ms"]),
                     str(r["errors"]),
                     _cpu(r, "service"),
                 ]

@@ -9,7 +9,7 @@ taken from the bench cache), creates 1,000 users' sessions, then drives three
 open-loop load generators at once (``benchmarks/loadgen.py`` processes), window after
 window: ``GET /recommendations``, ``POST /events`` with one event, and ``POST
 /events`` with 100 events. Rates are half of the saturation throughputs of
-docs/results/bench.json (``skiprec bench``), the budget split 60/30/10 between the
+docs/results/bench.json (``skiprec loadtest``), the budget split 60/30/10 between the
 three; ``--saturation-from measure`` measures them first (10 s closed loop each).
 Every window reports its errors (transport errors, non-2xx, degraded fallbacks) and
 latency; the service's resident memory (process tree) is sampled every 5 s.
@@ -21,10 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -32,19 +30,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 
 from benchmarks import processes
 from benchmarks.build_model import BenchModel, default_cache_dir, ensure_bundle
-from benchmarks.load import HOST, REPO_ROOT, zipf_tracks
+from benchmarks.phases import collect_loadgen, start_loadgen, zipf_tracks
+from benchmarks.probes import RssSampler
+from benchmarks.processes import HOST, REPO_ROOT
 
 BENCH_JSON = REPO_ROOT / "docs" / "results" / "bench.json"
 WINDOW_S = 30.0
-RSS_EVERY_S = 5.0
 NUM_USERS = 1000
 EVENTS_PER_USER = 20
 BATCH_SIZE = 100
-WORKERS = 2  # as in `skiprec bench`, whose saturation figures set the soak rates
+WORKERS = 2  # as in `skiprec loadtest`, whose saturation figures set the soak rates
 # The three generators: loadgen scenario (and batch size) of each soak workload.
 WORKLOADS: dict[str, dict[str, Any]] = {
     "recommendations": {"scenario": "recommendations"},
@@ -88,29 +86,6 @@ def _spec(
     }
 
 
-def _loadgen(spec: dict[str, Any]) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.loadgen"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=REPO_ROOT,
-    )
-    assert proc.stdin is not None
-    proc.stdin.write(json.dumps(spec).encode())
-    proc.stdin.close()
-    proc.stdin = None  # communicate() must not touch the closed pipe again
-    return proc
-
-
-def _collect(proc: subprocess.Popen[bytes]) -> dict[str, Any]:
-    out, err = proc.communicate(timeout=WINDOW_S + 120)
-    if proc.returncode != 0:
-        raise RuntimeError(f"load generator failed: {err.decode()[-2000:]}")
-    result: dict[str, Any] = json.loads(out)
-    return result
-
-
 def measure_saturation(
     port: int, pid: int, users: Sequence[str], tracks: Sequence[str]
 ) -> Saturation:
@@ -126,38 +101,12 @@ def measure_saturation(
             duration=10.0,
             batch_size=batch,
         )
-        result = _collect(_loadgen(spec))
+        result = collect_loadgen(start_loadgen(spec), WINDOW_S + 120)
         return float(result["throughput_rps"]) * batch
 
     return Saturation(
         closed("recommendations", 1), closed("events", 1), closed("events", BATCH_SIZE)
     )
-
-
-class RssSampler:
-    """Resident memory of the service's process tree every ``RSS_EVERY_S``."""
-
-    def __init__(self, pid: int) -> None:
-        self.process = psutil.Process(pid)
-        self.samples: list[tuple[float, int]] = []
-        self._stop = threading.Event()
-        self._start = time.monotonic()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def rss(self) -> int:
-        tree = [self.process, *self.process.children(recursive=True)]
-        return sum(p.memory_info().rss for p in tree)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.samples.append((time.monotonic() - self._start, self.rss()))
-            self._stop.wait(RSS_EVERY_S)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.samples.append((time.monotonic() - self._start, self.rss()))
 
 
 def _window_errors(result: dict[str, Any]) -> int:
@@ -225,7 +174,7 @@ def run_soak(
                 duration = min(WINDOW_S, deadline - time.monotonic())
                 common = {"mode": "open", "duration": duration, "seed": index}
                 procs = {
-                    name: _loadgen(
+                    name: start_loadgen(
                         _spec(
                             port,
                             pid,
@@ -238,7 +187,10 @@ def run_soak(
                     )
                     for name, workload in WORKLOADS.items()
                 }
-                results = {name: _collect(proc) for name, proc in procs.items()}
+                results = {
+                    name: collect_loadgen(proc, WINDOW_S + 120)
+                    for name, proc in procs.items()
+                }
                 window: dict[str, Any] = {
                     "index": index,
                     "rss_mib": sampler.rss() / 2**20,

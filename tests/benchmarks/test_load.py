@@ -1,4 +1,4 @@
-"""Smoke test of ``skiprec bench``: a seconds-long run of the whole harness.
+"""Smoke test of ``skiprec loadtest``: a seconds-long run of the whole harness.
 
 The real service serves the tiny bundle against a real ``redis-server`` that the
 harness starts itself; the load generator runs in its own process. Latency figures
@@ -9,45 +9,28 @@ result, the request accounting and the written outputs are.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from pathlib import Path
 
 import pytest
 
-from benchmarks.loadgen import parse_response, summarize_latencies
 
+def test_loadtest_cli_builds_the_config() -> None:
+    from benchmarks.load import build_parser, config_from_args
+    from benchmarks.phases import BenchConfig
 
-def test_summarize_latencies_hand_values() -> None:
-    stats = summarize_latencies([0.001, 0.002, 0.003, 0.004])
-    assert stats["p50_ms"] == pytest.approx(2.5)
-    assert stats["p99_ms"] == pytest.approx(3.97)
-    assert stats["max_ms"] == pytest.approx(4.0)
-    assert stats["mean_ms"] == pytest.approx(2.5)
-
-
-def test_summarize_latencies_empty_is_nan_not_fast() -> None:
-    assert all(math.isnan(v) for v in summarize_latencies([]).values())
-
-
-def test_parse_response_content_length_and_incomplete() -> None:
-    raw = b"HTTP/1.1 202 Accepted\r\nContent-Length: 5\r\n\r\nhello"
-    assert parse_response(bytearray(raw[:-1])) is None
-    assert parse_response(bytearray(raw + b"HTTP/1.1")) == (202, "", len(raw))
-
-
-def test_parse_response_chunked_with_fallback_header() -> None:
-    raw = (
-        b"HTTP/1.1 200 OK\r\nX-Skiprec-Fallback: cold-start\r\n"
-        b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
-    )
-    assert parse_response(bytearray(raw[:-2])) is None
-    assert parse_response(bytearray(raw)) == (200, "cold-start", len(raw))
+    parser = build_parser()
+    assert parser.prog == "skiprec loadtest"
+    config = config_from_args(parser.parse_args(["--quick", "--workers", "1"]))
+    assert config.workers == 1
+    assert config.phase_duration == BenchConfig.quick().phase_duration
+    assert config_from_args(parser.parse_args([])) == BenchConfig()
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="no redis-server")
-def test_bench_smoke_runs_and_reports(tiny_bundle_dir: Path, tmp_path: Path) -> None:
-    from benchmarks.load import BenchConfig, run_benchmark
+def test_loadtest_smoke_runs_and_reports(tiny_bundle_dir: Path, tmp_path: Path) -> None:
+    from benchmarks.load import run_benchmark
+    from benchmarks.phases import BenchConfig
     from benchmarks.plot import plot_latency
     from benchmarks.report import write_markdown
 
