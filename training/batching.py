@@ -167,13 +167,13 @@ def epoch_batches(
     All per-epoch randomness is drawn once for the whole epoch; a batch is a slice.
     """
     order = torch.randperm(len(windows), generator=generator)
-    if config.backbone == "bert4rec":
-        full = _masked(windows, config.mask_prob, config.target, generator)
+    if config.model.backbone == "bert4rec":
+        full = _masked(windows, config.loss.mask_prob, config.loss.target, generator)
     else:
-        full = _causal(windows, config.target)
+        full = _causal(windows, config.loss.target)
     width = windows.tracks.shape[1]
-    for start in range(0, len(order), config.batch_size):
-        rows = order[start : start + config.batch_size]
+    for start in range(0, len(order), config.optim.batch_size):
+        rows = order[start : start + config.optim.batch_size]
         seq_len = int(windows.lengths[rows].max())
         cols = slice(width - seq_len, width)
         yield Batch(**{name: t[rows, cols] for name, t in vars(full).items()})

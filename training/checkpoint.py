@@ -2,7 +2,11 @@
 
 A run directory holds:
     checkpoint.pt     {"model_config", "model_state", "train_config", "step", "metrics",
-                       "data_fingerprint"} (the best checkpoint by validation NDCG@10)
+                       "data_fingerprint"} (the best checkpoint by validation NDCG@10);
+                      model_config is ``ModelConfig.to_dict()``, train_config
+                      ``TrainConfig.to_dict()`` ({table: {key: value}}, flat in runs
+                      trained before the config was nested; ``from_checkpoint`` reads
+                      both). ``Run.train_config`` keeps the stored dict as it is.
     vocab.json        skiprec.vocab.Vocabulary
     popularity.json   {track_id: play count in the training split} (cold-start fallback)
     metrics.json      validation/test metrics of the best checkpoint

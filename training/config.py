@@ -1,9 +1,18 @@
-"""Training configuration: one frozen dataclass, read from TOML presets in ``configs/``.
+"""Training configuration: one frozen dataclass per table of the TOML presets.
 
-A preset groups its keys into ``[model]``, ``[optim]`` and ``[loss]`` tables for
-readability; every key is a field of :class:`TrainConfig` and an unknown key, a key in
-the wrong table or a value of the wrong type is refused with a :class:`ConfigError`.
-CLI flags are applied on top with :meth:`TrainConfig.replace` at the entry point.
+A preset (``configs/*.toml``) has a ``[model]``, an ``[optim]`` and a ``[loss]`` table,
+and :class:`TrainConfig` holds one dataclass for each: :class:`ModelSettings`,
+:class:`OptimConfig`, :class:`LossConfig`. Every table checks itself when it is built:
+each field against its annotation (``bool``/``int``/``float``/``str``, a ``Literal``'s
+allowed values, and a :class:`Bound` written beside the field), then the rules that
+tie two of its fields together. An unknown table or key, a key in the wrong table or a
+value of the wrong type is a :class:`ConfigError` naming the table and the key.
+
+CLI flags are applied on top with :meth:`TrainConfig.replace` at the entry point; a
+field name is unique across the tables, so a flag names its field without its table.
+A checkpoint stores :meth:`TrainConfig.to_dict` (the TOML's shape), and
+:meth:`TrainConfig.from_checkpoint` also reads the flat dict that runs trained before
+the config was nested stored.
 
     TrainConfig.from_toml(Path("training/configs/default.toml"))
 """
@@ -11,58 +20,24 @@ CLI flags are applied on top with :meth:`TrainConfig.replace` at the entry point
 from __future__ import annotations
 
 import dataclasses
+import operator
 import tomllib
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, fields
+from functools import cache
 from pathlib import Path
-from typing import Any, Literal
-
-from training.model import ModelConfig
+from typing import (
+    Annotated,
+    Any,
+    ClassVar,
+    Literal,
+    get_args,
+    get_origin,
+    get_type_hints,
+)
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.toml"
-
-MODEL_KEYS = frozenset(
-    {
-        "backbone",
-        "max_seq_len",
-        "hidden_dim",
-        "num_layers",
-        "num_heads",
-        "dropout",
-        "feedback_input",
-    }
-)
-OPTIM_KEYS = frozenset(
-    {
-        "epochs",
-        "batch_size",
-        "lr",
-        "weight_decay",
-        "warmup_steps",
-        "schedule",
-        "grad_clip",
-        "patience",
-        "eval_every",
-        "seed",
-        "device",
-        "num_threads",
-    }
-)
-LOSS_KEYS = frozenset(
-    {
-        "loss",
-        "num_negatives",
-        "target",
-        "skip_cl_weight",
-        "skip_cl_temperature",
-        "skip_cl_anchor",
-        "skip_cl_compat",
-        "unlikelihood_weight",
-        "skip_hard_negatives",
-        "mask_prob",
-    }
-)
-SECTIONS = {"model": MODEL_KEYS, "optim": OPTIM_KEYS, "loss": LOSS_KEYS}
 
 
 class ConfigError(ValueError):
@@ -70,160 +45,240 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    # --- model (ModelConfig without num_items, which comes from the vocabulary) ---
+class Bound:
+    """Limits of a numeric field, written in its annotation.
+
+    ``max_seq_len: Annotated[int, Bound(ge=1)]``; ``dropout: Annotated[float,
+    Bound(ge=0, lt=1)]``.
+    """
+
+    ge: float | None = None
+    gt: float | None = None
+    lt: float | None = None
+
+    def problem(self, value: float) -> str | None:
+        """What is wrong with ``value``, or None when it is within the limits."""
+        limits = [
+            (limit, text, test)
+            for limit, text, test in (
+                (self.ge, ">=", operator.ge),
+                (self.gt, ">", operator.gt),
+                (self.lt, "<", operator.lt),
+            )
+            if limit is not None
+        ]
+        if all(test(value, limit) for limit, _, test in limits):
+            return None
+        stated = " and ".join(f"{text} {limit:g}" for limit, text, _ in limits)
+        return f"must be {stated}, got {value!r}"
+
+
+def _check(hint: Any, value: Any) -> tuple[Any, str | None]:
+    """``value`` checked against a field annotation: (the value, a problem or None).
+
+    An int is accepted for a float field and returned as a float (TOML writes ``1`` for
+    ``1.0``); a bool is never an int.
+    """
+    bounds: tuple[Any, ...] = ()
+    if get_origin(hint) is Annotated:
+        hint, *extras = get_args(hint)
+        bounds = tuple(extra for extra in extras if isinstance(extra, Bound))
+    if get_origin(hint) is Literal:
+        allowed = get_args(hint)
+        if not isinstance(value, str) or value not in allowed:
+            choices = ", ".join(repr(choice) for choice in allowed)
+            return value, f"must be one of {choices}, got {value!r}"
+        return value, None
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if hint not in (bool, int, float, str):
+        raise TypeError(
+            f"config fields must be bool, int, float, str or Literal: {hint}"
+        )
+    if not isinstance(value, hint) or (isinstance(value, bool) and hint is not bool):
+        return value, f"must be {hint.__name__}, got {type(value).__name__} {value!r}"
+    for bound in bounds:
+        problem = bound.problem(value)
+        if problem:
+            return value, problem
+    return value, None
+
+
+@dataclass(frozen=True)
+class Table:
+    """Base of the config tables: validates every field from its annotation on creation.
+
+    A subclass is a frozen dataclass with a ``TABLE`` name; it overrides :meth:`rules`
+    for checks that involve more than one field (run once every field is well typed).
+    """
+
+    TABLE: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        hints = get_type_hints(type(self), include_extras=True)
+        problems = []
+        for name in (f.name for f in fields(self)):
+            value, problem = _check(hints[name], getattr(self, name))
+            if problem:
+                problems.append(f"{name} {problem}")
+            else:
+                object.__setattr__(self, name, value)  # an int given for a float
+        if not problems:
+            problems = list(self.rules())
+        if problems:
+            raise ConfigError(f"[{self.TABLE}] " + f"; [{self.TABLE}] ".join(problems))
+
+    def rules(self) -> Iterator[str]:
+        """Problems with combinations of fields (each field is already well typed)."""
+        return iter(())
+
+
+@dataclass(frozen=True)
+class ModelSettings(Table):
+    """The ``[model]`` table: the encoder's architecture, without the vocabulary size.
+
+    ``training.model.ModelConfig`` adds ``num_items`` once the vocabulary is known.
+    """
+
+    TABLE: ClassVar[str] = "model"
+
     backbone: Literal["sasrec", "bert4rec"] = "sasrec"
-    max_seq_len: int = 50
-    hidden_dim: int = 64
-    num_layers: int = 2
-    num_heads: int = 2
-    dropout: float = 0.2
-    feedback_input: bool = False
-    # --- optimisation ---
-    epochs: int = 100
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
+    max_seq_len: Annotated[int, Bound(ge=1)] = 50
+    hidden_dim: Annotated[int, Bound(ge=1)] = 64
+    num_layers: Annotated[int, Bound(ge=1)] = 2
+    num_heads: Annotated[int, Bound(ge=1)] = 2
+    dropout: Annotated[float, Bound(ge=0, lt=1)] = 0.2
+    feedback_input: bool = False  # add a play/skip embedding to each input position
+
+    def rules(self) -> Iterator[str]:
+        if self.hidden_dim % self.num_heads:
+            yield "hidden_dim must be divisible by num_heads"
+
+
+@dataclass(frozen=True)
+class OptimConfig(Table):
+    """The ``[optim]`` table: optimiser, schedule, early stopping, seed and device."""
+
+    TABLE: ClassVar[str] = "optim"
+
+    epochs: Annotated[int, Bound(ge=1)] = 100
+    batch_size: Annotated[int, Bound(ge=1)] = 256
+    lr: Annotated[float, Bound(gt=0)] = 1e-3
+    weight_decay: Annotated[float, Bound(ge=0)] = 0.0
+    warmup_steps: Annotated[int, Bound(ge=0)] = 0
     schedule: Literal["constant", "cosine"] = "constant"
-    grad_clip: float = 1.0  # max global grad norm; 0 = off
-    patience: int = 5  # evaluations without a better validation NDCG@10
-    eval_every: int = 1  # epochs between validations
+    grad_clip: Annotated[float, Bound(ge=0)] = 1.0  # max global grad norm; 0 = off
+    patience: Annotated[int, Bound(ge=1)] = 5  # evaluations without a better val NDCG
+    eval_every: Annotated[int, Bound(ge=1)] = 1  # epochs between validations
     seed: int = 0
     device: str = "cpu"
-    num_threads: int = 0  # torch.set_num_threads; 0 = all cores
-    # --- loss ---
+    num_threads: Annotated[int, Bound(ge=0)] = 0  # torch.set_num_threads; 0 = all cores
+
+
+@dataclass(frozen=True)
+class LossConfig(Table):
+    """The ``[loss]`` table: the main loss, its target and the skip-aware terms."""
+
+    TABLE: ClassVar[str] = "loss"
+
     loss: Literal["full_softmax", "sampled_softmax"] = "full_softmax"
-    num_negatives: int = 256  # uniform negatives per batch (sampled softmax)
+    num_negatives: Annotated[int, Bound(ge=1)] = 256  # uniform negatives (sampled)
     # next: the next track; next_played: the first later track that was played;
     # played_only: the next track only where it was played (skipped next tracks
     # give no positive, and are the unlikelihood term's negatives)
     target: Literal["next", "next_played", "played_only"] = "next"
-    skip_cl_weight: float = 0.0  # lambda of the skip contrastive term; 0 = off
-    skip_cl_temperature: float = 0.1
+    skip_cl_weight: Annotated[float, Bound(ge=0)] = 0.0  # lambda; 0 = off
+    skip_cl_temperature: Annotated[float, Bound(gt=0)] = 0.1
     skip_cl_anchor: Literal["output", "item_embedding"] = "output"
     skip_cl_compat: bool = False
-    unlikelihood_weight: float = 0.0
+    unlikelihood_weight: Annotated[float, Bound(ge=0)] = 0.0
     skip_hard_negatives: bool = (
         False  # sampled softmax: the session's skips as negatives
     )
-    mask_prob: float = 0.2  # BERT4Rec masking rate
+    mask_prob: Annotated[float, Bound(gt=0, lt=1)] = 0.2  # BERT4Rec masking rate
 
-    def __post_init__(self) -> None:
-        checks = [
-            (self.backbone in ("sasrec", "bert4rec"), "backbone: sasrec|bert4rec"),
-            (self.max_seq_len >= 1, "max_seq_len must be >= 1"),
-            (
-                self.hidden_dim >= 1 and self.num_heads >= 1,
-                "hidden_dim, num_heads >= 1",
-            ),
-            (self.hidden_dim % self.num_heads == 0, "hidden_dim % num_heads must be 0"),
-            (self.num_layers >= 1, "num_layers must be >= 1"),
-            (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
-            (self.epochs >= 1, "epochs must be >= 1"),
-            (self.batch_size >= 1, "batch_size must be >= 1"),
-            (self.lr > 0, "lr must be > 0"),
-            (self.weight_decay >= 0, "weight_decay must be >= 0"),
-            (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
-            (self.schedule in ("constant", "cosine"), "schedule: constant|cosine"),
-            (self.grad_clip >= 0, "grad_clip must be >= 0"),
-            (self.patience >= 1, "patience must be >= 1"),
-            (self.eval_every >= 1, "eval_every must be >= 1"),
-            (self.num_threads >= 0, "num_threads must be >= 0"),
-            (
-                self.loss in ("full_softmax", "sampled_softmax"),
-                "loss: full_softmax|sampled_softmax",
-            ),
-            (self.num_negatives >= 1, "num_negatives must be >= 1"),
-            (
-                self.target in ("next", "next_played", "played_only"),
-                "target: next|next_played|played_only",
-            ),
-            (self.skip_cl_weight >= 0, "skip_cl_weight must be >= 0"),
-            (self.skip_cl_temperature > 0, "skip_cl_temperature must be > 0"),
-            (
-                self.skip_cl_anchor in ("output", "item_embedding"),
-                "skip_cl_anchor: output|item_embedding",
-            ),
-            (self.unlikelihood_weight >= 0, "unlikelihood_weight must be >= 0"),
-            (
-                not self.skip_hard_negatives or self.loss == "sampled_softmax",
+    def rules(self) -> Iterator[str]:
+        if self.skip_hard_negatives and self.loss != "sampled_softmax":
+            yield (
                 "skip_hard_negatives needs loss = 'sampled_softmax' (the full softmax "
-                "already ranks every track against the target)",
-            ),
-            (0.0 < self.mask_prob < 1.0, "mask_prob must be in (0, 1)"),
-        ]
-        errors = [message for ok, message in checks if not ok]
-        if errors:
-            raise ConfigError("invalid training config: " + "; ".join(errors))
+                "already ranks every track against the target)"
+            )
 
-    def model_config(self, num_items: int) -> ModelConfig:
-        """The model's config for ``num_items`` vocabulary rows (specials included)."""
-        return ModelConfig(
-            num_items=num_items,
-            backbone=self.backbone,
-            max_seq_len=self.max_seq_len,
-            hidden_dim=self.hidden_dim,
-            num_layers=self.num_layers,
-            num_heads=self.num_heads,
-            dropout=self.dropout,
-            feedback_input=self.feedback_input,
-        )
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training run's whole configuration: one field per TOML table."""
+
+    model: ModelSettings = field(default_factory=ModelSettings)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
 
     def replace(self, **changes: Any) -> TrainConfig:
-        """A copy with some fields changed; ``None`` (an unset flag) is ignored."""
+        """A copy with fields of any table changed by name; ``None`` (an unset flag) is
+        ignored, an unknown name is a ConfigError."""
         changes = {key: value for key, value in changes.items() if value is not None}
-        unknown = set(changes) - {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - set(_table_of_key()))
         if unknown:
-            raise ConfigError(f"unknown config keys: {sorted(unknown)}")
-        return dataclasses.replace(self, **changes)
+            raise ConfigError(f"unknown config keys: {unknown}")
+        tables = {
+            name: dataclasses.replace(
+                getattr(self, name),
+                **{k: v for k, v in changes.items() if _table_of_key()[k] == name},
+            )
+            for name in _tables()
+        }
+        return dataclasses.replace(self, **tables)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """``{table: {key: value}}``, the shape of a preset file."""
+        return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, payload: dict[str, Any], source: str = "config") -> TrainConfig:
-        """Build from a flat or sectioned mapping, checking names and value types."""
-        flat: dict[str, Any] = {}
-        for key, value in payload.items():
-            if key in SECTIONS:
-                if not isinstance(value, dict):
-                    raise ConfigError(f"{source}: [{key}] must be a table")
-                misplaced = set(value) - SECTIONS[key]
-                if misplaced:
-                    raise ConfigError(
-                        f"{source}: unknown keys in [{key}]: {sorted(misplaced)} "
-                        f"(allowed: {sorted(SECTIONS[key])})"
-                    )
-                flat.update(value)
-            else:
-                flat[key] = value
-        types = {f.name: f.default for f in fields(cls)}
-        unknown = set(flat) - set(types)
-        if unknown:
-            raise ConfigError(f"{source}: unknown config keys {sorted(unknown)}")
-        for key, value in flat.items():
-            expected = type(types[key])
-            # TOML writes 1 for 1.0; an int is a fine float, a bool is not an int.
-            ok = isinstance(value, expected) and not (
-                isinstance(value, bool) and expected is not bool
-            )
-            if (
-                expected is float
-                and isinstance(value, int)
-                and not isinstance(value, bool)
-            ):
-                flat[key] = float(value)
-                ok = True
-            if not ok:
+    def from_dict(
+        cls, payload: Mapping[str, Any], source: str = "config"
+    ) -> TrainConfig:
+        """Build from ``{table: {key: value}}``; what is missing keeps its default."""
+        tables: dict[str, Any] = {}
+        for name, values in payload.items():
+            if name not in _tables():
+                home = _table_of_key().get(name)
+                where = f"; {name} belongs in [{home}]" if home else ""
                 raise ConfigError(
-                    f"{source}: {key} must be {expected.__name__}, "
-                    f"got {type(value).__name__} {value!r}"
+                    f"{source}: unknown config keys ['{name}'] at the top level (only "
+                    f"the tables {', '.join(f'[{t}]' for t in _tables())}){where}"
                 )
-        try:
-            return cls(**flat)
-        except ConfigError as exc:
-            raise ConfigError(f"{source}: {exc}") from exc
+            if not isinstance(values, Mapping):
+                raise ConfigError(f"{source}: [{name}] must be a table")
+            misplaced = [key for key in values if _table_of_key().get(key) != name]
+            if misplaced:
+                homes = [
+                    f"{key} belongs in [{_table_of_key()[key]}]"
+                    for key in misplaced
+                    if key in _table_of_key()
+                ]
+                allowed = sorted(f.name for f in fields(_tables()[name]))
+                raise ConfigError(
+                    f"{source}: unknown keys in [{name}]: {misplaced} "
+                    f"({'; '.join(homes) if homes else f'allowed: {allowed}'})"
+                )
+            try:
+                tables[name] = _tables()[name](**values)
+            except ConfigError as exc:
+                raise ConfigError(f"{source}: {exc}") from exc
+        return dataclasses.replace(cls(), **tables)
+
+    @classmethod
+    def from_checkpoint(cls, payload: Mapping[str, Any]) -> TrainConfig:
+        """The ``train_config`` a checkpoint stores: ``to_dict()``'s shape, or the flat
+        ``{key: value}`` of runs trained before the config was nested."""
+        if all(isinstance(value, Mapping) for value in payload.values()):
+            return cls.from_dict(payload, source="checkpoint")
+        nested: dict[str, dict[str, Any]] = {}
+        for key, value in payload.items():
+            if key not in _table_of_key():
+                raise ConfigError(f"checkpoint: unknown config keys ['{key}']")
+            nested.setdefault(_table_of_key()[key], {})[key] = value
+        return cls.from_dict(nested, source="checkpoint")
 
     @classmethod
     def from_toml(cls, path: Path) -> TrainConfig:
@@ -237,3 +292,21 @@ class TrainConfig:
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
         return cls.from_dict(payload, source=str(path))
+
+
+@cache
+def _tables() -> dict[str, type[Table]]:
+    """``{table name: its dataclass}``, read from TrainConfig's annotations."""
+    return dict(get_type_hints(TrainConfig))
+
+
+@cache
+def _table_of_key() -> dict[str, str]:
+    """``{key: the table it belongs to}``; a key may not appear in two tables."""
+    owner: dict[str, str] = {}
+    for name, table in _tables().items():
+        for key in (f.name for f in fields(table)):
+            if key in owner:
+                raise TypeError(f"{key} is a field of both [{owner[key]}] and [{name}]")
+            owner[key] = name
+    return owner

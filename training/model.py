@@ -13,8 +13,8 @@ session equivalent to one padded to ``max_seq_len``.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from dataclasses import asdict, dataclass, field
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
@@ -22,24 +22,22 @@ from torch import Tensor, nn
 
 from skiprec.encoding import FEEDBACK_PAD, NUM_FEEDBACK_CODES
 from skiprec.vocab import NUM_SPECIAL, PAD_ID
+from training.config import Bound, ModelSettings
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    num_items: int  # V, specials included
-    backbone: Literal["sasrec", "bert4rec"] = "sasrec"
-    max_seq_len: int = 50
-    hidden_dim: int = 64
-    num_layers: int = 2
-    num_heads: int = 2
-    dropout: float = 0.2
-    feedback_input: bool = False  # add a play/skip embedding to each input position
+class ModelConfig(ModelSettings):
+    """The ``[model]`` table plus the vocabulary size: everything the encoder needs.
 
-    def __post_init__(self) -> None:
-        if self.hidden_dim % self.num_heads:
-            raise ValueError("hidden_dim must be divisible by num_heads")
-        if self.num_items <= NUM_SPECIAL:
-            raise ValueError("num_items must include at least one real track")
+    This is what a checkpoint stores as ``model_config`` (``to_dict``).
+    """
+
+    num_items: Annotated[int, Bound(gt=NUM_SPECIAL)] = field(kw_only=True)  # V
+
+    @classmethod
+    def for_vocab(cls, settings: ModelSettings, num_items: int) -> ModelConfig:
+        """``settings`` for a vocabulary of ``num_items`` rows (specials included)."""
+        return cls(num_items=num_items, **asdict(settings))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from training.config import TrainConfig
 from training.variants import BASELINE_NAMES, LAMBDAS, VARIANTS
 
 COLUMNS = (
@@ -27,18 +28,19 @@ COLUMNS = (
 )
 
 
-def describe(train_config: Mapping[str, Any]) -> str:
-    """A short variant name from a run's train config, e.g. ``sasrec+fb+skip_cl0.5``."""
-    name = str(train_config.get("backbone", "model"))
-    if train_config.get("feedback_input"):
+def describe(config: TrainConfig) -> str:
+    """A short variant name for a run's config, e.g. ``sasrec+fb+skip_cl0.5``."""
+    name: str = config.model.backbone
+    if config.model.feedback_input:
         name += "+fb"
-    if train_config.get("target") in ("next_played", "played_only"):
-        name += f"+{train_config['target']}"
-    if train_config.get("skip_cl_weight"):
-        name += f"+skip_cl{train_config['skip_cl_weight']:g}"
-    if train_config.get("unlikelihood_weight"):
-        name += f"+ul{train_config['unlikelihood_weight']:g}"
-    if train_config.get("skip_hard_negatives"):
+    loss = config.loss
+    if loss.target in ("next_played", "played_only"):
+        name += f"+{loss.target}"
+    if loss.skip_cl_weight:
+        name += f"+skip_cl{loss.skip_cl_weight:g}"
+    if loss.unlikelihood_weight:
+        name += f"+ul{loss.unlikelihood_weight:g}"
+    if loss.skip_hard_negatives:
         name += "+hardneg"
     return name
 

@@ -150,4 +150,3 @@ def generate_sessions(
             )
         )
     return [session for user in sorted(per_user) for session in per_user[user]]
-

@@ -38,7 +38,7 @@ from training.batching import (
     session_skips,
 )
 from training.checkpoint import Run, save_run
-from training.config import TrainConfig
+from training.config import LossConfig, OptimConfig, TrainConfig
 from training.evaluation import evaluate
 from training.losses import (
     full_softmax_loss,
@@ -46,7 +46,7 @@ from training.losses import (
     skip_contrastive_loss,
     unlikelihood_loss,
 )
-from training.model import SessionEncoder
+from training.model import ModelConfig, SessionEncoder
 from training.plots import plot_curves
 from training.scoring import TorchScorer
 from training.splits import Split, popularity
@@ -63,7 +63,7 @@ class TrainResult:
 
 
 def batch_loss(
-    model: SessionEncoder, batch: Batch, config: TrainConfig, generator: torch.Generator
+    model: SessionEncoder, batch: Batch, config: LossConfig, generator: torch.Generator
 ) -> tuple[Tensor, dict[str, float]]:
     """Total loss of one batch and its parts (for the log)."""
     hidden = model(batch.item_ids, batch.feedback)  # [B, T, D]
@@ -137,14 +137,14 @@ def _train_epoch(
     generator: torch.Generator,
 ) -> dict[str, float]:
     """One optimisation pass; the mean per batch of the loss and of each part."""
-    device = torch.device(config.device)
+    device = torch.device(config.optim.device)
     totals: dict[str, float] = {}
     for batch in batches:
-        loss, parts = batch_loss(model, batch.to(device), config, generator)
+        loss, parts = batch_loss(model, batch.to(device), config.loss, generator)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        torch.autograd.backward(loss)  # loss.backward(), which is untyped
+        if config.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
         optimizer.step()
         scheduler.step()
         loss_value = float(loss.detach())
@@ -154,7 +154,7 @@ def _train_epoch(
     return {name: total / len(batches) for name, total in totals.items()}
 
 
-def _optimizer(model: SessionEncoder, config: TrainConfig) -> torch.optim.AdamW:
+def _optimizer(model: SessionEncoder, config: OptimConfig) -> torch.optim.AdamW:
     """AdamW decaying weight matrices only (not biases, LayerNorm or embeddings)."""
     decay: list[torch.nn.Parameter] = []
     no_decay: list[torch.nn.Parameter] = []
@@ -168,7 +168,7 @@ def _optimizer(model: SessionEncoder, config: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=config.lr)
 
 
-def _lr_factor(step: int, total_steps: int, config: TrainConfig) -> float:
+def _lr_factor(step: int, total_steps: int, config: OptimConfig) -> float:
     """Linear warmup over ``warmup_steps``, then constant or cosine down to 0."""
     if step < config.warmup_steps:
         return (step + 1) / config.warmup_steps
@@ -201,19 +201,19 @@ def train(
     """
     if not split.validation:
         raise ValueError("the split has no validation examples; need more sessions")
-    torch.manual_seed(config.seed)
-    np.random.seed(config.seed)
-    torch.set_num_threads(config.num_threads or os.cpu_count() or 1)
-    generator = torch.Generator().manual_seed(config.seed)
-    device = torch.device(config.device)
+    torch.manual_seed(config.optim.seed)
+    np.random.seed(config.optim.seed)
+    torch.set_num_threads(config.optim.num_threads or os.cpu_count() or 1)
+    generator = torch.Generator().manual_seed(config.optim.seed)
+    device = torch.device(config.optim.device)
 
-    windows: TrainWindows = build_windows(split.train, vocab, config.max_seq_len)
-    model = SessionEncoder(config.model_config(vocab.size)).to(device)
-    optimizer = _optimizer(model, config)
-    steps_per_epoch = math.ceil(len(windows) / config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
+    windows: TrainWindows = build_windows(split.train, vocab, config.model.max_seq_len)
+    model = SessionEncoder(ModelConfig.for_vocab(config.model, vocab.size)).to(device)
+    optimizer = _optimizer(model, config.optim)
+    steps_per_epoch = math.ceil(len(windows) / config.optim.batch_size)
+    total_steps = steps_per_epoch * config.optim.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: _lr_factor(step, total_steps, config)
+        optimizer, lambda step: _lr_factor(step, total_steps, config.optim)
     )
     scorer = TorchScorer(model)
     show = not quiet and sys.stderr.isatty()
@@ -229,7 +229,7 @@ def train(
     best_validation: dict[str, float] = {}
     step = 0
     started = time.perf_counter()
-    epochs = tqdm(range(1, config.epochs + 1), desc="epochs", disable=not show)
+    epochs = tqdm(range(1, config.optim.epochs + 1), desc="epochs", disable=not show)
     try:
         for epoch in epochs:
             model.train()
@@ -252,7 +252,7 @@ def train(
                 **{f"train_{name}": value for name, value in means.items()},
                 "train_seconds": time.perf_counter() - epoch_start,
             }
-            if epoch % config.eval_every == 0 or epoch == config.epochs:
+            if epoch % config.optim.eval_every == 0 or epoch == config.optim.epochs:
                 validation = evaluate(scorer, split.validation, vocab)
                 row.update(_prefixed(validation, "val", ("ndcg@10", "hr@10", "mrr@10")))
                 if validation["ndcg@10"] > best_ndcg:
@@ -276,7 +276,7 @@ def train(
                     log.write(json.dumps(row) + "\n")
             if not quiet and not show:
                 print(_progress_line(row), file=sys.stderr, flush=True)
-            if stale >= config.patience:
+            if stale >= config.optim.patience:
                 break
     except KeyboardInterrupt:
         # Ctrl-C ends training early; the best state so far is still tested and saved.
@@ -322,4 +322,3 @@ def _progress_line(row: dict[str, float]) -> str:
     if "val_ndcg@10" in row:
         text += f", val NDCG@10 {row['val_ndcg@10']:.4f}"
     return text + f" ({row['seconds']:.1f} s)"
-

@@ -57,7 +57,7 @@ def test_epoch_batches_cover_every_window_once_trimmed_to_longest():
         for i in range(7)
     ]
     windows = build_windows(sessions, VOCAB, max_seq_len=8)
-    config = TrainConfig(batch_size=3, max_seq_len=8)
+    config = TrainConfig().replace(batch_size=3, max_seq_len=8)
     batches = list(epoch_batches(windows, config, torch.Generator().manual_seed(0)))
     assert [b.item_ids.shape[0] for b in batches] == [3, 3, 1]
     for batch in batches:
@@ -79,7 +79,7 @@ def test_causal_batch_targets_follow_config():
         # c -> a); the skipped next tracks b, c and e give no positive.
         ("played_only", torch.tensor([[0, 0, D_, 0, 0], [0, 0, 0, A, 0]])),
     ):
-        config = TrainConfig(batch_size=10, max_seq_len=5, target=target)
+        config = TrainConfig().replace(batch_size=10, max_seq_len=5, target=target)
         (batch,) = epoch_batches(windows, config, gen)
         order = batch.tracks[:, -1].argsort(descending=True)  # s1 (e=7) first
         assert batch.targets[order].tolist() == expected.tolist()
@@ -98,7 +98,7 @@ def test_bert4rec_masking():
         for i in range(200)
     ]
     windows = build_windows(sessions, VOCAB, max_seq_len=5)
-    config = TrainConfig(
+    config = TrainConfig().replace(
         batch_size=500, max_seq_len=5, backbone="bert4rec", mask_prob=0.3
     )
     (batch,) = epoch_batches(windows, config, torch.Generator().manual_seed(1))
@@ -114,7 +114,7 @@ def test_bert4rec_masking():
     negatives = torch.where(masked & batch.skipped, batch.tracks, PAD_ID)
     assert (batch.negative_targets == negatives).all()
 
-    played = TrainConfig(**{**config.to_dict(), "target": "next_played"})
+    played = config.replace(target="next_played")
     (batch,) = epoch_batches(windows, played, torch.Generator().manual_seed(1))
     masked = batch.item_ids == MASK_ID
     keep = masked & ~batch.skipped
@@ -123,7 +123,7 @@ def test_bert4rec_masking():
 
 def test_epoch_batches_are_seeded():
     windows = build_windows(_sessions() * 20, VOCAB, max_seq_len=5)
-    config = TrainConfig(batch_size=4, max_seq_len=5, backbone="bert4rec")
+    config = TrainConfig().replace(batch_size=4, max_seq_len=5, backbone="bert4rec")
     first = [
         b.item_ids
         for b in epoch_batches(windows, config, torch.Generator().manual_seed(3))

@@ -15,12 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from training.baselines import BASELINES, fit_baseline
 from training.checkpoint import load_run
+from training.config import ConfigError, TrainConfig
 from training.data import FORMATS, DataError, data_fingerprint, load_sessions
 from training.evaluation import evaluate
 from training.report import describe, markdown_table
@@ -28,6 +29,17 @@ from training.scoring import TorchScorer
 from training.splits import PROTOCOLS, EvalExample, make_split, session_examples
 
 SAMPLED_NEGATIVES = 1000
+
+
+def _run_name(train_config: Mapping[str, Any]) -> str:
+    """The run's row in the table: its variant name (``describe``), or ``model`` for
+    a run whose checkpoint holds no training config (a test or benchmark model)."""
+    try:
+        return describe(TrainConfig.from_checkpoint(train_config))
+    except ConfigError:
+        return "model"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="skiprec evaluate",
@@ -94,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     negatives = SAMPLED_NEGATIVES if args.sampled else None
-    scorers: dict[str, Any] = {describe(run.train_config): TorchScorer(run.model)}
+    scorers: dict[str, Any] = {_run_name(run.train_config): TorchScorer(run.model)}
     if args.baselines:
         for name in BASELINES:
             scorers[name] = fit_baseline(name, train_sessions, run.vocab)

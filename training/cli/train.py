@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             epochs=args.epochs,
             device=args.device,
         )
-    except (ConfigError, TypeError) as exc:
+    except ConfigError as exc:
         print(f"skiprec train: {exc}", file=sys.stderr)
         return 2
     if not args.data.is_file():
