@@ -96,7 +96,7 @@ def run_protocol(
     fingerprint = data_fingerprint(data)
     split = make_split(sessions, protocol)
     # Early stopping only needs a ranking signal: every third validation example
-    # keeps it stable (~5k examples) at a third of the evaluation cost.
+    # keeps it stable at a third of the evaluation cost.
     split = dataclasses.replace(split, validation=split.validation[::3])
     vocab = build_vocab(split.train)
     jobs: list[tuple[str, int, TrainConfig | None]] = []
