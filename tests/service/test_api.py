@@ -286,41 +286,23 @@ async def test_redis_down_gives_fallback_and_503(make_client, make_settings):
 async def test_redis_coming_back_recovers_without_restart(
     make_client, make_settings, tmp_path
 ):
-    import shutil
-    import subprocess
+    from benchmarks.processes import MissingBinaryError, RedisServer
 
-    from tests.service.conftest import free_port, wait_for_ping
-
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("needs the redis-server binary to stop and restart a server")
-    port = free_port()
-    url = f"redis://127.0.0.1:{port}/0"
-    command = [
-        binary,
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        str(tmp_path),
-    ]
+    try:
+        server = RedisServer(tmp_path / "redis")
+    except MissingBinaryError as exc:
+        pytest.skip(f"stopping and restarting a server needs redis-server: {exc}")
+    url = server.url
     async with make_client(make_settings(redis_url=url)) as client:
         assert (await client.post("/events", json=event("u", "t1"))).status_code == 503
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        server.start()
         try:
-            wait_for_ping(url)
             assert (
                 await client.post("/events", json=event("u", "t1"))
             ).status_code == 202
             assert (await client.get("/recommendations/u")).json()["fallback"] is False
         finally:
-            process.terminate()
-            process.wait(timeout=10)
+            server.stop()
     with pytest.raises(redis.ConnectionError):
         redis.Redis.from_url(url).ping()
 

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import pytest
 import redis.asyncio as aioredis
-
-from service import keys
-from service.errors import SessionStoreUnavailable
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from service import keys
+from service.errors import SessionStoreUnavailable
 from service.session_store import (
     APPEND_SCRIPT,
     READ_SCRIPT,
@@ -41,8 +40,7 @@ def store_for(url: str, **overrides: float) -> SessionStore:
 async def test_append_dedups_trims_and_counts_skips(redis_url):
     store = store_for(redis_url)
     events = [
-        StoredEvent(f"e{i}", "u", f"t{i}", bool(i % 2), 1000.0 + i)
-        for i in range(7)
+        StoredEvent(f"e{i}", "u", f"t{i}", bool(i % 2), 1000.0 + i) for i in range(7)
     ]
     result = await store.append(events, now=1010.0)
     assert (result.accepted, result.duplicates, result.accepted_skips) == (7, 0, 3)
@@ -201,8 +199,7 @@ async def test_one_request_is_one_script_call_and_one_stream_entry(
 ):
     store = store_for(redis_url)
     batch = [
-        StoredEvent(f"e{i}", f"user{i % 3}", f"t{i}", bool(i % 2), i)
-        for i in range(9)
+        StoredEvent(f"e{i}", f"user{i % 3}", f"t{i}", bool(i % 2), i) for i in range(9)
     ]
     result = await store.append(batch, now=10.0)
     assert (result.accepted, result.duplicates, result.accepted_skips) == (9, 0, 4)
