@@ -16,7 +16,7 @@ def plot_curves(
 ) -> None:
     """Train loss per epoch (left axis) and validation NDCG@10 (right axis) to ``path``.
 
-    ``history`` rows are the per-epoch log entries of ``training.train``: ``epoch``,
+    ``history`` rows are the per-epoch log entries of ``training.trainer``: ``epoch``,
     ``train_loss`` and, on evaluated epochs, ``val_ndcg@10``.
     """
     epochs = [row["epoch"] for row in history]
