@@ -43,7 +43,7 @@ async def test_export_round_trips_through_the_event_loader(client, redis_url, tm
 
 
 async def test_a_model_trains_on_exported_live_events(client, redis_url, tmp_path):
-    from training.train import main as train_main
+    from training.cli.train import main as train_main
 
     now = time.time()
     events = [
