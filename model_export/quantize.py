@@ -1,13 +1,13 @@
 """Optional int8 variant: dynamic quantisation of the catalogue-scoring MatMul only.
 
-Serving one session is dominated by ``last_hidden @ item_table_t`` ([1, D] @ [D, V]):
-the whole fp32 table (V x D x 4 bytes, 25.6 MB at V=100k, D=64) is read from memory on
-every call. Quantising that one MatMul's weights to int8 (per item column) cuts the
-bytes read by 4x; the transformer stays fp32. ONNX Runtime's ``quantize_dynamic``
-rewrites it as DynamicQuantizeLinear + MatMulInteger, outputs unchanged in name and
-dtype. Measured on a random V=100k, D=64, L=50 model, batch 1, one thread: about 5x
-lower latency, 97-98% top-10 overlap with fp32 (see docs/ARCHITECTURE.md); the drift
-on a trained model is measured at export and recorded in the manifest.
+Serving one session on a large catalogue is dominated by ``last_hidden @
+item_table_t`` ([1, D] @ [D, V]): the whole fp32 table (V x D x 4 bytes) is read from
+memory on every call. Quantising that one MatMul's weights to int8 (per item column)
+cuts the bytes read by 4x; the transformer stays fp32. ONNX Runtime's
+``quantize_dynamic`` rewrites it as DynamicQuantizeLinear + MatMulInteger, outputs
+unchanged in name and dtype. The latency gain and the top-10 overlap with fp32 are
+measured in docs/RESULTS.md; the drift on a trained model is measured at export and
+recorded in the manifest.
 
 fp16 is not offered: a Cast of an fp16 table is constant-folded back to fp32 when the
 session is created, so it would only halve the file, not the latency.
