@@ -43,7 +43,6 @@ from model_export.quantize import measure_drift, quantize_item_table
 from model_export.wrapper import ServingModule
 from skiprec.bundle import BundleError, load_bundle, open_inference_session, sha256_file
 from skiprec.encoding import (
-    FEEDBACK_CODES,
     FEEDBACK_PLAY,
     EncodingSpec,
     Session,
@@ -157,7 +156,7 @@ def export_bundle(
                 "truncation": spec.truncation,
                 "padding": spec.padding,
                 "append_mask": spec.append_mask,
-                "feedback_codes": dict(FEEDBACK_CODES),
+                "feedback_codes": dict(spec.feedback_codes),
                 "special_ids": dict(SPECIAL_IDS),
                 "num_items": config.num_items,
                 "top_k": module.top_k,

@@ -54,12 +54,14 @@ RankedItems = list[tuple[str, float]]
 
 @dataclass(frozen=True, slots=True)
 class InferenceRequest:
-    """One live session to rank for: its events oldest first, and what not to rank."""
+    """One live session to rank for: its events oldest first, the tracks not to rank
+    and the ``(track_id, penalty)`` to subtract from penalised tracks' scores."""
 
     track_ids: tuple[str, ...]
     skipped: tuple[bool, ...]
     k: int
     excluded: tuple[str, ...] = ()
+    penalties: tuple[tuple[str, float], ...] = ()
 
 
 class LoadedModel:
@@ -123,19 +125,35 @@ class LoadedModel:
         return outputs[0], outputs[1]
 
     def infer(self, requests: Sequence[InferenceRequest]) -> list[RankedItems]:
-        """Top-k ``(track_id, score)`` per request, best first (sync; CPU-bound)."""
+        """Top-k ``(track_id, score)`` per request, best first (sync; CPU-bound).
+
+        Penalties re-rank the graph's top-K: a penalised track only moves down, so
+        the top-k is exact whenever at most K - k penalised tracks were in the top-K.
+        """
         indices, scores = self._run(requests)
         track_ids = self.vocab.track_ids
         results: list[RankedItems] = []
         for row, request in enumerate(requests):
-            ranked: RankedItems = []
-            row_items = zip(indices[row].tolist(), scores[row].tolist(), strict=True)
-            for index, score in row_items:
-                if len(ranked) == request.k:
-                    break
-                if index >= NUM_SPECIAL and math.isfinite(score):
-                    ranked.append((track_ids[index - NUM_SPECIAL], score))
-            results.append(ranked)
+            row_items = [
+                (index, score)
+                for index, score in zip(
+                    indices[row].tolist(), scores[row].tolist(), strict=True
+                )
+                if index >= NUM_SPECIAL and math.isfinite(score)
+            ]
+            if request.penalties:
+                penalty_of = dict(
+                    zip(
+                        self.vocab.indices(t for t, _ in request.penalties),
+                        (p for _, p in request.penalties),
+                        strict=True,
+                    )
+                )
+                row_items = [(i, s - penalty_of.get(i, 0.0)) for i, s in row_items]
+                row_items.sort(key=lambda item: -item[1])  # stable: ties keep order
+            results.append(
+                [(track_ids[i - NUM_SPECIAL], s) for i, s in row_items[: request.k]]
+            )
         return results
 
 

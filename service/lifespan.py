@@ -22,8 +22,7 @@ from service.metrics import Metrics
 from service.recommend import Recommender
 from service.redis_client import RedisHandle, open_redis
 from service.session_store import SessionStore, StoreConfig
-from service.settings import Settings, get_settings
-from skiprec.policy import ExclusionPolicy
+from service.settings import Settings, get_settings, session_policy
 
 logger = logging.getLogger(__name__)
 
@@ -110,10 +109,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.max_inference_batch, metrics.inference_batch.observe
     )
     batcher.start()
-    policy = ExclusionPolicy(
-        exclude_skipped=True, exclude_played=settings.exclude_played
-    )
-    recommender = Recommender(store, models, batcher, metrics, policy)
+    recommender = Recommender(store, models, batcher, metrics, session_policy(settings))
     state = ServiceState(settings, metrics, store, models, batcher, recommender, redis)
     app.state.skiprec = state
     watcher = (

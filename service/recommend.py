@@ -3,26 +3,27 @@
 ``Recommender.recommend`` owns every decision of ``GET /recommendations``: it takes
 the serving model once (its window and its graph belong to the same bundle, even
 across a reload), reads that window of the current session from the store, applies
-the exclusion policy (``skiprec.policy``) to the whole session, ranks through the
+the session policy (``skiprec.policy``) to the whole session, ranks through the
 micro-batcher, and falls back to popularity when there is no session or no
 reachable store.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from service.errors import SessionStoreUnavailable
 from service.inference import InferenceRequest, MicroBatcher, ModelHolder, RankedItems
 from service.metrics import Metrics
 from service.schemas import FallbackReason
 from service.session_store import SessionStore, SessionWindow
-from skiprec.policy import ExclusionPolicy
+from skiprec.policy import SessionPolicy
 
 
 @dataclass(frozen=True, slots=True)
 class RecommendRequest:
-    """What a client asks: ``exclude_played`` None means the service's default."""
+    """What a client asks: ``exclude_played`` None means the service's policy;
+    True excludes played-earlier tracks, False never excludes them."""
 
     user_id: str
     k: int
@@ -47,7 +48,7 @@ class Recommender:
         models: ModelHolder,
         batcher: MicroBatcher,
         metrics: Metrics,
-        policy: ExclusionPolicy,
+        policy: SessionPolicy,
     ) -> None:
         self.store = store
         self.models = models
@@ -55,10 +56,14 @@ class Recommender:
         self.metrics = metrics
         self.policy = policy
 
-    def policy_for(self, request: RecommendRequest) -> ExclusionPolicy:
+    def policy_for(self, request: RecommendRequest) -> SessionPolicy:
         if request.exclude_played is None:
             return self.policy
-        return ExclusionPolicy(self.policy.exclude_skipped, request.exclude_played)
+        if request.exclude_played:
+            return replace(self.policy, played="exclude")
+        if self.policy.played == "exclude":
+            return replace(self.policy, played="none")
+        return self.policy
 
     async def recommend(self, request: RecommendRequest) -> Recommendation:
         model = self.models.current  # once: a reload mid-request changes nothing
@@ -75,11 +80,16 @@ class Recommender:
             self.metrics.fallbacks.labels(reason=reason).inc()
             popular = model.popular[: request.k]
             return Recommendation(request.user_id, model.model_version, popular, reason)
-        excluded = self.policy_for(request).excluded(window.events())
+        policy = self.policy_for(request)
+        events = window.events()
         ranked = await self.batcher.rank(
             model,
             InferenceRequest(
-                window.track_ids, window.skipped, request.k, tuple(sorted(excluded))
+                window.track_ids,
+                window.skipped,
+                request.k,
+                tuple(sorted(policy.excluded(events))),
+                tuple(sorted(policy.penalties(events).items())),
             ),
         )
         return Recommendation(request.user_id, model.model_version, ranked, reason)

@@ -13,6 +13,8 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from skiprec.policy import Rule, SessionPolicy
+
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://")
 
 
@@ -70,7 +72,12 @@ class Settings(BaseSettings):
     # Requests
     max_batch: int = Field(default=1000, ge=1, le=100_000)
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
-    exclude_played: bool = False
+    # Session policy (skiprec.policy): what becomes of tracks heard earlier in the
+    # session. The defaults are the measured choice (docs/RESULTS.md).
+    skipped_rule: Rule = "exclude"
+    skipped_penalty: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
+    played_rule: Rule = "none"
+    played_penalty: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
     api_key: SecretStr | None = None
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
@@ -110,6 +117,15 @@ class Settings(BaseSettings):
                 "redis+cluster://"
             )
         return self
+
+
+def session_policy(settings: Settings) -> SessionPolicy:
+    return SessionPolicy(
+        skipped=settings.skipped_rule,
+        played=settings.played_rule,
+        skipped_penalty=settings.skipped_penalty,
+        played_penalty=settings.played_penalty,
+    )
 
 
 @lru_cache

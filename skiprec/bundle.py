@@ -32,7 +32,7 @@ from typing import Any
 import onnxruntime as ort
 from pydantic import ValidationError
 
-from skiprec.encoding import FEEDBACK_CODES
+from skiprec.encoding import BINARY_FEEDBACK_CODES, FEEDBACK_CODES
 from skiprec.manifest import (
     MANIFEST_FILE,
     MODEL_FILE,
@@ -169,11 +169,15 @@ def _read_manifest(path: Path) -> Manifest:
             f"field 'special_ids' is {manifest.special_ids!r}, this skiprec uses "
             f"{dict(SPECIAL_IDS)!r}; {_REEXPORT}",
         )
-    if manifest.feedback_codes != dict(FEEDBACK_CODES):
+    if manifest.feedback_codes not in (
+        dict(FEEDBACK_CODES),
+        dict(BINARY_FEEDBACK_CODES),
+    ):
         raise BundleManifestInvalid(
             manifest_path,
             f"field 'feedback_codes' is {manifest.feedback_codes!r}, this skiprec "
-            f"uses {dict(FEEDBACK_CODES)!r}; {_REEXPORT}",
+            f"uses {dict(FEEDBACK_CODES)!r} (or the binary "
+            f"{dict(BINARY_FEEDBACK_CODES)!r}); {_REEXPORT}",
         )
     return manifest
 

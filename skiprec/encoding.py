@@ -19,23 +19,32 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from skiprec.events import SKIP_LEVELS, level_is_skip
 from skiprec.vocab import MASK_ID, PAD_ID, Vocabulary
 
 FEEDBACK_PAD = 0
-FEEDBACK_PLAY = 1
-FEEDBACK_SKIP = 2
+FEEDBACK_PLAY = 1  # played, grade unknown (a client that sends only play/skip)
+FEEDBACK_SKIP = 2  # skipped, grade unknown
 FEEDBACK_MASK = 3
-FEEDBACK_CODES: Mapping[str, int] = {
+FEEDBACK_LEVEL_BASE = 4  # graded events: code = FEEDBACK_LEVEL_BASE + skip level
+BINARY_FEEDBACK_CODES: Mapping[str, int] = {
     "pad": FEEDBACK_PAD,
     "play": FEEDBACK_PLAY,
     "skip": FEEDBACK_SKIP,
     "mask": FEEDBACK_MASK,
 }
+FEEDBACK_CODES: Mapping[str, int] = {
+    **BINARY_FEEDBACK_CODES,
+    **{f"level{level}": FEEDBACK_LEVEL_BASE + level for level in SKIP_LEVELS},
+}
 NUM_FEEDBACK_CODES = len(FEEDBACK_CODES)
 
 
-def feedback_code(skipped: bool) -> int:
-    """The model's input code of a played (False) or skipped (True) event."""
+def feedback_code(skipped: bool, level: int | None = None, graded: bool = True) -> int:
+    """The model's input code of an event: its skip level's code when it has one
+    (and the model reads grades: ``graded``), else played (False) / skipped (True)."""
+    if level is not None and graded:
+        return FEEDBACK_LEVEL_BASE + level
     return FEEDBACK_SKIP if skipped else FEEDBACK_PLAY
 
 
@@ -51,6 +60,13 @@ def encode_events(
     ]
 
 
+def is_skip_code(code: int) -> bool:
+    """Whether an event's feedback code says it was skipped (binary or graded)."""
+    if code >= FEEDBACK_LEVEL_BASE:
+        return level_is_skip(code - FEEDBACK_LEVEL_BASE)
+    return code == FEEDBACK_SKIP
+
+
 @dataclass(frozen=True)
 class EncodingSpec:
     """Everything the encoder needs; serialised into the bundle manifest."""
@@ -60,23 +76,40 @@ class EncodingSpec:
     truncation: str = "left"
     padding: str = "left"
     feedback_codes: Mapping[str, int] = field(
-        default_factory=lambda: dict(FEEDBACK_CODES)
+        default_factory=lambda: dict(BINARY_FEEDBACK_CODES)
     )
 
     @classmethod
-    def for_model(cls, backbone: str, max_seq_len: int) -> EncodingSpec:
-        """A model's serving encoding: its window, plus a final mask for BERT4Rec."""
-        return cls(max_seq_len=max_seq_len, append_mask=backbone == "bert4rec")
+    def for_model(
+        cls, backbone: str, max_seq_len: int, graded: bool = False
+    ) -> EncodingSpec:
+        """A model's serving encoding: its window, a final mask for BERT4Rec, and the
+        graded feedback codes when the model embeds skip levels."""
+        codes = FEEDBACK_CODES if graded else BINARY_FEEDBACK_CODES
+        return cls(
+            max_seq_len=max_seq_len,
+            append_mask=backbone == "bert4rec",
+            feedback_codes=dict(codes),
+        )
+
+    @property
+    def graded(self) -> bool:
+        """Whether the model reads skip levels (bundles before grades do not)."""
+        return "level0" in self.feedback_codes
 
     def __post_init__(self) -> None:
         if self.max_seq_len < 1:
             raise ValueError("max_seq_len must be >= 1")
         if self.truncation != "left" or self.padding != "left":
             raise ValueError("only left truncation and left padding are defined")
-        if dict(self.feedback_codes) != dict(FEEDBACK_CODES):
+        if dict(self.feedback_codes) not in (
+            dict(FEEDBACK_CODES),
+            dict(BINARY_FEEDBACK_CODES),
+        ):
             raise ValueError(
-                f"feedback codes {dict(self.feedback_codes)!r} differ from "
-                f"{dict(FEEDBACK_CODES)!r}"
+                f"feedback codes {dict(self.feedback_codes)!r} are neither "
+                f"{dict(FEEDBACK_CODES)!r} nor the binary "
+                f"{dict(BINARY_FEEDBACK_CODES)!r}"
             )
 
 

@@ -32,6 +32,14 @@ from typing import Literal
 
 EventType = Literal["play", "skip"]
 EVENT_TYPES: tuple[EventType, ...] = ("play", "skip")
+# MSSD's graded scale: 0 skipped at the very start (skip_1), 1 skipped early (skip_2,
+# the binary ground truth), 2 skipped late, most of the track heard (skip_3), 3 heard
+# to the end. An event is a skip exactly when its level is <= SKIP_MAX_LEVEL.
+SKIP_LEVELS = (0, 1, 2, 3)
+SKIP_MAX_LEVEL = 1
+# played_ms / duration_ms -> level: below each fraction, that level (documented in
+# docs/ARCHITECTURE.md; MSSD does not publish its own cut-offs).
+LEVEL_FRACTIONS = (0.1, 0.5, 0.95)
 ID_PATTERN = r"^[A-Za-z0-9._:@-]+$"
 FIELD_SEPARATOR = "|"  # never in an id (ID_PATTERN)
 STORED_PLAY = "p"
@@ -53,6 +61,24 @@ def is_skip(word: str) -> bool:
     if word == "play":
         return False
     raise ValueError(f"unknown event type {word!r}; expected 'play' or 'skip'")
+
+
+def level_is_skip(level: int) -> bool:
+    """Whether a skip level counts as a skip (MSSD's ``skip_2``)."""
+    if level not in SKIP_LEVELS:
+        raise ValueError(f"skip level must be one of {SKIP_LEVELS}, got {level!r}")
+    return level <= SKIP_MAX_LEVEL
+
+
+def level_from_play_time(played_ms: float, duration_ms: float) -> int:
+    """The skip level of a track heard for ``played_ms`` of its ``duration_ms``."""
+    if not (duration_ms > 0 and played_ms >= 0):
+        raise ValueError("need duration_ms > 0 and played_ms >= 0")
+    fraction = played_ms / duration_ms
+    for level, limit in enumerate(LEVEL_FRACTIONS):
+        if fraction < limit:
+            return level
+    return SKIP_LEVELS[-1]
 
 
 def parse_timestamp(value: float | int | str) -> float:

@@ -24,10 +24,10 @@ from skiprec.encoding import (
     feedback_code,
 )
 from skiprec.manifest import INPUT_EXCLUDE, INPUT_FEEDBACK, INPUT_ITEM_IDS
-from skiprec.policy import ExclusionPolicy
+from skiprec.policy import SessionPolicy
 from skiprec.vocab import MASK_ID, NUM_SPECIAL
 from training.checkpoint import load_run
-from training.evaluation import excluded_items
+from training.evaluation import apply_policy
 from training.scoring import TorchScorer, encoding_spec
 
 TOP_N = 10
@@ -103,17 +103,15 @@ def _unpadded_reference(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _scorer_reference(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The offline evaluation path: encode_events + TorchScorer + ExclusionPolicy."""
+    """The offline evaluation path: encode_events + TorchScorer + apply_policy."""
     run = load_run(run_dir)
     histories = [
         encode_events([(t, kind == "skip") for t, kind in events], run.vocab)
         for events in RAW_SESSIONS
     ]
     scores = TorchScorer(run.model).score(histories)
-    pairs = [
-        _top(row, excluded_items(history, ExclusionPolicy()))
-        for row, history in zip(scores, histories, strict=True)
-    ]
+    apply_policy(scores, histories, SessionPolicy())
+    pairs = [_top(row, []) for row in scores]
     return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 

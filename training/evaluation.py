@@ -1,10 +1,10 @@
 """Offline evaluation harness: any ``Scorer`` over ``EvalExample``s -> metrics.
 
 The ranking rules are the live service's: specials (PAD/OOV/MASK) are never ranked,
-and the exclusion policy is the one the service applies (``skiprec.policy``: tracks
-skipped earlier in the session, optionally those played too). Excluded items get
-score -inf before ranking; a target that is OOV or excluded cannot be recommended at
-all and counts as a miss.
+and the session policy is the one the service applies (``skiprec.policy``: tracks
+skipped or played earlier in the session excluded, penalised or left alone).
+Excluded items get score -inf before ranking, penalised ones lose their penalty; a
+target that is OOV or excluded cannot be recommended at all and counts as a miss.
 
 Full ranking over the whole catalogue is the default. ``sampled_negatives=N`` ranks
 the target among N seeded random tracks instead, as many papers do; those numbers are
@@ -18,8 +18,8 @@ from typing import Protocol
 
 import numpy as np
 
-from skiprec.encoding import FEEDBACK_SKIP, encode_events
-from skiprec.policy import ExclusionPolicy
+from skiprec.encoding import encode_events, is_skip_code
+from skiprec.policy import SessionPolicy
 from skiprec.vocab import NUM_SPECIAL, OOV_ID, Vocabulary
 from training.metrics import ranks_from_scores, summarize
 from training.splits import EvalExample
@@ -36,12 +36,21 @@ class Scorer(Protocol):
         ...
 
 
-def excluded_items(
-    history: Sequence[tuple[int, int]], policy: ExclusionPolicy
-) -> list[int]:
-    """Real-track indices of an encoded ``history`` the policy forbids recommending."""
-    events = ((index, code == FEEDBACK_SKIP) for index, code in history)
-    return sorted(i for i in policy.excluded(events) if i >= NUM_SPECIAL)
+def apply_policy(
+    scores: np.ndarray,
+    histories: Sequence[Sequence[tuple[int, int]]],
+    policy: SessionPolicy,
+) -> None:
+    """Apply ``policy`` to float scores [B, V] in place, row ``b`` by ``histories[b]``:
+    excluded tracks to -inf, penalised ones down by their penalty (specials untouched).
+    """
+    for row, history in enumerate(histories):
+        events = [(i, is_skip_code(code)) for i, code in history if i >= NUM_SPECIAL]
+        banned = list(policy.excluded(events))
+        if banned:
+            scores[row, banned] = -np.inf
+        for index, penalty in policy.penalties(events).items():
+            scores[row, index] -= penalty
 
 
 def _sample_candidates(
@@ -72,7 +81,7 @@ def evaluate(
     scorer: Scorer,
     examples: Sequence[EvalExample],
     vocab: Vocabulary,
-    policy: ExclusionPolicy = ExclusionPolicy(),
+    policy: SessionPolicy = SessionPolicy(),
     batch_size: int = 512,
     sampled_negatives: int | None = None,
     seed: int = 0,
@@ -102,12 +111,7 @@ def evaluate(
                 f"scorer returned {scores.shape}, expected ({len(batch)}, {vocab.size})"
             )
         scores[:, :NUM_SPECIAL] = -np.inf
-        banned = [excluded_items(h, policy) for h in histories]
-        rows = np.repeat(np.arange(len(batch)), [len(b) for b in banned])
-        cols = np.fromiter(
-            (i for b in banned for i in b), dtype=np.int64, count=len(rows)
-        )
-        scores[rows, cols] = -np.inf
+        apply_policy(scores, histories, policy)
         known = targets >= 0
         num_excluded += int(
             np.isneginf(scores[np.flatnonzero(known), targets[known]]).sum()

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from skiprec.encoding import FEEDBACK_PAD, NUM_FEEDBACK_CODES
+from skiprec.encoding import BINARY_FEEDBACK_CODES, FEEDBACK_PAD
 from skiprec.vocab import NUM_SPECIAL, PAD_ID
 from training.config import Bound, ModelSettings
 
@@ -106,7 +106,7 @@ class SessionEncoder(nn.Module):
         self.item_emb = nn.Embedding(config.num_items, config.hidden_dim, PAD_ID)
         self.pos_emb = nn.Embedding(config.max_seq_len, config.hidden_dim)
         self.feedback_emb = (
-            nn.Embedding(NUM_FEEDBACK_CODES, config.hidden_dim, FEEDBACK_PAD)
+            nn.Embedding(len(BINARY_FEEDBACK_CODES), config.hidden_dim, FEEDBACK_PAD)
             if config.feedback_input
             else None
         )

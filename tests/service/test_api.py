@@ -113,7 +113,8 @@ async def test_exclude_played_query_and_default(make_client, make_settings):
     played = [f"t{i}" for i in range(40)]
     body = {"events": [event("p", track_id) for track_id in played]}
     for default in (False, True):
-        async with make_client(make_settings(exclude_played=default)) as client:
+        rule = "exclude" if default else "none"
+        async with make_client(make_settings(played_rule=rule)) as client:
             await client.post("/events", json=body)
             kept = await client.get("/recommendations/p?k=20&exclude_played=false")
             dropped = await client.get("/recommendations/p?k=20&exclude_played=true")
@@ -126,6 +127,30 @@ async def test_exclude_played_query_and_default(make_client, make_settings):
             expected = dropped if default else kept
             assert default_answer.json()["items"] == expected.json()["items"]
             await client.delete("/users/p/session")
+
+
+async def test_penalised_tracks_move_down_by_their_penalty(make_client, make_settings):
+    # The graph returns its top-K (20 here); penalties re-rank within it.
+    played = ["t1", "t2", "t3"]
+    body = {"events": [event("q", track_id) for track_id in played]}
+    plain_settings = make_settings(skipped_rule="none", played_rule="none")
+    async with make_client(plain_settings) as client:
+        await client.post("/events", json=body)
+        plain = (await client.get("/recommendations/q?k=20")).json()["items"]
+    penalty = 1e6  # far below every other score: the played tracks come last
+    settings = make_settings(played_rule="penalize", played_penalty=penalty)
+    async with make_client(settings) as client:
+        penalised = (await client.get("/recommendations/q?k=20")).json()["items"]
+    scores = {i["track_id"]: i["score"] for i in plain}
+    moved = [i["track_id"] for i in plain if i["track_id"] in played]
+    assert moved  # the tiny model ranks some played track in its top-20
+    assert [i["track_id"] for i in penalised][-len(moved) :] == moved
+    assert sorted(i["track_id"] for i in penalised) == sorted(scores)
+    for item in penalised:
+        expected = scores[item["track_id"]] - (
+            penalty if item["track_id"] in played else 0
+        )
+        assert item["score"] == pytest.approx(expected)
 
 
 async def test_new_user_gets_popularity_fallback(client):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from skiprec.encoding import FEEDBACK_PLAY, FEEDBACK_SKIP, encode_events
-from skiprec.policy import ExclusionPolicy
+from skiprec.policy import SessionPolicy
 from skiprec.vocab import OOV_ID, Vocabulary
 from training.baselines import PopularityScorer
 from training.evaluation import evaluate
@@ -58,13 +58,9 @@ def test_evaluate_excludes_skipped_history_tracks() -> None:
     default = evaluate(FixedScorer(ROW), examples, VOCAB)
     assert default["hr@1"] == 0.0 and default["hr@5"] == 1.0  # b above c, a excluded
     assert default["mrr@10"] == pytest.approx(1 / 2)
-    both = evaluate(
-        FixedScorer(ROW), examples, VOCAB, ExclusionPolicy(exclude_played=True)
-    )
+    both = evaluate(FixedScorer(ROW), examples, VOCAB, SessionPolicy(played="exclude"))
     assert both["hr@1"] == 1.0
-    none = evaluate(
-        FixedScorer(ROW), examples, VOCAB, ExclusionPolicy(exclude_skipped=False)
-    )
+    none = evaluate(FixedScorer(ROW), examples, VOCAB, SessionPolicy(skipped="none"))
     assert none["mrr@10"] == pytest.approx(1 / 3)
 
 

@@ -7,7 +7,7 @@
 score its test examples; ``--split all`` treats every session of the file as held out,
 for a file of sessions the run never saw. Ranking is over the full catalogue unless
 ``--sampled`` (target + 1,000 seeded random tracks, as in the papers). The exclusion
-rules are the service's (``skiprec.policy.ExclusionPolicy``). Prints a markdown table.
+rules are the service's (``skiprec.policy.SessionPolicy``). Prints a markdown table.
 """
 
 from __future__ import annotations
