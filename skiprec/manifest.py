@@ -25,8 +25,14 @@ POPULARITY_FILE = "popularity.json"
 INPUT_ITEM_IDS = "item_ids"  # int64 [batch_size, sequence_length]
 INPUT_FEEDBACK = "feedback"  # int64 [batch_size, sequence_length]
 INPUT_EXCLUDE = "exclude_ids"  # int64 [batch_size, num_excluded]; PAD-filled
+INPUT_CANDIDATES = "candidate_ids"  # int64 [batch_size, num_candidates]; PAD-filled
 OUTPUT_INDICES = "top_indices"  # int64 [batch_size, top_k]
 OUTPUT_SCORES = "top_scores"  # float32 [batch_size, top_k]
+OUTPUT_P_SKIP = "top_p_skip"  # float32 [batch_size, top_k]; NaN without a skip head
+OUTPUT_CANDIDATE_SCORES = "candidate_scores"  # float32 [batch_size, num_candidates]
+OUTPUT_CANDIDATE_P_SKIP = "candidate_p_skip"  # float32 [batch_size, num_candidates]
+# The ranking score of a track is log p(next = track) (+ the transition prior when the
+# model has one) + skip_weight * log(1 - p_skip); PAD candidates score -inf.
 
 
 class TensorSpec(BaseModel):
