@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 
 from service.redis_client import EmbeddedRedis
 from service.session_store import SessionStore, StoreConfig
-from skiprec.events import EVENT_LOG_COLUMNS, event_log_row
+from skiprec.events import EVENT_LOG_HEADER, event_log_row
 
 logger = logging.getLogger(__name__)
 
@@ -57,11 +57,15 @@ async def export_events(redis_url: str, out: Path) -> int:
     try:
         with out.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle, lineterminator="\n")
-            writer.writerow(EVENT_LOG_COLUMNS)
+            writer.writerow(EVENT_LOG_HEADER)
             async for event in store.iter_stream():
                 writer.writerow(
                     event_log_row(
-                        event.user_id, event.track_id, event.skipped, event.timestamp
+                        event.user_id,
+                        event.track_id,
+                        event.skipped,
+                        event.timestamp,
+                        event.level,
                     )
                 )
                 written += 1

@@ -34,9 +34,9 @@ from service.errors import BundleRejected, InvalidRequest, ModelUnavailable
 from skiprec.bundle import Bundle, BundleError, load_bundle, open_inference_session
 from skiprec.encoding import (
     EncodingSpec,
-    encode_events,
     encode_exclusions,
     encode_sessions,
+    feedback_code,
 )
 from skiprec.manifest import (
     INPUT_EXCLUDE,
@@ -62,6 +62,7 @@ class InferenceRequest:
     k: int
     excluded: tuple[str, ...] = ()
     penalties: tuple[tuple[str, float], ...] = ()
+    levels: tuple[int | None, ...] = ()  # per event; () = no grades sent
 
 
 class LoadedModel:
@@ -109,8 +110,13 @@ class LoadedModel:
         exclusions: list[list[int]] = []
         indices_of = self.vocab.indices
         for request in requests:
-            events = zip(request.track_ids, request.skipped, strict=True)
-            histories.append(encode_events(events, self.vocab))
+            levels = request.levels or (None,) * len(request.track_ids)
+            codes = (
+                feedback_code(skipped, level, graded=self.spec.graded)
+                for skipped, level in zip(request.skipped, levels, strict=True)
+            )
+            items = indices_of(request.track_ids)
+            histories.append(list(zip(items, codes, strict=True)))
             excluded = {i for i in indices_of(request.excluded) if i >= NUM_SPECIAL}
             exclusions.append(sorted(excluded))
         item_ids, feedback = encode_sessions(histories, self.spec)

@@ -23,6 +23,7 @@ def stored_event(event: PlaybackEvent, now: float) -> StoredEvent:
         event.track_id,
         is_skip(event.type),
         event.unix_time if event.unix_time is not None else now,
+        event.level,
     )
 
 

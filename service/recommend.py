@@ -90,6 +90,7 @@ class Recommender:
                 request.k,
                 tuple(sorted(policy.excluded(events))),
                 tuple(sorted(policy.penalties(events).items())),
+                window.levels,
             ),
         )
         return Recommendation(request.user_id, model.model_version, ranked, reason)

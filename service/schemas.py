@@ -8,9 +8,25 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+)
 
-from skiprec.events import ID_PATTERN, EventType, parse_timestamp
+from skiprec.events import (
+    ID_PATTERN,
+    SKIP_LEVELS,
+    SKIP_MAX_LEVEL,
+    EventType,
+    is_skip,
+    level_from_play_time,
+    level_is_skip,
+    parse_timestamp,
+)
 
 MAX_ID_LENGTH = 128
 MAX_K = 200
@@ -34,10 +50,47 @@ class PlaybackEvent(BaseModel):
     user_id: Identifier
     track_id: Identifier
     type: EventType
+    skip_level: int | None = Field(
+        default=None,
+        ge=min(SKIP_LEVELS),
+        le=max(SKIP_LEVELS),
+        description="optional grade: 0 skipped at the very start, 1 skipped early, "
+        "2 skipped late (most heard), 3 heard to the end; 'skip' means level <= 1",
+    )
+    played_ms: float | None = Field(
+        default=None, ge=0.0, allow_inf_nan=False, description="instead of skip_level"
+    )
+    duration_ms: float | None = Field(
+        default=None,
+        gt=0.0,
+        allow_inf_nan=False,
+        validate_default=True,
+        description="the track's length; with played_ms, sets the skip level",
+    )
     timestamp: float | str | None = Field(
         default=None,
         description="unix seconds or ISO-8601; default: server receive time",
     )
+
+    @field_validator("skip_level")
+    @classmethod
+    def _level_matches_type(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and "type" in info.data:
+            _check_agrees(value, info.data["type"])
+        return value
+
+    @field_validator("duration_ms")
+    @classmethod
+    def _play_time(cls, value: float | None, info: ValidationInfo) -> float | None:
+        played = info.data.get("played_ms")
+        if (played is None) != (value is None):
+            raise ValueError("played_ms and duration_ms go together")
+        if value is not None and played is not None:
+            if info.data.get("skip_level") is not None:
+                raise ValueError("give skip_level or played_ms + duration_ms, not both")
+            if "type" in info.data:
+                _check_agrees(level_from_play_time(played, value), info.data["type"])
+        return value
 
     @field_validator("timestamp", mode="before")
     @classmethod
@@ -45,9 +98,24 @@ class PlaybackEvent(BaseModel):
         return None if value is None else parse_timestamp(value)
 
     @property
+    def level(self) -> int | None:
+        """The event's skip level: sent, or from its play time, or None."""
+        if self.played_ms is not None and self.duration_ms is not None:
+            return level_from_play_time(self.played_ms, self.duration_ms)
+        return self.skip_level
+
+    @property
     def unix_time(self) -> float | None:
         assert not isinstance(self.timestamp, str)  # the validator made it a float
         return self.timestamp
+
+
+def _check_agrees(level: int, event: str) -> None:
+    if level_is_skip(level) != is_skip(event):
+        raise ValueError(
+            f"skip level {level} contradicts type {event!r} "
+            f"(a skip is level <= {SKIP_MAX_LEVEL})"
+        )
 
 
 class EventBatch(BaseModel):
@@ -80,6 +148,7 @@ class SessionEvent(BaseModel):
     event_id: str
     track_id: str
     type: EventType
+    skip_level: int | None
     timestamp: float
     known: bool = Field(description="whether the model's vocabulary has the track")
 

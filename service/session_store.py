@@ -44,7 +44,7 @@ from redis.crc import key_slot
 
 from service import keys
 from service.errors import SessionStoreUnavailable
-from skiprec.events import FIELD_SEPARATOR, StoredEvent, is_skip, is_skip_letter
+from skiprec.events import FIELD_SEPARATOR, StoredEvent, is_skip, parse_code
 from skiprec.sessions import current_session_start
 
 APPEND_SCRIPT = files("service").joinpath("lua/append_events.lua").read_text()
@@ -90,6 +90,7 @@ class SessionWindow:
     track_ids: tuple[str, ...] = ()
     skipped: tuple[bool, ...] = ()
     earlier: tuple[tuple[str, bool], ...] = ()
+    levels: tuple[int | None, ...] = ()  # per window event, its skip level if sent
 
     def events(self) -> list[tuple[str, bool]]:
         """Every ``(track_id, skipped)`` the policy weighs: earlier and window."""
@@ -274,13 +275,14 @@ class SessionStore:
                 reply = await self._within(
                     self.read_client.execute_command("EVAL", READ_SCRIPT, 1, *args)
                 )
-        tracks, letters, earlier_tracks, earlier_letters = (_text(p) for p in reply)
+        tracks, codes, earlier_tracks, earlier_codes = (_text(p) for p in reply)
         if not tracks:
             return SessionWindow()
+        newest = [parse_code(code) for code in codes]
         earlier = (
             zip(
                 earlier_tracks.split(FIELD_SEPARATOR),
-                map(is_skip_letter, earlier_letters),
+                (parse_code(code)[0] for code in earlier_codes),
                 strict=True,
             )
             if earlier_tracks
@@ -288,8 +290,9 @@ class SessionStore:
         )
         return SessionWindow(
             tuple(tracks.split(FIELD_SEPARATOR)),
-            tuple(map(is_skip_letter, letters)),
+            tuple(skipped for skipped, _ in newest),
             tuple(earlier),
+            tuple(level for _, level in newest),
         )
 
     async def reset(self, user_id: str) -> None:

@@ -5,18 +5,21 @@ edges it has three spellings, each defined here and nowhere else:
 
 - the word ``"play"``/``"skip"``: the API's ``type`` field and the event log's
   ``event`` column (``EVENT_TYPES``, ``event_type``, ``is_skip``);
-- one letter ``"p"``/``"s"`` inside a stored event (``StoredEvent.encode``);
+- one character inside a stored event (``StoredEvent.encode``): ``"p"``/``"s"``
+  for an event without a grade, its skip level ``"0"``..``"3"`` for a graded one;
 - the model's integer feedback code (``skiprec.encoding.feedback_code``).
 
 Formats:
 
 - **Stored event** (one entry of a listener's Redis list):
-  ``event_id|track_id|p or s|unix seconds with 3 decimals``; ``event_id`` is "" when
-  the client sent none. ``service/lua/*.lua`` parse it too (the only other copy,
-  under an equality test). ``|`` never occurs in an id (``ID_PATTERN``).
+  ``event_id|track_id|code|unix seconds with 3 decimals``; ``code`` is ``p``/``s`` or
+  the skip level's digit; ``event_id`` is "" when the client sent none.
+  ``service/lua/*.lua`` parse it too (the only other copy, under an equality
+  test). ``|`` never occurs in an id (``ID_PATTERN``).
 - **Stream line** (one event of an entry of the global event stream): the same with
-  the user id after the event id: ``event_id|user_id|track_id|p or s|seconds``.
-- **Event log** (CSV): ``user_id,track_id,event,timestamp``, what ``skiprec events
+  the user id after the event id: ``event_id|user_id|track_id|code|seconds``.
+- **Event log** (CSV): ``user_id,track_id,event,timestamp`` plus an optional
+  ``skip_level`` column (empty for an event without a grade): what ``skiprec events
   export`` writes and ``skiprec train --format events`` reads.
 
 Timestamps are unix seconds, or ISO-8601 strings (naive means UTC) on input.
@@ -45,6 +48,8 @@ FIELD_SEPARATOR = "|"  # never in an id (ID_PATTERN)
 STORED_PLAY = "p"
 STORED_SKIP = "s"
 EVENT_LOG_COLUMNS = ("user_id", "track_id", "event", "timestamp")
+EVENT_LOG_LEVEL_COLUMN = "skip_level"  # optional when reading, always written
+EVENT_LOG_HEADER = (*EVENT_LOG_COLUMNS, EVENT_LOG_LEVEL_COLUMN)
 # Unix seconds accepted as event times: 1970 .. 5138 (beyond that is a unit mistake).
 MAX_TIMESTAMP = 1e11
 MAX_ISO_LENGTH = 64
@@ -123,19 +128,33 @@ class StoredEvent:
     track_id: str
     skipped: bool
     timestamp: float  # unix seconds
+    level: int | None = None  # the skip level, when the client sent one
+
+    def __post_init__(self) -> None:
+        if self.level is not None and level_is_skip(self.level) != self.skipped:
+            raise ValueError(
+                f"skip level {self.level} contradicts "
+                f"{event_type(self.skipped)!r} (a skip is level <= {SKIP_MAX_LEVEL})"
+            )
+
+    @property
+    def code(self) -> str:
+        """Its one-character code: the level's digit, else ``p``/``s``."""
+        if self.level is not None:
+            return str(self.level)
+        return STORED_SKIP if self.skipped else STORED_PLAY
 
     def encode(self) -> str:
         """The stored-event string (a list entry, without the user id)."""
         return FIELD_SEPARATOR.join(
-            (self.event_id, self.track_id, _letter(self.skipped), _seconds(self))
+            (self.event_id, self.track_id, self.code, _seconds(self))
         )
 
     @classmethod
     def decode(cls, user_id: str, raw: str) -> StoredEvent:
-        event_id, track_id, letter, timestamp = raw.split(FIELD_SEPARATOR)
-        return cls(
-            event_id, user_id, track_id, is_skip_letter(letter), float(timestamp)
-        )
+        event_id, track_id, code, timestamp = raw.split(FIELD_SEPARATOR)
+        skipped, level = parse_code(code)
+        return cls(event_id, user_id, track_id, skipped, float(timestamp), level)
 
     def stream_line(self) -> str:
         """This event as one line of a stream entry (with the user id)."""
@@ -144,22 +163,28 @@ class StoredEvent:
                 self.event_id,
                 self.user_id,
                 self.track_id,
-                _letter(self.skipped),
+                self.code,
                 _seconds(self),
             )
         )
 
     @classmethod
     def from_stream_line(cls, line: str) -> StoredEvent:
-        event_id, user_id, track_id, letter, stamp = line.split(FIELD_SEPARATOR)
-        return cls(event_id, user_id, track_id, is_skip_letter(letter), float(stamp))
+        event_id, user_id, track_id, code, stamp = line.split(FIELD_SEPARATOR)
+        skipped, level = parse_code(code)
+        return cls(event_id, user_id, track_id, skipped, float(stamp), level)
 
 
 def event_log_row(
-    user_id: str, track_id: str, skipped: bool, timestamp: float
-) -> tuple[str, str, str, str]:
-    """One row of the event log (``EVENT_LOG_COLUMNS``); the time round-trips."""
-    return user_id, track_id, event_type(skipped), format_timestamp(timestamp)
+    user_id: str,
+    track_id: str,
+    skipped: bool,
+    timestamp: float,
+    level: int | None = None,
+) -> tuple[str, str, str, str, str]:
+    """One row of the event log (``EVENT_LOG_HEADER``); the time round-trips."""
+    grade = "" if level is None else str(level)
+    return user_id, track_id, event_type(skipped), format_timestamp(timestamp), grade
 
 
 def format_timestamp(timestamp: float) -> str:
@@ -167,17 +192,17 @@ def format_timestamp(timestamp: float) -> str:
     return str(int(timestamp)) if float(timestamp).is_integer() else repr(timestamp)
 
 
-def _letter(skipped: bool) -> str:
-    return STORED_SKIP if skipped else STORED_PLAY
-
-
-def is_skip_letter(letter: str) -> bool:
-    """A stored event's ``"s"``/``"p"`` -> skipped; anything else raises."""
-    if letter == STORED_SKIP:
-        return True
-    if letter == STORED_PLAY:
-        return False
-    raise ValueError(f"unknown stored event code {letter!r}; expected 'p' or 's'")
+def parse_code(code: str) -> tuple[bool, int | None]:
+    """A stored event's one-character code -> ``(skipped, level or None)``."""
+    if code == STORED_SKIP:
+        return True, None
+    if code == STORED_PLAY:
+        return False, None
+    if code.isdigit() and int(code) in SKIP_LEVELS:
+        return level_is_skip(int(code)), int(code)
+    raise ValueError(
+        f"unknown stored event code {code!r}; expected 'p', 's' or a skip level"
+    )
 
 
 def _seconds(event: StoredEvent) -> str:

@@ -61,8 +61,9 @@ while i <= #ARGV do
       redis.call("RPUSH", KEYS[2 * user - 1], ARGV[i + 1])
       appended = true
       accepted = accepted + 1
-      -- encoded event: event_id|track_id|type code|timestamp, type code "p" or "s"
-      if string.match(ARGV[i + 1], "^[^|]*|[^|]*|s|") then
+      -- encoded event: event_id|track_id|code|timestamp; a skip is code "s" or
+      -- skip level 0 or 1 (skiprec.events.level_is_skip)
+      if string.match(ARGV[i + 1], "^[^|]*|[^|]*|[s01]|") then
         skips = skips + 1
       end
     else

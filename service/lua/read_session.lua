@@ -2,13 +2,14 @@
 --
 -- KEYS[1] - the user's event list (skiprec:{user_id}:events), oldest first, each
 --           event a stored event (skiprec.events.StoredEvent.encode):
---           event_id|track_id|"p" or "s"|timestamp
+--           event_id|track_id|code|timestamp, code one of "p", "s" or a skip
+--           level's digit "0".."3"
 -- ARGV[1] - now, unix seconds
 -- ARGV[2] - the session gap, seconds: the current session is the events after the
 --           last gap longer than this between consecutive events, and empty once
 --           the last event is older than this
 -- ARGV[3] - window: how many of the session's newest events to return in full
--- return {window track ids joined by "|", their codes as one string ("psp"),
+-- return {window track ids joined by "|", their codes as one string ("ps3"),
 --         the distinct (track id, code) pairs of the session's events before the
 --         window: track ids joined by "|", their codes as one string};
 --         all four "" for an empty session
@@ -28,7 +29,7 @@ local earlier_codes = {}
 local seen = {}
 local later = nil
 for i = #raw, 1, -1 do
-  local _, track, code, stamp = string.match(raw[i], "^([^|]*)|([^|]*)|(%a)|(.*)$")
+  local _, track, code, stamp = string.match(raw[i], "^([^|]*)|([^|]*)|(%w)|(.*)$")
   local ts = tonumber(stamp)
   if later == nil then
     if now - ts > gap then

@@ -31,6 +31,7 @@ async def get_session(
             event_id=event.event_id,
             track_id=event.track_id,
             type=event_type(event.skipped),
+            skip_level=event.level,
             timestamp=event.timestamp,
             known=event.track_id in vocab,
         )

@@ -153,6 +153,26 @@ async def test_penalised_tracks_move_down_by_their_penalty(make_client, make_set
         assert item["score"] == pytest.approx(expected)
 
 
+async def test_graded_events_keep_their_level(client):
+    body = {
+        "events": [
+            event("g", "t1", "skip", skip_level=0),
+            event("g", "t2", "play", played_ms=175_000, duration_ms=180_000),
+            event("g", "t3", "play"),
+        ]
+    }
+    assert (await client.post("/events", json=body)).status_code == 202
+    session = (await client.get("/users/g/session")).json()
+    assert [(e["type"], e["skip_level"]) for e in session["events"]] == [
+        ("skip", 0),
+        ("play", 3),
+        ("play", None),
+    ]
+    answer = (await client.get("/recommendations/g?k=5")).json()
+    assert answer["fallback"] is False and len(answer["items"]) == 5
+    assert "t1" not in {i["track_id"] for i in answer["items"]}  # graded skips count
+
+
 async def test_new_user_gets_popularity_fallback(client):
     response = await client.get("/recommendations/nobody?k=5")
     assert response.status_code == 200

@@ -20,7 +20,7 @@ from service.session_store import (
     SessionStore,
     StoreConfig,
 )
-from skiprec.events import FIELD_SEPARATOR, STORED_SKIP, StoredEvent
+from skiprec.events import FIELD_SEPARATOR, STORED_SKIP, StoredEvent, parse_code
 from skiprec.sessions import current_session_start
 
 
@@ -99,16 +99,15 @@ def session_of(*specs: tuple[str, str, float]) -> list[StoredEvent]:
     ]
 
 
-def expected_window(
-    session: list[StoredEvent], window: int
-) -> tuple[tuple[str, ...], tuple[bool, ...], set[tuple[str, bool]]]:
+def expected_window(session: list[StoredEvent], window: int):
     """What read_window must return, computed from ``skiprec`` alone."""
     newest = session[len(session) - min(window, len(session)) :]
     older = session[: len(session) - len(newest)]
     return (
         tuple(e.track_id for e in newest),
         tuple(e.skipped for e in newest),
-        {(e.track_id, e.skipped) for e in older},
+        tuple(e.level for e in newest),
+        {(e.track_id, e.code) for e in older},  # distinct by stored code
     )
 
 
@@ -118,11 +117,12 @@ async def check_window_against_python(store, events, now, window):
     got = await store.read_window("u", now, window)
     stored = await store.read_events("u")
     start = current_session_start([e.timestamp for e in stored], 100.0, now)
-    tracks, skipped, earlier = expected_window(stored[start:], window)
+    tracks, skipped, levels, earlier = expected_window(stored[start:], window)
     assert got.track_ids == tracks
     assert got.skipped == skipped
-    assert set(got.earlier) == earlier
-    assert len(got.earlier) == len(earlier)  # distinct pairs, each once
+    assert got.levels == levels
+    assert set(got.earlier) == {(t, parse_code(code)[0]) for t, code in earlier}
+    assert len(got.earlier) == len(earlier)  # each distinct (track, code) once
 
 
 @pytest.mark.parametrize(("now", "window"), [(400.0, 2), (400.0, 50), (2000.0, 5)])
@@ -157,7 +157,8 @@ stamps = st.floats(min_value=0.0, max_value=1_000.0, allow_nan=False).map(
 )
 @given(
     specs=st.lists(
-        st.tuples(st.sampled_from("abcd"), st.booleans(), stamps), max_size=12
+        st.tuples(st.sampled_from("abcd"), st.sampled_from("ps0123"), stamps),
+        max_size=12,
     ),
     now_offset=st.floats(min_value=-50.0, max_value=200.0, allow_nan=False),
     window=st.integers(min_value=1, max_value=6),
@@ -165,11 +166,14 @@ stamps = st.floats(min_value=0.0, max_value=1_000.0, allow_nan=False).map(
 async def test_lua_and_python_cut_and_parse_the_same_sessions(
     redis_url, specs, now_offset, window
 ):
-    """Random logs (clocks going back included) through both copies of the rules."""
+    """Random logs (clocks going back, graded and binary events) through both
+    copies of the rules."""
     store = store_for(redis_url, session_gap_s=100.0, session_max_events=50)
     events = [
-        StoredEvent(f"id-{i}", "u", track, skipped, ts)
-        for i, (track, skipped, ts) in enumerate(specs)
+        StoredEvent(
+            f"id-{i}", "u", track, *parse_code(code)[:1], ts, parse_code(code)[1]
+        )
+        for i, (track, code, ts) in enumerate(specs)
     ]
     now = (specs[-1][2] if specs else 0.0) + now_offset
     await check_window_against_python(store, events, now, window)
@@ -180,9 +184,27 @@ def test_the_lua_script_spells_the_stored_event_as_skiprec_does():
     event = StoredEvent("e-1:x@y", "user.1", "track_9", True, 1700000000.125)
     assert event.encode() == "e-1:x@y|track_9|s|1700000000.125"
     # The patterns the scripts match stored events with (their only parsing).
-    assert '"^([^|]*)|([^|]*)|(%a)|(.*)$"' in READ_SCRIPT
-    assert '"^[^|]*|[^|]*|s|"' in APPEND_SCRIPT
+    assert '"^([^|]*)|([^|]*)|(%w)|(.*)$"' in READ_SCRIPT
+    # The append script counts a skip by code "s" or skip level 0/1.
+    assert '"^[^|]*|[^|]*|[s01]|"' in APPEND_SCRIPT
     assert STORED_SKIP == "s" and FIELD_SEPARATOR == "|"
+    assert [code for code in "ps0123" if parse_code(code)[0]] == ["s", "0", "1"]
+
+
+async def test_graded_skips_are_counted_and_read_back(redis_url):
+    store = store_for(redis_url)
+    events = [
+        StoredEvent("a", "u", "t1", True, 1.0, 0),
+        StoredEvent("b", "u", "t2", False, 2.0, 2),
+        StoredEvent("c", "u", "t3", True, 3.0),
+    ]
+    result = await store.append(events, now=4.0)
+    assert (result.accepted, result.accepted_skips) == (3, 2)
+    assert await store.read_events("u") == events
+    assert [e async for e in store.iter_stream()] == events
+    window = await store.read_window("u", 4.0, 2)
+    assert window.levels == (2, None) and window.earlier == (("t1", True),)
+    await store.client.aclose()
 
 
 async def test_model_input_of_a_finished_or_missing_session_is_empty(redis_url):

@@ -6,11 +6,13 @@ import pytest
 
 from skiprec.events import (
     EVENT_LOG_COLUMNS,
+    EVENT_LOG_HEADER,
     StoredEvent,
     event_log_row,
     event_type,
     is_skip,
-    is_skip_letter,
+    level_from_play_time,
+    parse_code,
     parse_timestamp,
 )
 
@@ -32,17 +34,53 @@ def test_stored_event_round_trips_in_both_formats():
     assert played.encode() == "|t|p|5.000"
 
 
-def test_unknown_stored_letter_is_refused():
-    assert is_skip_letter("s") and not is_skip_letter("p")
-    with pytest.raises(ValueError, match="'x'"):
-        StoredEvent.decode("u", "id|t|x|1.0")
+def test_stored_codes_carry_play_skip_or_the_level():
+    assert [parse_code(c) for c in "ps0123"] == [
+        (False, None),
+        (True, None),
+        (True, 0),
+        (True, 1),
+        (False, 2),
+        (False, 3),
+    ]
+    graded = StoredEvent("e", "u", "t", False, 5.0, level=2)
+    assert graded.encode() == "e|t|2|5.000"
+    assert StoredEvent.decode("u", graded.encode()) == graded
+    assert StoredEvent.from_stream_line(graded.stream_line()) == graded
+    for bad in ("x", "4", ""):
+        with pytest.raises(ValueError):
+            StoredEvent.decode("u", f"id|t|{bad}|1.0")
+
+
+def test_a_level_that_contradicts_play_or_skip_is_refused():
+    with pytest.raises(ValueError, match="contradicts 'skip'"):
+        StoredEvent("e", "u", "t", True, 1.0, level=3)
+    with pytest.raises(ValueError, match="contradicts 'play'"):
+        StoredEvent("e", "u", "t", False, 1.0, level=1)
+
+
+@pytest.mark.parametrize(
+    ("played_ms", "level"),
+    [
+        (0, 0),
+        (9_999, 0),
+        (10_000, 1),
+        (49_999, 1),
+        (50_000, 2),
+        (94_999, 2),
+        (95_000, 3),
+        (200_000, 3),
+    ],
+)
+def test_play_time_maps_to_documented_levels(played_ms, level):
+    assert level_from_play_time(played_ms, 100_000) == level
 
 
 def test_event_log_row_matches_the_columns_and_round_trips_time():
     row = event_log_row("u", "t", False, 1700000000.125)
-    assert len(row) == len(EVENT_LOG_COLUMNS)
-    assert row == ("u", "t", "play", "1700000000.125")
-    assert event_log_row("u", "t", True, 60.0)[2:] == ("skip", "60")
+    assert len(row) == len(EVENT_LOG_HEADER) == len(EVENT_LOG_COLUMNS) + 1
+    assert row == ("u", "t", "play", "1700000000.125", "")
+    assert event_log_row("u", "t", True, 60.0, 0)[2:] == ("skip", "60", "0")
     assert parse_timestamp(row[3]) == 1700000000.125
 
 
