@@ -10,6 +10,8 @@ A run directory holds:
     vocab.json        skiprec.vocab.Vocabulary
     popularity.json   {track_id: play count in the training split} (cold-start fallback)
     metrics.json      validation/test metrics of the best checkpoint
+    prior.npz         only in a run with a transition prior (training/prior.py); a run
+                      without one (every run trained before it) has ``Run.prior`` None
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 
 from skiprec.vocab import Vocabulary
 from training.model import ModelConfig, SessionEncoder
+from training.prior import PRIOR_FILE, TransitionPrior
 
 CHECKPOINT_FILE = "checkpoint.pt"
 VOCAB_FILE = "vocab.json"
@@ -39,6 +42,7 @@ class Run:
     metrics: dict[str, Any] = field(default_factory=dict)
     data_fingerprint: str = ""
     step: int = 0
+    prior: TransitionPrior | None = None
 
 
 def save_run(run: Run, run_dir: Path) -> None:
@@ -57,6 +61,10 @@ def save_run(run: Run, run_dir: Path) -> None:
     run.vocab.save(run_dir / VOCAB_FILE)
     (run_dir / POPULARITY_FILE).write_text(json.dumps(run.popularity))
     (run_dir / METRICS_FILE).write_text(json.dumps(run.metrics, indent=2))
+    if run.prior is not None:
+        run.prior.save(run_dir / PRIOR_FILE)
+    else:
+        (run_dir / PRIOR_FILE).unlink(missing_ok=True)  # a rerun into the same dir
 
 
 def load_run(run_dir: Path) -> Run:
@@ -67,6 +75,14 @@ def load_run(run_dir: Path) -> Run:
     model = SessionEncoder(ModelConfig(**payload["model_config"]))
     model.load_state_dict(payload["model_state"])
     model.eval()
+    prior = None
+    if (run_dir / PRIOR_FILE).is_file():
+        prior = TransitionPrior.load(run_dir / PRIOR_FILE)
+        if prior.num_items != model.config.num_items:
+            raise ValueError(
+                f"{run_dir / PRIOR_FILE}: {prior.num_items} rows, the model has "
+                f"{model.config.num_items} items"
+            )
     return Run(
         model=model,
         vocab=Vocabulary.load(run_dir / VOCAB_FILE),
@@ -75,4 +91,5 @@ def load_run(run_dir: Path) -> Run:
         metrics=payload["metrics"],
         data_fingerprint=payload["data_fingerprint"],
         step=payload["step"],
+        prior=prior,
     )

@@ -1,8 +1,9 @@
 """Training configuration: one frozen dataclass per table of the TOML presets.
 
-A preset (``configs/*.toml``) has a ``[model]``, an ``[optim]`` and a ``[loss]`` table,
-and :class:`TrainConfig` holds one dataclass for each: :class:`ModelSettings`,
-:class:`OptimConfig`, :class:`LossConfig`. Every table checks itself when it is built:
+A preset (``configs/*.toml``) has a ``[model]``, an ``[optim]`` and a ``[loss]`` table
+(and optionally a ``[prior]`` one), and :class:`TrainConfig` holds one dataclass for
+each: :class:`ModelSettings`, :class:`OptimConfig`, :class:`LossConfig`,
+:class:`PriorConfig`. Every table checks itself when it is built:
 each field against its annotation (``bool``/``int``/``float``/``str``, a ``Literal``'s
 allowed values, and a :class:`Bound` written beside the field), then the rules that
 tie two of its fields together. An unknown table or key, a key in the wrong table or a
@@ -206,12 +207,26 @@ class LossConfig(Table):
 
 
 @dataclass(frozen=True)
+class PriorConfig(Table):
+    """The ``[prior]`` table: the transition prior fitted after training
+    (``training/prior.py``). Off by default, and in every run trained before it."""
+
+    TABLE: ClassVar[str] = "prior"
+
+    # fit last-track -> candidate counts on the training split and choose their
+    # weights on validation; the run keeps the prior only when it helps there
+    transition_prior: bool = False
+    prior_successors: Annotated[int, Bound(ge=1)] = 64  # N: successors kept per track
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """A training run's whole configuration: one field per TOML table."""
 
     model: ModelSettings = field(default_factory=ModelSettings)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    prior: PriorConfig = field(default_factory=PriorConfig)
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with fields of any table changed by name; ``None`` (an unset flag) is

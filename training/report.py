@@ -42,6 +42,8 @@ def describe(config: TrainConfig) -> str:
         name += f"+ul{loss.unlikelihood_weight:g}"
     if loss.skip_hard_negatives:
         name += "+hardneg"
+    if config.prior.transition_prior:
+        name += "+prior"
     return name
 
 

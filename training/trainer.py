@@ -48,6 +48,7 @@ from training.losses import (
 )
 from training.model import ModelConfig, SessionEncoder
 from training.plots import plot_curves
+from training.prior import tune_prior
 from training.scoring import TorchScorer
 from training.splits import Split, popularity
 
@@ -287,6 +288,10 @@ def train(
 
     model.load_state_dict(best_state)
     model.eval()
+    # [prior]: the transition prior, fitted on train and weighted on validation; the
+    # test figures below are those of the model with it, as the run will serve.
+    prior, prior_summary = tune_prior(model, split, vocab, config.prior)
+    scorer = TorchScorer(model, prior=prior)
     test = evaluate(scorer, split.test, vocab) if split.test else {}
     metrics: dict[str, Any] = {
         "validation": best_validation,
@@ -297,6 +302,7 @@ def train(
         "seconds_per_epoch": float(np.mean([r["train_seconds"] for r in history])),
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "num_train_windows": len(windows),
+        **({"prior": prior_summary} if prior_summary else {}),
         **(extra_metrics or {}),
     }
     model = model.cpu()
@@ -310,6 +316,7 @@ def train(
                 metrics=metrics,
                 data_fingerprint=data_fingerprint,
                 step=best_step,
+                prior=prior,
             ),
             run_dir,
         )

@@ -7,7 +7,8 @@
 score its test examples; ``--split all`` treats every session of the file as held out,
 for a file of sessions the run never saw. Ranking is over the full catalogue unless
 ``--sampled`` (target + 1,000 seeded random tracks, as in the papers). The exclusion
-rules are the service's (``skiprec.policy.SessionPolicy``). Prints a markdown table.
+rules are the service's (``skiprec.policy.SessionPolicy``); a run with a transition
+prior (``prior.npz``) is scored with it, as its bundle serves. Prints a markdown table.
 """
 
 from __future__ import annotations
@@ -106,7 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     negatives = SAMPLED_NEGATIVES if args.sampled else None
-    scorers: dict[str, Any] = {_run_name(run.train_config): TorchScorer(run.model)}
+    scorers: dict[str, Any] = {
+        _run_name(run.train_config): TorchScorer(run.model, prior=run.prior)
+    }
     if args.baselines:
         for name in BASELINES:
             scorers[name] = fit_baseline(name, train_sessions, run.vocab)

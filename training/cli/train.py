@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["next", "next_played", "played_only"],
         help="training target",
     )
+    parser.add_argument(
+        "--transition-prior",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="fit the last-track -> candidate prior and weight it on validation",
+    )
     parser.add_argument("--epochs", type=int, help="maximum epochs")
     parser.add_argument("--device", help="torch device, e.g. cpu or cuda")
     # --- output ---
@@ -85,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             skip_cl_weight=args.skip_cl_weight,
             feedback_input=args.feedback_input,
             target=args.target,
+            transition_prior=args.transition_prior,
             epochs=args.epochs,
             device=args.device,
         )
