@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from skiprec.events import SKIP_LEVELS, level_is_skip
+from skiprec.events import SKIP_LEVELS, SKIP_MAX_LEVEL, level_is_skip
 from skiprec.vocab import MASK_ID, PAD_ID, Vocabulary
 
 FEEDBACK_PAD = 0
@@ -60,11 +60,48 @@ def encode_events(
     ]
 
 
+def encode_graded_events(
+    events: Iterable[tuple[str, bool]],
+    levels: Sequence[int | None] | None,
+    vocab: Vocabulary,
+    graded: bool = True,
+) -> list[tuple[int, int]]:
+    """``encode_events`` with each event's skip level, when it has one.
+
+    ``levels`` is per event (``None`` = no grade for that event), or ``None`` for a
+    session without grades, which encodes exactly as ``encode_events``. A level that
+    contradicts its event's ``skipped`` raises ``ValueError``. ``graded=False`` (a
+    model without grades) gives the binary codes.
+    """
+    pairs = list(events)
+    grades = list(levels) if levels is not None else [None] * len(pairs)
+    if len(grades) != len(pairs):
+        raise ValueError(f"{len(grades)} skip levels for {len(pairs)} events")
+    indices = vocab.indices(track for track, _ in pairs)
+    encoded = []
+    for index, (_, skipped), level in zip(indices, pairs, grades, strict=True):
+        if level is not None and level_is_skip(level) != skipped:
+            raise ValueError(
+                f"skip level {level} contradicts skipped={skipped} "
+                f"(a skip is a level <= {SKIP_MAX_LEVEL})"
+            )
+        encoded.append((index, feedback_code(skipped, level, graded)))
+    return encoded
+
+
 def is_skip_code(code: int) -> bool:
     """Whether an event's feedback code says it was skipped (binary or graded)."""
     if code >= FEEDBACK_LEVEL_BASE:
         return level_is_skip(code - FEEDBACK_LEVEL_BASE)
     return code == FEEDBACK_SKIP
+
+
+def binary_code(code: int) -> int:
+    """A feedback code as a client without grades would send it: a level code
+    becomes play/skip; pad, play, skip and mask are unchanged."""
+    if code >= FEEDBACK_LEVEL_BASE:
+        return FEEDBACK_SKIP if is_skip_code(code) else FEEDBACK_PLAY
+    return code
 
 
 @dataclass(frozen=True)

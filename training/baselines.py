@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from skiprec.encoding import FEEDBACK_SKIP
+from skiprec.encoding import is_skip_code
 from skiprec.vocab import NUM_SPECIAL, Vocabulary
 from training.data import Session
 
@@ -209,9 +209,7 @@ class CooccurrenceScorer:
         tails = [list(h)[-self.max_history :] for h in histories]
         lengths = np.array([len(t) for t in tails], dtype=np.int64)
         items = np.array([i for t in tails for i, _ in t], dtype=np.int64)
-        skipped = np.array(
-            [c == FEEDBACK_SKIP for t in tails for _, c in t], dtype=bool
-        )
+        skipped = np.array([is_skip_code(c) for t in tails for _, c in t], dtype=bool)
         owners = np.repeat(np.arange(len(tails)), lengths)
         age = np.repeat(np.cumsum(lengths), lengths) - 1 - np.arange(len(items))
         weights = self.decay**age * np.where(skipped, self.skip_weight, 1.0)

@@ -1,16 +1,22 @@
 """Session data: loaders for every supported log format, and the event-log writer.
 
 Every loader produces ``Session`` objects (one listening session, oldest event first,
-``skipped[i]`` True when event ``i`` was skipped in the MSSD ``skip_2`` sense). Formats:
+``skipped[i]`` True when event ``i`` was skipped in the MSSD ``skip_2`` sense, and
+``levels[i]`` its graded skip level ``skiprec.events.SKIP_LEVELS`` when the source
+has one). Formats:
 
     mssd-derived  user_id,song_id,previous_song,skipped     (one session per user_id;
-                  ``skipped`` is a graded level 0..4, skip = ``skipped <= 1``; see
-                  shared/data/mssd_sessions_derived/SOURCE.md)
+                  ``skipped`` is a graded value 0..4, skip = ``skipped <= 1``; see
+                  shared/data/mssd_sessions_derived/SOURCE.md). The grade is kept:
+                  file values 0, 1, 2 -> levels 0, 1, 2; 3 and 4 -> level 3 (heard
+                  to the end; the file's 3/4 distinction is not MSSD's scale)
     mssd-log      official MSSD session log (session_id, session_position,
-                  track_id_clean, skip_2, ...); skip = skip_2
-    events        user_id,track_id,event,timestamp — the event log the live service
-                  exports (``skiprec.events``); split into sessions by the
-                  inactivity gap of ``skiprec.sessions``
+                  track_id_clean, skip_2, ...); skip = skip_2; no grades
+    events        user_id,track_id,event,timestamp[,skip_level] — the event log the
+                  live service exports (``skiprec.events``); split into sessions by
+                  the inactivity gap of ``skiprec.sessions``. ``skip_level`` is
+                  optional (the column, and per row: empty = no grade); a level
+                  that contradicts ``event`` is an error
     ml-1m         ``user item`` per line, no header (SASRec's ml-1m.txt); all plays
 
 Files may be gzip-compressed (detected from the magic bytes). Anything unexpected
@@ -32,12 +38,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from skiprec.events import EVENT_LOG_COLUMNS, event_log_row, is_skip, parse_timestamp
+from skiprec.events import (
+    EVENT_LOG_COLUMNS,
+    EVENT_LOG_HEADER,
+    EVENT_LOG_LEVEL_COLUMN,
+    SKIP_LEVELS,
+    SKIP_MAX_LEVEL,
+    event_log_row,
+    event_type,
+    is_skip,
+    level_is_skip,
+    parse_timestamp,
+)
 from skiprec.sessions import DEFAULT_SESSION_GAP_S, session_starts
 
 FORMATS = ("mssd-derived", "mssd-log", "events", "ml-1m")
 MSSD_DERIVED_COLUMNS = ("user_id", "song_id", "previous_song", "skipped")
 MSSD_LOG_COLUMNS = ("session_id", "session_position", "track_id_clean", "skip_2")
+# mssd-derived ``skipped`` value -> skip level: 0, 1, 2 are MSSD's skip_1, skip_2,
+# skip_3; 3 and 4 both mean the track was not skipped (heard to the end).
+MSSD_DERIVED_LEVELS = {"0": 0, "1": 1, "2": 2, "3": 3, "4": 3}
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _BOOLEANS = {
@@ -61,6 +81,25 @@ class Session:
     timestamps: tuple[float, ...] | None = (
         None  # unix seconds, when the source has them
     )
+    # Per event its skip level (SKIP_LEVELS; None = that event has no grade), or
+    # None when the source has no grades at all. ``skipped[i]`` is always
+    # ``level_is_skip(levels[i])`` where a level is given.
+    levels: tuple[int | None, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.levels is None:
+            return
+        if len(self.levels) != len(self.track_ids):
+            raise ValueError(
+                f"session {self.session_id!r}: {len(self.levels)} skip levels for "
+                f"{len(self.track_ids)} events"
+            )
+        for level, skipped in zip(self.levels, self.skipped, strict=True):
+            if level is not None and level_is_skip(level) != skipped:
+                raise ValueError(
+                    f"session {self.session_id!r}: skip level {level} contradicts "
+                    f"skipped={skipped}"
+                )
 
     def __len__(self) -> int:
         return len(self.track_ids)
@@ -204,10 +243,13 @@ def _load_mssd_derived(path: Path) -> list[Session]:
     current: str | None = None
     tracks: list[str] = []
     skips: list[bool] = []
+    levels: list[int | None] = []
 
     def close() -> None:
         if current is not None:
-            sessions.append(Session(current, tuple(tracks), tuple(skips)))
+            sessions.append(
+                Session(current, tuple(tracks), tuple(skips), levels=tuple(levels))
+            )
             done.add(current)
 
     with _open_text(path) as text:
@@ -220,7 +262,7 @@ def _load_mssd_derived(path: Path) -> list[Session]:
                 raise DataError(path, line, "user_id", "empty user_id")
             if not song:
                 raise DataError(path, line, "song_id", "empty song_id")
-            if level not in ("0", "1", "2", "3", "4"):
+            if level not in MSSD_DERIVED_LEVELS:
                 raise DataError(
                     path,
                     line,
@@ -236,7 +278,7 @@ def _load_mssd_derived(path: Path) -> list[Session]:
                         f"rows of session {user!r} are not contiguous",
                     )
                 close()
-                current, tracks, skips = user, [], []
+                current, tracks, skips, levels = user, [], [], []
                 expected_previous = "-1"
             else:
                 expected_previous = tracks[-1]
@@ -251,7 +293,9 @@ def _load_mssd_derived(path: Path) -> list[Session]:
                     f"{expected_previous!r}",
                 )
             tracks.append(song)
-            skips.append(level in ("0", "1"))  # skip_2 = graded level 0 or 1
+            grade = MSSD_DERIVED_LEVELS[level]
+            skips.append(level_is_skip(grade))  # skip_2 = graded level 0 or 1
+            levels.append(grade)
         close()
     return sessions
 
@@ -308,8 +352,33 @@ def _load_mssd_log(path: Path) -> list[Session]:
     return sessions
 
 
+def _parse_level(path: Path, line: int, value: str, skipped: bool) -> int | None:
+    """An event log's ``skip_level`` cell: empty = no grade, else a level that agrees
+    with the row's ``event``."""
+    text = value.strip()
+    if not text:
+        return None
+    if text not in {str(level) for level in SKIP_LEVELS}:
+        raise DataError(
+            path,
+            line,
+            EVENT_LOG_LEVEL_COLUMN,
+            f"unknown skip level {text!r}; expected one of {SKIP_LEVELS} or empty",
+        )
+    level = int(text)
+    if level_is_skip(level) != skipped:
+        raise DataError(
+            path,
+            line,
+            EVENT_LOG_LEVEL_COLUMN,
+            f"skip level {level} contradicts event {event_type(skipped)!r} "
+            f"(a skip is a level <= {SKIP_MAX_LEVEL})",
+        )
+    return level
+
+
 def _load_events(path: Path, session_gap_s: float) -> list[Session]:
-    per_user: dict[str, list[tuple[float, str, bool]]] = {}
+    per_user: dict[str, list[tuple[float, str, bool, int | None]]] = {}
     with _open_text(path) as text:
         for line, fields, col in _rows(path, text, EVENT_LOG_COLUMNS):
             user = fields[col["user_id"]]
@@ -338,7 +407,12 @@ def _load_events(path: Path, session_gap_s: float) -> list[Session]:
                     "timestamp",
                     f"bad timestamp {raw_time!r}; expected unix seconds or ISO-8601",
                 ) from None
-            per_user.setdefault(user, []).append((timestamp, track, skipped))
+            level = None
+            if EVENT_LOG_LEVEL_COLUMN in col:
+                level = _parse_level(
+                    path, line, fields[col[EVENT_LOG_LEVEL_COLUMN]], skipped
+                )
+            per_user.setdefault(user, []).append((timestamp, track, skipped, level))
     sessions: list[Session] = []
     for user, events in per_user.items():
         events.sort(key=lambda event: event[0])  # stable: ties keep file order
@@ -347,12 +421,14 @@ def _load_events(path: Path, session_gap_s: float) -> list[Session]:
             zip(starts, [*starts[1:], len(events)], strict=True)
         ):
             chunk = events[start:end]
+            levels = tuple(e[3] for e in chunk)
             sessions.append(
                 Session(
                     f"{user}#{number}",
                     tuple(e[1] for e in chunk),
                     tuple(e[2] for e in chunk),
                     tuple(e[0] for e in chunk),
+                    levels=None if all(v is None for v in levels) else levels,
                 )
             )
     return sessions
@@ -395,7 +471,8 @@ def write_event_log(
     session_gap_s: float = DEFAULT_SESSION_GAP_S,
     start_time: float = 1_700_000_000.0,
 ) -> int:
-    """Write sessions as the generic event log ``user_id,track_id,event,timestamp``.
+    """Write sessions as the event log ``user_id,track_id,event,timestamp,skip_level``
+    (``skip_level`` empty for an event without a grade).
 
     Args:
         sessions: the sessions to write, oldest event first each.
@@ -423,7 +500,7 @@ def write_event_log(
     written = 0
     with opener(path, "wt", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(EVENT_LOG_COLUMNS)
+        writer.writerow(EVENT_LOG_HEADER)
         for user, session in zip(users, sessions, strict=True):
             times = session.timestamps
             if times is None:
@@ -431,9 +508,10 @@ def write_event_log(
                 begin = next_free.get(user, start_time)
                 times = tuple(begin + 60.0 * i for i in range(len(session)))
                 next_free[user] = times[-1] + 2 * session_gap_s if times else begin
-            for track, skipped, timestamp in zip(
-                session.track_ids, session.skipped, times, strict=True
+            levels = session.levels or (None,) * len(session)
+            for track, skipped, timestamp, level in zip(
+                session.track_ids, session.skipped, times, levels, strict=True
             ):
-                writer.writerow(event_log_row(user, track, skipped, timestamp))
+                writer.writerow(event_log_row(user, track, skipped, timestamp, level))
                 written += 1
     return written

@@ -29,11 +29,17 @@ PROTOCOLS = ("session", "loo")
 
 @dataclass(frozen=True)
 class EvalExample:
-    """Predict ``target`` after ``history``: (track_id, skipped) pairs, oldest first."""
+    """Predict ``target`` after ``history``: (track_id, skipped) pairs, oldest first.
+
+    ``history_levels`` holds the history's skip levels (``Session.levels``) when the
+    data has grades, ``target_level`` the target's.
+    """
 
     history: tuple[tuple[str, bool], ...]
     target: str
     target_skipped: bool
+    history_levels: tuple[int | None, ...] | None = None
+    target_level: int | None = None
 
 
 @dataclass
@@ -50,8 +56,15 @@ def _events(session: Session) -> tuple[tuple[str, bool], ...]:
 def session_examples(session: Session) -> list[EvalExample]:
     """One example per position ``t >= 1`` of a session."""
     events = _events(session)
+    levels = session.levels
     return [
-        EvalExample(events[:t], events[t][0], events[t][1])
+        EvalExample(
+            events[:t],
+            events[t][0],
+            events[t][1],
+            levels[:t] if levels is not None else None,
+            levels[t] if levels is not None else None,
+        )
         for t in range(1, len(events))
     ]
 
@@ -90,16 +103,25 @@ def leave_one_out_split(sessions: Sequence[Session]) -> Split:
             continue
         events = _events(session)
         times = session.timestamps
+        levels = session.levels
         split.train.append(
             Session(
                 session.session_id,
                 session.track_ids[:-2],
                 session.skipped[:-2],
                 times[:-2] if times is not None else None,
+                levels[:-2] if levels is not None else None,
             )
         )
-        split.validation.append(EvalExample(events[:-2], *events[-2]))
-        split.test.append(EvalExample(events[:-1], *events[-1]))
+        for examples, end in ((split.validation, -2), (split.test, -1)):
+            examples.append(
+                EvalExample(
+                    events[:end],
+                    *events[end],
+                    levels[:end] if levels is not None else None,
+                    levels[end] if levels is not None else None,
+                )
+            )
     return split
 
 

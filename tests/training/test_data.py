@@ -61,10 +61,27 @@ def test_mssd_derived_sessions_and_skip_2_labels(tmp_path: Path) -> None:
     path = write(tmp_path, MSSD_DERIVED)
     assert detect_format(path) == "mssd-derived"
     sessions = load_sessions(path)
+    # File values 0, 1, 2 -> levels 0, 1, 2; 3 and 4 -> level 3; skip = level <= 1.
     assert sessions == [
-        Session("7", ("10", "11", "10", "12", "13"), (True, True, False, False, False)),
-        Session("8", ("11", "14"), (False, True)),
+        Session(
+            "7",
+            ("10", "11", "10", "12", "13"),
+            (True, True, False, False, False),
+            levels=(0, 1, 2, 3, 3),
+        ),
+        Session("8", ("11", "14"), (False, True), levels=(3, 0)),
     ]
+
+
+def test_session_refuses_levels_that_contradict_skipped() -> None:
+    with pytest.raises(ValueError, match="skip level 2 contradicts skipped=True"):
+        Session("s", ("a",), (True,), levels=(2,))
+    with pytest.raises(ValueError, match="2 skip levels for 1 events"):
+        Session("s", ("a",), (True,), levels=(0, 1))
+    assert Session("s", ("a", "b"), (True, False), levels=(None, 3)).levels == (
+        None,
+        3,
+    )
 
 
 def test_mssd_derived_gzip_is_transparent(tmp_path: Path) -> None:
@@ -191,6 +208,46 @@ def test_events_bad_timestamp(tmp_path: Path, stamp: str) -> None:
     assert "bad timestamp" in str(
         assert_error(write(tmp_path, text), None, 2, "timestamp")
     )
+
+
+def test_events_optional_skip_level_column(tmp_path: Path) -> None:
+    text = (
+        "user_id,track_id,event,timestamp,skip_level\n"
+        "u1,a,skip,1,0\n"
+        "u1,b,play,2,\n"  # no grade for this event
+        "u1,c,play,3,2\n"
+        "u2,d,skip,1,\n"  # a session without any grade has levels None
+    )
+    assert load_sessions(write(tmp_path, text)) == [
+        Session(
+            "u1#0", ("a", "b", "c"), (True, False, False), (1.0, 2.0, 3.0), (0, None, 2)
+        ),
+        Session("u2#0", ("d",), (True,), (1.0,)),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("row", "problem"),
+    [
+        ("u,a,play,1,1", "skip level 1 contradicts event 'play'"),
+        ("u,a,skip,1,3", "skip level 3 contradicts event 'skip'"),
+        ("u,a,play,1,4", "unknown skip level '4'"),
+        ("u,a,play,1,x", "unknown skip level 'x'"),
+    ],
+)
+def test_events_bad_skip_level(tmp_path: Path, row: str, problem: str) -> None:
+    text = f"user_id,track_id,event,timestamp,skip_level\n{row}\n"
+    assert problem in str(assert_error(write(tmp_path, text), None, 2, "skip_level"))
+
+
+def test_write_event_log_round_trips_grades(tmp_path: Path) -> None:
+    sessions = [
+        Session("u1#0", ("a", "b"), (False, True), (10.0, 20.0), (3, None)),
+        Session("u2#0", ("c",), (True,), (15.0,)),
+    ]
+    path = tmp_path / "log.csv"
+    write_event_log(sessions, path)
+    assert load_sessions(path) == sessions
 
 
 def test_write_event_log_round_trips(tmp_path: Path) -> None:

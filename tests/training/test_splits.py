@@ -12,6 +12,7 @@ from training.splits import (
     leave_one_out_split,
     popularity,
     session_disjoint_split,
+    session_examples,
 )
 
 
@@ -102,3 +103,20 @@ def test_popularity_counts_plays_and_lists_every_track() -> None:
         Session("b", ("z", "y", "x"), (True, False, False)),
     ]
     assert list(popularity(sessions).items()) == [("x", 2), ("y", 2), ("z", 0)]
+
+
+def test_examples_carry_the_sessions_skip_levels() -> None:
+    graded = Session("g", ("a", "b", "c"), (True, False, False), levels=(0, 3, 2))
+    assert session_examples(graded) == [
+        EvalExample((("a", True),), "b", False, (0,), 3),
+        EvalExample((("a", True), ("b", False)), "c", False, (0, 3), 2),
+    ]
+    split = leave_one_out_split([graded])
+    assert split.train[0].levels == (0,)
+    assert (split.validation[0].history_levels, split.validation[0].target_level) == (
+        (0,),
+        3,
+    )
+    assert (split.test[0].history_levels, split.test[0].target_level) == ((0, 3), 2)
+    plain = session_examples(Session("p", ("a", "b"), (False, False)))
+    assert (plain[0].history_levels, plain[0].target_level) == (None, None)
