@@ -20,6 +20,17 @@ Per position t of a session (all PAD where none exists):
     next_played_targets[t]  the first track after t that was not skipped
     next_skipped[t]         whether the track at t+1 was skipped
     skipped[t]              whether the track at t was skipped
+    feedback[t]             play/skip code of the event at t
+    graded_feedback[t]      its skip level's code when the session has grades, else
+                            the play/skip code
+
+Graded models (``[model] graded_feedback``) read ``graded_feedback``, except in a
+``binary_feedback_share`` of the windows, drawn anew each epoch, which read the
+play/skip codes: a whole window, as a client that sends no grades sends none.
+
+Skip head: each position with a next track carries that track (``skip_targets``) and
+whether it was skipped (``skip_labels``); under BERT4Rec masking, the masked track
+and its own skip label (its feedback is masked in the input, so nothing leaks).
 
 BERT4Rec masking (``masked_batches``): each real position is masked with ``mask_prob``
 (``MASK_ID`` in, ``FEEDBACK_MASK`` feedback, target = the hidden track); in a
@@ -30,6 +41,7 @@ followed by one mask in the last slot, ``EncodingSpec(append_mask=True)``).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -38,7 +50,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from skiprec.encoding import FEEDBACK_MASK, FEEDBACK_PAD, FEEDBACK_PLAY, FEEDBACK_SKIP
+from skiprec.encoding import (
+    FEEDBACK_LEVEL_BASE,
+    FEEDBACK_MASK,
+    FEEDBACK_PAD,
+    FEEDBACK_PLAY,
+    FEEDBACK_SKIP,
+)
 from skiprec.vocab import MASK_ID, PAD_ID, Vocabulary
 from training.config import TrainConfig
 
@@ -56,6 +74,9 @@ class SessionLike(Protocol):
     @property
     def skipped(self) -> tuple[bool, ...]: ...
 
+    @property
+    def levels(self) -> tuple[int | None, ...] | None: ...
+
 
 @dataclass(frozen=True)
 class TrainWindows:
@@ -63,6 +84,7 @@ class TrainWindows:
 
     tracks: Tensor  # int64 track index per event
     feedback: Tensor  # int64 FEEDBACK_PLAY / FEEDBACK_SKIP
+    graded_feedback: Tensor  # int64 level codes where graded, else as feedback
     skipped: Tensor  # bool
     next_targets: Tensor  # int64
     next_played_targets: Tensor  # int64
@@ -80,7 +102,9 @@ class Batch:
     ``item_ids``/``feedback`` are the model inputs (masked for BERT4Rec); ``tracks``
     and ``skipped`` are the true events; ``targets`` feed the main loss,
     ``negative_targets`` the unlikelihood term (a skipped track the model should not
-    predict there) and ``positives`` the skip contrastive term (next played track).
+    predict there), ``positives`` the skip contrastive term (next played track) and
+    ``skip_targets``/``skip_labels`` the skip head (the track predicted there, PAD
+    where none, and whether it was skipped).
     """
 
     item_ids: Tensor
@@ -90,6 +114,8 @@ class Batch:
     targets: Tensor
     negative_targets: Tensor
     positives: Tensor
+    skip_targets: Tensor
+    skip_labels: Tensor
 
     def to(self, device: torch.device | str) -> Batch:
         return Batch(**{name: t.to(device) for name, t in vars(self).items()})
@@ -115,6 +141,15 @@ def build_windows(
     )
     skips = np.fromiter(
         (bool(k) for s in sessions for k in s.skipped), dtype=bool, count=len(items)
+    )
+    levels = np.fromiter(  # -1 = no grade
+        (
+            -1 if level is None else level
+            for s in sessions
+            for level in (s.levels or (None,) * len(s.track_ids))
+        ),
+        dtype=np.int64,
+        count=len(items),
     )
     ends = np.cumsum(lengths)  # exclusive end of each session in the flat arrays
     session_end = np.repeat(ends, lengths)  # [E] end of the event's session
@@ -148,9 +183,11 @@ def build_windows(
         return torch.from_numpy(np.where(real, values[flat], pad))
 
     feedback = np.where(skips, FEEDBACK_SKIP, FEEDBACK_PLAY)
+    graded = np.where(levels >= 0, FEEDBACK_LEVEL_BASE + levels, feedback)
     return TrainWindows(
         tracks=take(items, PAD_ID),
         feedback=take(feedback, FEEDBACK_PAD),
+        graded_feedback=take(graded, FEEDBACK_PAD),
         skipped=take(skips, False),
         next_targets=take(next_targets, PAD_ID),
         next_played_targets=take(next_played_targets, PAD_ID),
@@ -167,6 +204,8 @@ def epoch_batches(
     All per-epoch randomness is drawn once for the whole epoch; a batch is a slice.
     """
     order = torch.randperm(len(windows), generator=generator)
+    if config.model.graded_feedback:
+        windows = _graded_inputs(windows, config.model.binary_feedback_share, generator)
     if config.model.backbone == "bert4rec":
         full = _masked(windows, config.loss.mask_prob, config.loss.target, generator)
     else:
@@ -177,6 +216,16 @@ def epoch_batches(
         seq_len = int(windows.lengths[rows].max())
         cols = slice(width - seq_len, width)
         yield Batch(**{name: t[rows, cols] for name, t in vars(full).items()})
+
+
+def _graded_inputs(
+    windows: TrainWindows, binary_share: float, generator: torch.Generator
+) -> TrainWindows:
+    """``windows`` with graded feedback codes, a ``binary_share`` of the windows
+    (drawn with ``generator``) coarsened back to play/skip."""
+    binary = torch.rand(len(windows), generator=generator) < binary_share  # [N]
+    feedback = torch.where(binary[:, None], windows.feedback, windows.graded_feedback)
+    return dataclasses.replace(windows, feedback=feedback)
 
 
 def _causal_targets(windows: TrainWindows, target: str) -> Tensor:
@@ -199,6 +248,8 @@ def _causal(windows: TrainWindows, target: str) -> Batch:
             windows.next_skipped, windows.next_targets, PAD_ID
         ),
         positives=windows.next_played_targets,
+        skip_targets=windows.next_targets,
+        skip_labels=windows.next_skipped,
     )
 
 
@@ -226,6 +277,8 @@ def _masked(
         targets=torch.where(keep_target, hidden, PAD_ID),
         negative_targets=torch.where(masked & windows.skipped, hidden, PAD_ID),
         positives=windows.next_played_targets,
+        skip_targets=torch.where(masked, hidden, PAD_ID),
+        skip_labels=masked & windows.skipped,
     )
 
 

@@ -150,10 +150,21 @@ class ModelSettings(Table):
     num_heads: Annotated[int, Bound(ge=1)] = 2
     dropout: Annotated[float, Bound(ge=0, lt=1)] = 0.2
     feedback_input: bool = False  # add a play/skip embedding to each input position
+    # Embed MSSD's graded skip level (skiprec.encoding.FEEDBACK_CODES) instead of
+    # play/skip only; events without a grade keep the play/skip codes.
+    graded_feedback: bool = False
+    # Graded training: share of windows per epoch whose grades are coarsened to
+    # play/skip, so sessions from clients that send no grades stay in distribution.
+    binary_feedback_share: Annotated[float, Bound(ge=0, lt=1)] = 0.3
+    # A per-candidate head p(skip | session, next = c), trained with
+    # [loss] skip_head_weight; exported as the graph's p_skip outputs.
+    skip_head: bool = False
 
     def rules(self) -> Iterator[str]:
         if self.hidden_dim % self.num_heads:
             yield "hidden_dim must be divisible by num_heads"
+        if self.graded_feedback and not self.feedback_input:
+            yield "graded_feedback needs feedback_input = true (it grades that input)"
 
 
 @dataclass(frozen=True)
@@ -197,6 +208,9 @@ class LossConfig(Table):
         False  # sampled softmax: the session's skips as negatives
     )
     mask_prob: Annotated[float, Bound(gt=0, lt=1)] = 0.2  # BERT4Rec masking rate
+    # Weight of the skip head's BCE on the actual next track's skip; 0 = no head
+    # (needs [model] skip_head = true when > 0).
+    skip_head_weight: Annotated[float, Bound(ge=0)] = 0.0
 
     def rules(self) -> Iterator[str]:
         if self.skip_hard_negatives and self.loss != "sampled_softmax":
@@ -227,6 +241,16 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     prior: PriorConfig = field(default_factory=PriorConfig)
+
+    def __post_init__(self) -> None:
+        # Rules across tables (each table has checked its own fields already).
+        if self.model.skip_head != (self.loss.skip_head_weight > 0):
+            raise ConfigError(
+                "[model] skip_head and [loss] skip_head_weight go together: a skip "
+                "head needs skip_head_weight > 0 to be trained, and a weight needs "
+                f"the head (got skip_head = {str(self.model.skip_head).lower()}, "
+                f"skip_head_weight = {self.loss.skip_head_weight:g})"
+            )
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with fields of any table changed by name; ``None`` (an unset flag) is
@@ -280,7 +304,10 @@ class TrainConfig:
                 tables[name] = _tables()[name](**values)
             except ConfigError as exc:
                 raise ConfigError(f"{source}: {exc}") from exc
-        return dataclasses.replace(cls(), **tables)
+        try:
+            return dataclasses.replace(cls(), **tables)
+        except ConfigError as exc:  # a rule across tables
+            raise ConfigError(f"{source}: {exc}") from exc
 
     @classmethod
     def from_checkpoint(cls, payload: Mapping[str, Any]) -> TrainConfig:

@@ -170,3 +170,23 @@ def unlikelihood_loss(logits: Tensor, negative_targets: Tensor) -> Tensor:
     rest = logits.scatter(-1, index, -torch.inf)
     losses = torch.logsumexp(logits, dim=-1) - torch.logsumexp(rest, dim=-1)
     return _mean(torch.where(valid, losses, 0.0), valid)
+
+
+def skip_bce_loss(logits: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
+    """Binary cross-entropy of the skip head on the tracks that actually came next.
+
+        L = mean_{i: m_i} -[ y_i log sigmoid(z_i) + (1 - y_i) log(1 - sigmoid(z_i)) ]
+          = mean_{i: m_i} [ softplus(z_i) - y_i z_i ]
+
+    computed from logits (``binary_cross_entropy_with_logits``, the second form),
+    which stays finite for any z where ``log(sigmoid(z))`` would underflow.
+
+    Args:
+        logits: [...] skip logits of the next track at each position.
+        labels: bool [...] whether that track was skipped.
+        mask: bool [...] positions that have a next track.
+    """
+    losses = F.binary_cross_entropy_with_logits(
+        logits, labels.to(logits.dtype), reduction="none"
+    )
+    return _mean(torch.where(mask, losses, 0.0), mask)

@@ -1,13 +1,14 @@
 """SASRec-style (causal) and BERT4Rec-style (bidirectional, masked) session encoders.
 
 Dimension legend: B batch, T sequence length, D hidden dim, H heads, V item vocabulary
-(tracks + specials), K top-k.
+(tracks + specials), K top-k, M selected positions, N candidates per position.
 
 The model returns representations; scoring against the (tied) item table is a separate
-method and every loss lives in ``training/losses.py``. Inputs are left-padded as defined
-in ``skiprec.encoding``; position ids are counted so that the last slot always has
-position ``max_seq_len - 1`` whatever T is, which makes a batch padded to the longest
-session equivalent to one padded to ``max_seq_len``.
+method, as is the optional skip head (``SkipHead``: p(skip | session, next = c) for a
+candidate track c), and every loss lives in ``training/losses.py``. Inputs are
+left-padded as defined in ``skiprec.encoding``; position ids are counted so that the
+last slot always has position ``max_seq_len - 1`` whatever T is, which makes a batch
+padded to the longest session equivalent to one padded to ``max_seq_len``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from skiprec.encoding import BINARY_FEEDBACK_CODES, FEEDBACK_PAD
+from skiprec.encoding import BINARY_FEEDBACK_CODES, FEEDBACK_CODES, FEEDBACK_PAD
 from skiprec.vocab import NUM_SPECIAL, PAD_ID
 from training.config import Bound, ModelSettings
 
@@ -105,14 +106,18 @@ class SessionEncoder(nn.Module):
         self.config = config
         self.item_emb = nn.Embedding(config.num_items, config.hidden_dim, PAD_ID)
         self.pos_emb = nn.Embedding(config.max_seq_len, config.hidden_dim)
+        # Graded models embed every code of FEEDBACK_CODES (play/skip without a
+        # grade, and the four skip levels); the others the binary codes only.
+        codes = FEEDBACK_CODES if config.graded_feedback else BINARY_FEEDBACK_CODES
         self.feedback_emb = (
-            nn.Embedding(len(BINARY_FEEDBACK_CODES), config.hidden_dim, FEEDBACK_PAD)
+            nn.Embedding(len(codes), config.hidden_dim, FEEDBACK_PAD)
             if config.feedback_input
             else None
         )
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
         self.ln_f = nn.LayerNorm(config.hidden_dim)
+        self.skip_head = SkipHead(config) if config.skip_head else None
         self.apply(self._init_weights)
 
     @staticmethod
@@ -161,3 +166,69 @@ class SessionEncoder(nn.Module):
         """The output-space embedding of tracks: [...] -> [..., D]."""
         embeddings: Tensor = self.item_emb(item_ids)
         return embeddings
+
+    def skip_logits(self, hidden: Tensor, candidates: Tensor) -> Tensor:
+        """Skip logits of candidate next tracks: hidden [M, D], candidates int64
+        [M, N] -> [M, N] (``sigmoid`` gives p_skip). Needs the skip head."""
+        head = self._head()
+        query, session = head.features(hidden)  # [M, D], [M]
+        # [M, 1, D] * [M, N, D] -> [M, N]
+        bilinear = (query[:, None, :] * self.item_embeddings(candidates)).sum(-1)
+        bias: Tensor = head.bias_emb(candidates).squeeze(-1)  # [M, N]
+        return bilinear + bias + session[:, None]
+
+    def skip_logits_all(self, hidden: Tensor) -> Tensor:
+        """Skip logits of every item as the next track: hidden [M, D] -> [M, V]."""
+        head = self._head()
+        query, session = head.features(hidden)  # [M, D], [M]
+        # [M, D] @ [D, V] -> [M, V]
+        bilinear = query @ self.item_emb.weight.T
+        return bilinear + head.bias_emb.weight.T + session[:, None]
+
+    @property
+    def skip_weight(self) -> float:
+        """beta of ``logits + beta * log(1 - p_skip)``; 0 without a skip head."""
+        if self.skip_head is None:
+            return 0.0
+        return float(self.skip_head.get_buffer("skip_weight"))
+
+    def set_skip_weight(self, beta: float) -> None:
+        self._head().get_buffer("skip_weight").fill_(beta)
+
+    def _head(self) -> SkipHead:
+        if self.skip_head is None:
+            raise ValueError("this model has no skip head ([model] skip_head = false)")
+        return self.skip_head
+
+
+class SkipHead(nn.Module):
+    """p(skip | session, next = c) for a candidate next track c.
+
+        z = gelu(W_1 h + b_1),  q = W_q z + b_q,  s = w_s . z + b_s
+        logit(c) = q . e_c + r_c + s,   p_skip(c) = sigmoid(logit(c))
+
+    with h the session's hidden state at the position that predicts c, e_c the
+    (tied) item embedding and r_c a learned per-track skip propensity. ``s`` is
+    the session's skip tendency (momentum), the part that is the same for every
+    candidate; ``q . e_c + r_c`` is the candidate-specific part, the only one that
+    can change a ranking. Bilinear so that all V candidates cost one [D, V] MatMul.
+
+    ``skip_weight`` (a buffer, saved with the model) is the ranking weight beta of
+    ``score = logits + beta * log(1 - p_skip)``, chosen on validation after
+    training (``training.trainer``); 0 ranks by the next-track logits alone.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.fc = nn.Linear(config.hidden_dim, config.hidden_dim)
+        self.query = nn.Linear(config.hidden_dim, config.hidden_dim)
+        self.session = nn.Linear(config.hidden_dim, 1)
+        self.bias_emb = nn.Embedding(config.num_items, 1)  # r_c, [V, 1]
+        self.register_buffer("skip_weight", torch.zeros(()))
+
+    def features(self, hidden: Tensor) -> tuple[Tensor, Tensor]:
+        """hidden [..., D] -> (query [..., D], session logit [...])."""
+        z = F.gelu(self.fc(hidden))
+        query: Tensor = self.query(z)
+        session: Tensor = self.session(z).squeeze(-1)
+        return query, session

@@ -43,6 +43,7 @@ from training.evaluation import evaluate
 from training.losses import (
     full_softmax_loss,
     sampled_softmax_loss,
+    skip_bce_loss,
     skip_contrastive_loss,
     unlikelihood_loss,
 )
@@ -54,6 +55,8 @@ from training.splits import Split, popularity
 
 LOG_FILE = "train_log.jsonl"
 CURVES_FILE = "curves.png"
+# beta of the skip head in the ranking; 0 (the logits alone) is always a candidate.
+SKIP_WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
 
 
 @dataclass
@@ -119,10 +122,22 @@ def batch_loss(
             config.skip_cl_temperature,
             config.skip_cl_compat,
         )
+    if config.skip_head_weight > 0:
+        has_next = batch.skip_targets != PAD_ID  # [B, T]
+        # [M, D], [M, 1] -> [M]: the skip logit of the track that came next
+        skip_logits = model.skip_logits(
+            hidden[has_next], batch.skip_targets[has_next][:, None]
+        )[:, 0]
+        parts["skip_head"] = skip_bce_loss(
+            skip_logits,
+            batch.skip_labels[has_next],
+            torch.ones_like(skip_logits, dtype=torch.bool),
+        )
     weights = {
         "main": 1.0,
         "unlikelihood": config.unlikelihood_weight,
         "skip_cl": config.skip_cl_weight,
+        "skip_head": config.skip_head_weight,
     }
     total = sum(weights[name] * value for name, value in parts.items())
     assert isinstance(total, Tensor)
@@ -288,6 +303,9 @@ def train(
 
     model.load_state_dict(best_state)
     model.eval()
+    # Skip head: beta of logits + beta * log(1 - p_skip), chosen on validation and
+    # kept in the model (SkipHead.skip_weight); the prior below is tuned on top.
+    skip_weight_summary = choose_skip_weight(model, split, vocab)
     # [prior]: the transition prior, fitted on train and weighted on validation; the
     # test figures below are those of the model with it, as the run will serve.
     prior, prior_summary = tune_prior(model, split, vocab, config.prior)
@@ -303,6 +321,7 @@ def train(
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "num_train_windows": len(windows),
         **({"prior": prior_summary} if prior_summary else {}),
+        **({"skip_weight": skip_weight_summary} if skip_weight_summary else {}),
         **(extra_metrics or {}),
     }
     model = model.cpu()
@@ -322,6 +341,35 @@ def train(
         )
         plot_curves(history, run_dir / CURVES_FILE, title=run_dir.name)
     return TrainResult(model=model, metrics=metrics, history=history)
+
+
+def choose_skip_weight(
+    model: SessionEncoder,
+    split: Split,
+    vocab: Vocabulary,
+    grid: Sequence[float] = SKIP_WEIGHT_GRID,
+) -> dict[str, Any]:
+    """Set the model's ranking weight beta to the best of ``grid`` on validation.
+
+    Validation NDCG@10 (the serving policy, as early stopping uses) of
+    ``logits + beta * log(1 - p_skip)`` for each beta; a tie keeps the smaller beta,
+    so a head that does not help ranking leaves it at 0. Returns ``{}`` for a model
+    without a skip head, else ``{"chosen", "grid", "validation_ndcg@10"}``.
+    """
+    if model.skip_head is None:
+        return {}
+    results = []
+    for beta in sorted(grid):
+        model.set_skip_weight(beta)
+        results.append(evaluate(TorchScorer(model), split.validation, vocab))
+    ndcgs = [r["ndcg@10"] for r in results]
+    chosen = sorted(grid)[int(np.argmax(ndcgs))]  # argmax: the first of equal ones
+    model.set_skip_weight(chosen)
+    return {
+        "chosen": chosen,
+        "grid": sorted(grid),
+        "validation_ndcg@10": ndcgs,
+    }
 
 
 def _progress_line(row: dict[str, float]) -> str:

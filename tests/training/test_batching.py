@@ -1,8 +1,15 @@
 """Batching: targets, windows and BERT4Rec masking on hand-made sessions."""
 
+import pytest
 import torch
 
-from skiprec.encoding import FEEDBACK_MASK, FEEDBACK_PAD, FEEDBACK_PLAY, FEEDBACK_SKIP
+from skiprec.encoding import (
+    FEEDBACK_LEVEL_BASE,
+    FEEDBACK_MASK,
+    FEEDBACK_PAD,
+    FEEDBACK_PLAY,
+    FEEDBACK_SKIP,
+)
 from skiprec.vocab import MASK_ID, PAD_ID, Vocabulary
 from training.batching import build_windows, epoch_batches, session_skips
 from training.config import TrainConfig
@@ -149,3 +156,66 @@ def test_session_skips_packs_each_rows_skips_left():
     assert mask.tolist() == [[True, True], [True, True], [False, False]]
     ids, mask = session_skips(tracks, torch.zeros_like(skipped))
     assert ids.shape == (3, 1) and not mask.any()
+
+
+def _graded_sessions():
+    return [
+        # levels 3 1 0 2 (play skip skip play) and one session without grades
+        Session(
+            "g", ("a", "b", "c", "d"), (False, True, True, False), levels=(3, 1, 0, 2)
+        ),
+        Session("p", ("c", "a"), (True, False)),
+    ]
+
+
+def test_build_windows_keeps_level_codes_beside_the_binary_ones():
+    windows = build_windows(_graded_sessions(), VOCAB, max_seq_len=4)
+    L = FEEDBACK_LEVEL_BASE
+    assert windows.feedback.tolist() == [[P, S, S, P], [0, 0, S, P]]
+    assert windows.graded_feedback.tolist() == [
+        [L + 3, L + 1, L + 0, L + 2],
+        [0, 0, S, P],
+    ]
+
+
+@pytest.mark.parametrize(("share", "graded_rows"), [(0.0, 40), (0.999999, 0)])
+def test_graded_training_coarsens_a_share_of_windows(share, graded_rows):
+    windows = build_windows(_graded_sessions()[:1] * 40, VOCAB, max_seq_len=4)
+    config = TrainConfig().replace(
+        batch_size=100,
+        max_seq_len=4,
+        feedback_input=True,
+        graded_feedback=True,
+        binary_feedback_share=share,
+    )
+    (batch,) = epoch_batches(windows, config, torch.Generator().manual_seed(0))
+    graded = (batch.feedback >= FEEDBACK_LEVEL_BASE).all(dim=1)
+    assert int(graded.sum()) == graded_rows
+    assert (batch.feedback[~graded] == windows.feedback[: int((~graded).sum())]).all()
+
+
+def test_graded_training_coarsens_whole_windows_about_the_share():
+    windows = build_windows(_graded_sessions()[:1] * 1000, VOCAB, max_seq_len=4)
+    config = TrainConfig().replace(
+        batch_size=1000, max_seq_len=4, feedback_input=True, graded_feedback=True
+    )
+    (batch,) = epoch_batches(windows, config, torch.Generator().manual_seed(0))
+    graded = batch.feedback >= FEEDBACK_LEVEL_BASE
+    assert (graded.all(dim=1) | ~graded.any(dim=1)).all()  # never mixed in a window
+    assert 0.25 < float((~graded.any(dim=1)).float().mean()) < 0.35  # default 0.3
+
+
+def test_skip_head_targets_causal_and_masked():
+    windows = build_windows(_sessions(), VOCAB, max_seq_len=5)
+    config = TrainConfig().replace(batch_size=10, max_seq_len=5, target="played_only")
+    (batch,) = epoch_batches(windows, config, torch.Generator().manual_seed(0))
+    order = batch.tracks[:, -1].argsort(descending=True)
+    # Every next track, skipped or not, whatever the main loss's target.
+    assert batch.skip_targets[order].tolist() == windows.next_targets.tolist()
+    assert batch.skip_labels[order].tolist() == windows.next_skipped.tolist()
+
+    masked_config = config.replace(backbone="bert4rec", mask_prob=0.5)
+    (batch,) = epoch_batches(windows, masked_config, torch.Generator().manual_seed(0))
+    masked = batch.item_ids == MASK_ID
+    assert (batch.skip_targets == torch.where(masked, batch.tracks, PAD_ID)).all()
+    assert (batch.skip_labels == (masked & batch.skipped)).all()

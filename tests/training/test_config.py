@@ -98,7 +98,12 @@ def test_preset_round_trips_through_a_checkpoint(preset: Path, tmp_path: Path):
 def test_a_flat_checkpoint_config_of_an_older_run_loads():
     config = TrainConfig.from_checkpoint(FLAT_BEFORE)
     flat = {key: value for (_, key), value in _values(config).items()}
-    assert flat == FLAT_BEFORE
+    assert {key: flat[key] for key in FLAT_BEFORE} == FLAT_BEFORE
+    # Fields added since (graded feedback, the skip head) keep their defaults.
+    defaults = {key: value for (_, key), value in _values(TrainConfig()).items()}
+    assert {key: flat[key] for key in set(flat) - set(FLAT_BEFORE)} == {
+        key: defaults[key] for key in set(flat) - set(FLAT_BEFORE)
+    }
     assert (config.optim.epochs, config.loss.skip_cl_weight) == (12, 0.5)
     with pytest.raises(ConfigError, match=r"unknown config keys \['note'\]"):
         TrainConfig.from_checkpoint({"seed": 0, "note": "not a training run"})
@@ -134,6 +139,16 @@ def test_a_flat_checkpoint_config_of_an_older_run_loads():
             r"\[model\] hidden_dim must be div",
         ),
         ("[loss]\nskip_hard_negatives = true\n", r"\[loss\] skip_hard_negatives needs"),
+        (
+            "[model]\ngraded_feedback = true\nfeedback_input = false\n",
+            r"\[model\] graded_feedback needs feedback_input = true",
+        ),
+        (
+            "[model]\nbinary_feedback_share = 1.0\n",
+            r"\[model\] binary_feedback_share must be >= 0 and < 1",
+        ),
+        ("[model]\nskip_head = true\n", r"skip_head and \[loss\] skip_head_weight go"),
+        ("[loss]\nskip_head_weight = 0.5\n", r"got skip_head = false, skip_head_weigh"),
         ("[model\n", "not valid TOML"),
     ],
 )

@@ -9,6 +9,7 @@ from skiprec.vocab import OOV_ID, PAD_ID
 from training.losses import (
     full_softmax_loss,
     sampled_softmax_loss,
+    skip_bce_loss,
     skip_contrastive_loss,
     unlikelihood_loss,
 )
@@ -174,3 +175,25 @@ def test_skip_contrastive_loss_compat_rolls_sessions_and_counts_padding():
     expected = (session0 + t0 + t1) / 3
     assert _loss(*args, compat=True) == pytest.approx(expected, rel=1e-5)
     assert _loss(*args, compat=True) != pytest.approx(_loss(*args), rel=1e-3)
+
+
+def test_skip_bce_loss_by_hand():
+    # z = 0, skipped: -log(1/2) = log 2; z = log 3 (p = 3/4), played: -log(1/4) =
+    # log 4; the third position has no next track and is left out.
+    logits = torch.tensor([0.0, math.log(3.0), -2.0], requires_grad=True)
+    labels = torch.tensor([True, False, True])
+    mask = torch.tensor([True, True, False])
+    loss = skip_bce_loss(logits, labels, mask)
+    assert loss.item() == pytest.approx((math.log(2) + math.log(4)) / 2, rel=1e-6)
+    loss.backward()
+    # d/dz = (sigmoid(z) - y) / M: (1/2 - 1) / 2, (3/4 - 0) / 2, 0 (masked out).
+    torch.testing.assert_close(logits.grad, torch.tensor([-0.25, 0.375, 0.0]))
+
+
+def test_skip_bce_loss_is_finite_for_extreme_logits_and_zero_without_positions():
+    logits = torch.tensor([[200.0, -200.0]], requires_grad=True)
+    labels = torch.tensor([[False, True]])
+    loss = skip_bce_loss(logits, labels, torch.ones_like(labels))
+    assert loss.item() == pytest.approx(200.0)  # softplus(200) and softplus(200)
+    empty = skip_bce_loss(logits, labels, torch.zeros_like(labels))
+    assert empty.item() == 0.0 and empty.requires_grad

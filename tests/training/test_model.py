@@ -3,14 +3,19 @@
 import pytest
 import torch
 
-from skiprec.encoding import FEEDBACK_PLAY, FEEDBACK_SKIP
+from skiprec.encoding import (
+    BINARY_FEEDBACK_CODES,
+    FEEDBACK_CODES,
+    FEEDBACK_PLAY,
+    FEEDBACK_SKIP,
+)
 from skiprec.vocab import PAD_ID
 from training.model import ModelConfig, SessionEncoder
 
 V = 30
 
 
-def _model(backbone="sasrec", feedback_input=True, seed=0):
+def _model(backbone="sasrec", feedback_input=True, seed=0, **overrides):
     torch.manual_seed(seed)
     config = ModelConfig(
         num_items=V,
@@ -21,6 +26,7 @@ def _model(backbone="sasrec", feedback_input=True, seed=0):
         num_heads=2,
         dropout=0.0,
         feedback_input=feedback_input,
+        **overrides,
     )
     return SessionEncoder(config).eval()
 
@@ -96,3 +102,41 @@ def test_feedback_input_changes_the_prediction_only_when_enabled():
         )
         blind = _model(feedback_input=False)
         torch.testing.assert_close(blind(items, feedback), blind(items, flipped))
+
+
+def test_graded_model_embeds_every_feedback_code():
+    assert _model().feedback_emb.num_embeddings == len(BINARY_FEEDBACK_CODES)
+    graded = _model(graded_feedback=True)
+    assert graded.feedback_emb.num_embeddings == len(FEEDBACK_CODES)
+    items, feedback = _inputs()
+    levels = feedback.clone()
+    levels[:, -1] = FEEDBACK_CODES["level0"]  # the newest event: skipped at the start
+    with torch.no_grad():
+        assert not torch.allclose(
+            graded(items, feedback)[:, -1], graded(items, levels)[:, -1]
+        )
+
+
+def test_skip_head_shapes_and_the_all_items_form_agree():
+    model = _model(skip_head=True)
+    items, feedback = _inputs()
+    with torch.no_grad():
+        last = model(items, feedback)[:, -1]  # [B, D]
+        candidates = torch.tensor([[3, 4], [5, 5], [29, 0]])
+        picked = model.skip_logits(last, candidates)
+        everything = model.skip_logits_all(last)
+    assert picked.shape == (3, 2) and everything.shape == (3, V)
+    torch.testing.assert_close(picked, everything.gather(1, candidates))
+    # The session part is shared by every candidate; the candidate part differs.
+    assert not torch.allclose(picked[0, 0], picked[0, 1])
+    assert model.skip_weight == 0.0
+    model.set_skip_weight(0.5)
+    assert model.skip_weight == 0.5
+    assert "skip_head.skip_weight" in model.state_dict()
+
+
+def test_a_model_without_skip_head_refuses_skip_logits():
+    model = _model()
+    assert model.skip_head is None and model.skip_weight == 0.0
+    with pytest.raises(ValueError, match="no skip head"):
+        model.skip_logits(torch.zeros(1, 16), torch.tensor([[3]]))

@@ -3,18 +3,21 @@ evaluate CLIs."""
 
 import json
 
+import numpy as np
 import pytest
 
+from skiprec.encoding import encode_graded_events
 from training.baselines import BASELINES, PopularityScorer
 from training.checkpoint import load_run
 from training.cli.evaluate import main as evaluate_main
 from training.cli.train import main
 from training.config import CONFIG_DIR, ModelSettings, OptimConfig, TrainConfig
-from training.data import write_event_log
+from training.data import Session, write_event_log
 from training.evaluation import evaluate
+from training.scoring import TorchScorer
 from training.splits import build_vocab, session_disjoint_split
 from training.synthetic import generate_sessions
-from training.trainer import train
+from training.trainer import SKIP_WEIGHT_GRID, train
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +79,8 @@ def test_tiny_model_learns_synthetic_sessions(synthetic_split):
             "schedule": "cosine",
             "warmup_steps": 5,
         },
+        {"skip_head": True, "skip_head_weight": 1.0, "graded_feedback": True},
+        {"backbone": "bert4rec", "skip_head": True, "skip_head_weight": 0.5},
     ],
 )
 def test_every_loss_variant_trains(synthetic_split, changes):
@@ -84,9 +89,65 @@ def test_every_loss_variant_trains(synthetic_split, changes):
     result = train(config, split, vocab, quiet=True)
     row = result.history[0]
     assert row["train_loss"] > 0 and result.metrics["validation"]["ndcg@10"] > 0
-    for part in ("skip_cl", "unlikelihood"):
+    for part in ("skip_cl", "unlikelihood", "skip_head"):
         weight = getattr(config.loss, f"{part}_weight")
         assert (f"train_{part}" in row) == (weight > 0)
+    assert ("skip_weight" in result.metrics) == config.model.skip_head
+
+
+def _graded(sessions):
+    """The synthetic sessions with a skip level per event (skips 0/1, plays 2/3)."""
+    return [
+        Session(
+            s.session_id,
+            s.track_ids,
+            s.skipped,
+            s.timestamps,
+            tuple(
+                (0 if skipped else 2) + (i % 2) for i, skipped in enumerate(s.skipped)
+            ),
+        )
+        for s in sessions
+    ]
+
+
+def test_skip_head_learns_and_its_weight_is_chosen_on_validation(tmp_path):
+    sessions = _graded(
+        generate_sessions(num_sessions=600, num_tracks=150, num_clusters=10, seed=0)
+    )
+    split = session_disjoint_split(sessions, seed=0)
+    vocab = build_vocab(split.train)
+    config = TINY.replace(
+        epochs=3, graded_feedback=True, skip_head=True, skip_head_weight=1.0
+    )
+    result = train(config, split, vocab, tmp_path / "run", quiet=True)
+    chosen = result.metrics["skip_weight"]
+    assert chosen["grid"] == sorted(SKIP_WEIGHT_GRID) and 0.0 in chosen["grid"]
+    best = chosen["grid"][int(np.argmax(chosen["validation_ndcg@10"]))]
+    assert chosen["chosen"] == best == result.model.skip_weight
+    assert load_run(tmp_path / "run").model.skip_weight == best  # saved with the run
+    # The head predicts the synthetic skips (their probability rises with the
+    # taste distance) far better than chance on the test examples.
+    scorer = TorchScorer(result.model)
+    examples = split.test
+    histories = [
+        encode_graded_events(e.history, e.history_levels, vocab) for e in examples
+    ]
+    targets = np.array([vocab.index(e.target) for e in examples])
+    labels = np.array([e.target_skipped for e in examples])
+    p_skip = scorer.p_skip(histories, targets)
+    assert _auc(p_skip, labels) > 0.7
+
+
+def _auc(scores, labels):
+    order = np.argsort(scores)
+    ranks = np.empty(len(scores))
+    ranks[order] = np.arange(1, len(scores) + 1)
+    positives = labels.sum()
+    negatives = len(labels) - positives
+    return (ranks[labels].sum() - positives * (positives + 1) / 2) / (
+        positives * negatives
+    )
 
 
 @pytest.fixture(scope="module")
