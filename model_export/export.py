@@ -106,7 +106,7 @@ def export_bundle(
     started = time.perf_counter()
     run = load_run(Path(run_dir))
     config = run.model.config
-    module = ServingModule(run.model, top_k)
+    module = ServingModule(run.model, top_k, prior=run.prior)
     spec = EncodingSpec.for_model(config.backbone, config.max_seq_len)
     if parity_sessions is None and data_path is not None:
         parity_sessions = sessions_from_data(Path(data_path), run.vocab)
@@ -120,6 +120,10 @@ def export_bundle(
     staging = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     metrics = dict(run.metrics)
+    if run.prior is not None:
+        # What the graph adds, read from the run's prior.npz (the tuning record of the
+        # run's metrics, when it has one, is kept beside it).
+        metrics["prior"] = {**metrics.get("prior", {}), **run.prior.describe()}
     try:
         fp32_path = staging / (FP32_MODEL_FILE if precision == "int8" else MODEL_FILE)
         export_onnx(module, fp32_path)

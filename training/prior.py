@@ -215,9 +215,12 @@ def prior_scores(
     coefficient = alpha * is_last.to(weights.dtype) + gamma * earlier.to(
         weights.dtype
     ) / num_earlier.to(weights.dtype)  # [B, T]
-    ids = torch.where(real, item_ids, PAD_ID)  # PAD's row is all PAD, weight 0
-    rows = successors[ids].reshape(B, -1)  # [B, T, N] -> [B, T*N]
-    values = (weights[ids] * coefficient[..., None]).reshape(B, -1)  # [B, T*N]
+    # PAD's row is all PAD with weight 0; index_select is one plain Gather in ONNX.
+    ids = torch.where(real, item_ids, PAD_ID).reshape(-1)  # [B*T]
+    rows = successors.index_select(0, ids).reshape(B, -1)  # [B*T, N] -> [B, T*N]
+    values = (
+        weights.index_select(0, ids).reshape(B, T, -1) * coefficient[..., None]
+    ).reshape(B, -1)  # [B, T, N] -> [B, T*N]
     out = torch.zeros(
         (B, successors.shape[0]), dtype=weights.dtype, device=item_ids.device
     )  # [B, V]
