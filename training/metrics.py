@@ -9,6 +9,13 @@ metric. With one relevant item per example:
 Metrics are split by whether the target itself was skipped: a skip-aware model
 should rank played targets high and skipped targets low, so ``skip_mrr@10`` is
 lower-is-better and ``ndcg_gap@10`` = played - skipped NDCG@10 is higher-is-better.
+They are split again by the previous event (``after_play/``, ``after_skip/``): the
+played and skipped populations differ in what came before them (a skipped target
+follows a skip far more often), so a played/skipped gap read on its own mixes the
+model's skip-awareness with that difference; within one previous event it does not.
+
+``hit_per_example`` and ``ndcg_per_example`` give the per-example values behind the
+means, for paired tests (``training.stats.paired_bootstrap``).
 """
 
 from __future__ import annotations
@@ -47,28 +54,40 @@ def ranks_from_scores(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def _truncated(ranks: np.ndarray, k: int, gain: np.ndarray) -> float:
-    if ranks.size == 0:
-        return 0.0
-    return float(np.where(ranks < k, gain, 0.0).mean())
+def _mean(values: np.ndarray) -> float:
+    return float(values.mean()) if values.size else 0.0
+
+
+def hit_per_example(ranks: np.ndarray, k: int) -> np.ndarray:
+    """1.0 where the target is in the top k, else 0.0; float [N]."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    return (ranks < k).astype(np.float64)
+
+
+def ndcg_per_example(ranks: np.ndarray, k: int) -> np.ndarray:
+    """``1 / log2(rank + 2)`` where the target is in the top k, else 0.0; float [N]."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    gain = 1.0 / np.log2(np.where(np.isfinite(ranks), ranks, 0.0) + 2.0)
+    return np.where(ranks < k, gain, 0.0)
+
+
+def mrr_per_example(ranks: np.ndarray, k: int) -> np.ndarray:
+    """``1 / (rank + 1)`` where the target is in the top k, else 0.0; float [N]."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    gain = 1.0 / (np.where(np.isfinite(ranks), ranks, 0.0) + 1.0)
+    return np.where(ranks < k, gain, 0.0)
 
 
 def hit_rate(ranks: np.ndarray, k: int) -> float:
-    ranks = np.asarray(ranks, dtype=np.float64)
-    return _truncated(ranks, k, np.ones_like(ranks))
+    return _mean(hit_per_example(ranks, k))
 
 
 def ndcg(ranks: np.ndarray, k: int) -> float:
-    ranks = np.asarray(ranks, dtype=np.float64)
-    with np.errstate(divide="ignore"):
-        gain = 1.0 / np.log2(np.where(np.isfinite(ranks), ranks, 0.0) + 2.0)
-    return _truncated(ranks, k, gain)
+    return _mean(ndcg_per_example(ranks, k))
 
 
 def mrr(ranks: np.ndarray, k: int) -> float:
-    ranks = np.asarray(ranks, dtype=np.float64)
-    gain = 1.0 / (np.where(np.isfinite(ranks), ranks, 0.0) + 1.0)
-    return _truncated(ranks, k, gain)
+    return _mean(mrr_per_example(ranks, k))
 
 
 def _block(ranks: np.ndarray, ks: Sequence[int], prefix: str) -> dict[str, float]:
@@ -82,28 +101,49 @@ def _block(ranks: np.ndarray, ks: Sequence[int], prefix: str) -> dict[str, float
     return out
 
 
+def _played_skipped(
+    ranks: np.ndarray, skipped: np.ndarray, ks: tuple[int, ...], prefix: str
+) -> dict[str, float]:
+    out = _block(ranks, ks, prefix)
+    out.update(_block(ranks[~skipped], ks, f"{prefix}played/"))
+    out.update(_block(ranks[skipped], ks, f"{prefix}skipped/"))
+    out[f"{prefix}skip_mrr@10"] = out[f"{prefix}skipped/mrr@10"]
+    out[f"{prefix}ndcg_gap@10"] = (
+        out[f"{prefix}played/ndcg@10"] - out[f"{prefix}skipped/ndcg@10"]
+    )
+    out[f"{prefix}num_examples"] = float(ranks.size)
+    out[f"{prefix}num_played"] = float((~skipped).sum())
+    out[f"{prefix}num_skipped"] = float(skipped.sum())
+    return out
+
+
 def summarize(
     ranks: np.ndarray,
     target_skipped: np.ndarray,
     ks: Sequence[int] = (1, 5, 10, 20),
+    previous_skipped: np.ndarray | None = None,
 ) -> dict[str, float]:
     """All metrics, overall and split by played/skipped target.
 
     Returns ``hr@k``, ``ndcg@k``, ``mrr@k`` for every k in ``ks``, the same prefixed
     ``played/`` and ``skipped/`` (0.0 for an empty group; see ``num_*``),
     ``skip_mrr@10``, ``ndcg_gap@10``, ``num_examples``, ``num_played``, ``num_skipped``.
+    With ``previous_skipped`` (bool [N], whether the event before each target was a
+    skip) every one of those keys again prefixed ``after_play/`` and ``after_skip/``,
+    computed on the examples after a played and after a skipped event.
     """
     ranks = np.asarray(ranks, dtype=np.float64)
     skipped = np.asarray(target_skipped, dtype=bool)
     if ranks.shape != skipped.shape:
         raise ValueError(f"ranks {ranks.shape} and target_skipped {skipped.shape}")
     ks = tuple(sorted(set(ks) | {10}))
-    out = _block(ranks, ks, "")
-    out.update(_block(ranks[~skipped], ks, "played/"))
-    out.update(_block(ranks[skipped], ks, "skipped/"))
-    out["skip_mrr@10"] = out["skipped/mrr@10"]
-    out["ndcg_gap@10"] = out["played/ndcg@10"] - out["skipped/ndcg@10"]
-    out["num_examples"] = float(ranks.size)
-    out["num_played"] = float((~skipped).sum())
-    out["num_skipped"] = float(skipped.sum())
+    out = _played_skipped(ranks, skipped, ks, "")
+    if previous_skipped is not None:
+        previous = np.asarray(previous_skipped, dtype=bool)
+        if previous.shape != ranks.shape:
+            raise ValueError(
+                f"ranks {ranks.shape} and previous_skipped {previous.shape}"
+            )
+        for prefix, group in (("after_play/", ~previous), ("after_skip/", previous)):
+            out.update(_played_skipped(ranks[group], skipped[group], ks, prefix))
     return out
