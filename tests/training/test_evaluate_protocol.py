@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from training.baselines import BASELINES
-from training.checkpoint import Run, save_run
+from training.checkpoint import Run, load_run, save_run
 from training.cli.evaluate import (
     FIXED_POLICIES,
     PENALTY_GRID,
@@ -158,3 +158,36 @@ def test_evaluate_refuses_bad_arguments(tiny_run, capsys) -> None:
     assert main([*base, "--bootstrap", "0"]) == 2
     assert main([*base, "--split", "all", "--baselines"]) == 2
     assert "needs a training split" in capsys.readouterr().err
+
+
+def test_evaluate_reports_a_skip_head_against_the_momentum_baseline(
+    tiny_run, tmp_path, capsys
+) -> None:
+    run_dir, data = tiny_run
+    run = load_run(run_dir)
+    torch.manual_seed(0)
+    settings = ModelSettings(
+        max_seq_len=8,
+        hidden_dim=16,
+        num_layers=1,
+        num_heads=1,
+        dropout=0.0,
+        skip_head=True,
+    )
+    run.model = SessionEncoder(ModelConfig.for_vocab(settings, run.vocab.size))
+    head_dir = tmp_path / "head"
+    save_run(run, head_dir)
+    out_json = tmp_path / "head.json"
+    argv = ["--run", str(head_dir), "--data", str(data), "--bootstrap", "20"]
+    assert main([*argv, "--json", str(out_json)]) == 0
+    skip = json.loads(out_json.read_text())["skip"]
+    name = describe(TrainConfig())
+    assert set(skip["predictors"]) == {
+        "previous_skipped",
+        "track_skip_rate",
+        "momentum_logistic",
+        name,
+    }
+    model = skip["predictors"][name]
+    assert 0.0 <= model["auc"] <= 1.0 and model["log_loss"] > 0
+    assert "auc_vs_momentum_logistic" in model and skip["notes"] == []
