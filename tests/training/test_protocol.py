@@ -11,17 +11,11 @@ import torch
 
 from training.baselines import BASELINES
 from training.checkpoint import Run, load_run, save_run
-from training.cli.evaluate import (
-    FIXED_POLICIES,
-    PENALTY_GRID,
-    SplitChoice,
-    _finite,
-    choose_split,
-    main,
-)
+from training.cli.evaluate import _finite, main
 from training.config import ModelSettings, TrainConfig
 from training.data import data_fingerprint, load_sessions, write_event_log
 from training.model import ModelConfig, SessionEncoder
+from training.protocol import FIXED_POLICIES, PENALTY_GRID, SplitChoice, choose_split
 from training.report import describe
 from training.splits import build_vocab, popularity, session_disjoint_split
 from training.synthetic import generate_sessions

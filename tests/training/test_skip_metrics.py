@@ -8,22 +8,24 @@ import numpy as np
 import pytest
 
 from training.data import Session
-from training.skip_metrics import (
+from training.skip_baselines import (
     PRIOR_STRENGTH,
     MomentumLogistic,
     PreviousSkipBaseline,
     TrackSkipRateBaseline,
     TrackSkipRates,
+    example_features,
+    fit_logistic,
+    training_features,
+)
+from training.skip_metrics import (
     auc,
     auc_difference,
     calibration,
-    example_features,
-    fit_logistic,
     log_loss,
     pairwise_auc,
     pairwise_auc_difference,
     skip_report,
-    training_features,
     weighted_auc,
 )
 from training.splits import session_examples
