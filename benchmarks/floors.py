@@ -68,7 +68,12 @@ def onnx_floor(
     """
     from skiprec.bundle import load_bundle, open_inference_session
     from skiprec.encoding import FEEDBACK_PLAY, FEEDBACK_SKIP, encode_sessions
-    from skiprec.manifest import INPUT_EXCLUDE, INPUT_FEEDBACK, INPUT_ITEM_IDS
+    from skiprec.manifest import (
+        INPUT_CANDIDATES,
+        INPUT_EXCLUDE,
+        INPUT_FEEDBACK,
+        INPUT_ITEM_IDS,
+    )
 
     bundle = load_bundle(bundle_dir)
     session = open_inference_session(bundle, intra_op_threads=intra_op_threads)
@@ -96,6 +101,7 @@ def onnx_floor(
         )
         feeds = {INPUT_ITEM_IDS: item_ids, INPUT_FEEDBACK: feedback}
         feeds[INPUT_EXCLUDE] = exclude
+        feeds[INPUT_CANDIDATES] = np.zeros((len(sessions), 1), dtype=np.int64)  # PAD
 
         def call(feeds: dict[str, np.ndarray] = feeds) -> object:
             return session.run(None, feeds)

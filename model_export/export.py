@@ -46,16 +46,13 @@ from skiprec.encoding import (
     FEEDBACK_PLAY,
     EncodingSpec,
     Session,
-    encode_events,
+    encode_graded_events,
 )
 from skiprec.manifest import (
-    INPUT_EXCLUDE,
-    INPUT_FEEDBACK,
-    INPUT_ITEM_IDS,
+    INPUT_NAMES,
     MANIFEST_FILE,
     MODEL_FILE,
-    OUTPUT_INDICES,
-    OUTPUT_SCORES,
+    OUTPUT_NAMES,
     POPULARITY_FILE,
     SCHEMA_VERSION,
     VOCAB_FILE,
@@ -107,13 +104,18 @@ def export_bundle(
     run = load_run(Path(run_dir))
     config = run.model.config
     module = ServingModule(run.model, top_k, prior=run.prior)
-    spec = EncodingSpec.for_model(config.backbone, config.max_seq_len)
+    spec = EncodingSpec.for_model(
+        config.backbone, config.max_seq_len, graded=config.graded_feedback
+    )
     if parity_sessions is None and data_path is not None:
-        parity_sessions = sessions_from_data(Path(data_path), run.vocab)
+        parity_sessions = sessions_from_data(Path(data_path), run.vocab, spec.graded)
     sessions = list(parity_sessions or [])
     if len(sessions) < MIN_PARITY_SESSIONS:
         sessions += synthetic_sessions(
-            config.num_items, config.max_seq_len, MIN_PARITY_SESSIONS - len(sessions)
+            config.num_items,
+            config.max_seq_len,
+            MIN_PARITY_SESSIONS - len(sessions),
+            graded=spec.graded,
         )
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -172,6 +174,8 @@ def export_bundle(
                 "data_fingerprint": run.data_fingerprint,
                 "parity": parity,
                 "precision": precision,
+                "skip_head": module.skip_head,
+                "skip_weight": module.skip_weight,
             }
         )
         (staging / MANIFEST_FILE).write_text(
@@ -212,12 +216,15 @@ def export_onnx(module: ServingModule, path: Path) -> None:
     batch = torch.export.Dim("batch_size", min=1)
     sequence = torch.export.Dim("sequence_length", min=1, max=max_seq_len)
     excluded = torch.export.Dim("num_excluded", min=1)
-    # Example sizes >= 2 so no axis is specialised to the size-1 case.
+    candidates = torch.export.Dim("num_candidates", min=1)
+    # Example sizes >= 2 (and distinct for E and N) so no axis is specialised to the
+    # size-1 case or tied to another.
     seq_len = min(3, max_seq_len)
     example = (
         torch.full((2, seq_len), module.encoder.config.num_items - 1),
         torch.full((2, seq_len), FEEDBACK_PLAY),
         torch.zeros((2, 2), dtype=torch.int64),
+        torch.zeros((2, 3), dtype=torch.int64),
     )
     with warnings.catch_warnings():
         # Known noise of torch 2.13's exporter: axes sharing a constraint keep the
@@ -233,12 +240,13 @@ def export_onnx(module: ServingModule, path: Path) -> None:
             dynamo=True,
             external_data=False,
             opset_version=OPSET,
-            input_names=[INPUT_ITEM_IDS, INPUT_FEEDBACK, INPUT_EXCLUDE],
-            output_names=[OUTPUT_INDICES, OUTPUT_SCORES],
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
             dynamic_shapes={
                 "item_ids": {0: batch, 1: sequence},
                 "feedback": {0: batch, 1: sequence},
                 "exclude_ids": {0: batch, 1: excluded},
+                "candidate_ids": {0: batch, 1: candidates},
             },
             verbose=False,
         )
@@ -248,10 +256,12 @@ def export_onnx(module: ServingModule, path: Path) -> None:
 def sessions_from_data(
     data_path: Path,
     vocab: Vocabulary,
+    graded: bool = False,
     num_sessions: int = MIN_PARITY_SESSIONS,
     seed: int = 0,
 ) -> list[list[tuple[int, int]]]:
-    """A seeded sample of real sessions from ``data_path``, encoded with ``vocab``."""
+    """A seeded sample of real sessions from ``data_path``, encoded with ``vocab``
+    (with their skip levels for a ``graded`` model, when the data has them)."""
     from training.data import load_sessions
 
     sessions = load_sessions(data_path)
@@ -263,7 +273,7 @@ def sessions_from_data(
     for i in sorted(picked.tolist()):
         session = sessions[i]
         events = zip(session.track_ids, session.skipped, strict=True)
-        encoded.append(encode_events(events, vocab))
+        encoded.append(encode_graded_events(events, session.levels, vocab, graded))
     return encoded
 
 

@@ -9,11 +9,14 @@ Values: for each session the K returned scores must match torch within ``PARITY_
 (both the scores of the items ONNX returned, and the sorted best-K scores), and the
 top-10 lists must be identical for at least ``MIN_TOP10_AGREEMENT`` of the sessions;
 two different items at the same position are a tie, not a mismatch, when torch scores
-them within the tolerance.
+them within the tolerance. ``top_p_skip`` must match torch's p_skip of the items ONNX
+returned, and ``candidate_scores`` / ``candidate_p_skip`` torch's values of the
+candidates, all within the same tolerance (equal infinities and NaN = NaN agree).
 
 The (B, T) grid cycles through batch sizes and sequence lengths including T=1,
-T=max_seq_len and the batch's natural length, and includes all-padding rows and rows
-with exclusions.
+T=max_seq_len and the batch's natural length, and includes all-padding rows, rows
+with exclusions, and candidate lists of several widths with PAD fill, OOV and
+excluded tracks among them.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import torch
 from model_export.wrapper import ServingModule
 from skiprec.bundle import session_options, signature_problems
 from skiprec.encoding import (
+    FEEDBACK_LEVEL_BASE,
     FEEDBACK_PAD,
     FEEDBACK_PLAY,
     FEEDBACK_SKIP,
@@ -38,12 +42,19 @@ from skiprec.encoding import (
     Session,
     encode_exclusions,
     encode_sessions,
+    is_skip_code,
 )
+from skiprec.events import SKIP_LEVELS
 from skiprec.manifest import (
+    INPUT_CANDIDATES,
     INPUT_EXCLUDE,
     INPUT_FEEDBACK,
     INPUT_ITEM_IDS,
+    OUTPUT_CANDIDATE_P_SKIP,
+    OUTPUT_CANDIDATE_SCORES,
     OUTPUT_INDICES,
+    OUTPUT_NAMES,
+    OUTPUT_P_SKIP,
     OUTPUT_SCORES,
     ParityReport,
     TensorSpec,
@@ -57,6 +68,7 @@ MIN_TOP10_AGREEMENT = 0.999
 MIN_PARITY_SESSIONS = 1000
 TOP_N = 10
 BATCH_SIZES = (1, 4, 16, 64)
+CANDIDATE_WIDTHS = (1, 7, 30)  # N per batch, cycled
 MAX_LISTED_FAILURES = 50
 
 
@@ -95,11 +107,41 @@ class Comparison:
     topk_failures: list[str] = field(default_factory=list)
 
 
-def _abs_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """|a - b| where equal infinities count as 0 and NaN as +inf."""
+def _abs_diff(a: np.ndarray, b: np.ndarray, nan_equal: bool = False) -> np.ndarray:
+    """|a - b| where equal infinities count as 0 and NaN as +inf (0 for NaN vs NaN
+    when ``nan_equal``: the p_skip outputs are NaN by definition in places)."""
     with np.errstate(invalid="ignore"):
         diff = np.where(a == b, 0.0, np.abs(a.astype(np.float64) - b))
+    if nan_equal:
+        diff = np.where(np.isnan(a) & np.isnan(b), 0.0, diff)
     return np.where(np.isnan(diff), np.inf, diff)
+
+
+def compare_values(
+    name: str,
+    onnx_values: np.ndarray,
+    reference: np.ndarray,
+    atol: float,
+    row_names: Sequence[str],
+    columns: np.ndarray | None = None,
+) -> tuple[float, list[str]]:
+    """Element-wise comparison of one output [B, M] with torch's; NaN = NaN.
+
+    Returns the largest difference and one failure per row that differs by more
+    than ``atol``, naming the output, the row, the position (and the item id there,
+    from ``columns`` [B, M], when given) and both values.
+    """
+    diff = _abs_diff(onnx_values, reference, nan_equal=True)  # [B, M]
+    failures = []
+    for b in np.flatnonzero((diff > atol).any(axis=1)).tolist():
+        k = int(np.argmax(diff[b]))
+        item = f" (item {columns[b, k]})" if columns is not None else ""
+        failures.append(
+            f"{name}, {row_names[b]}, position {k}{item}: onnx "
+            f"{onnx_values[b, k]:.7g}, torch {reference[b, k]:.7g} "
+            f"(|diff| {diff[b, k]:.3g} > atol {atol:g})"
+        )
+    return float(diff.max(initial=0.0)), failures
 
 
 def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
@@ -168,10 +210,16 @@ def compare_outputs(
 
 
 def synthetic_sessions(
-    num_items: int, max_seq_len: int, num_sessions: int, seed: int = 0
+    num_items: int,
+    max_seq_len: int,
+    num_sessions: int,
+    seed: int = 0,
+    graded: bool = False,
 ) -> list[list[tuple[int, int]]]:
     """Seeded random sessions: lengths 0..max_seq_len+3 (empty and over-long
-    included), real tracks with an occasional OOV, random play/skip."""
+    included), real tracks with an occasional OOV, random play/skip; ``graded``: a
+    random skip level instead for about half of the events (a graded model sees
+    both kinds of code)."""
     rng = np.random.default_rng(seed)
     sessions = []
     for _ in range(num_sessions):
@@ -179,6 +227,9 @@ def synthetic_sessions(
         items = rng.integers(NUM_SPECIAL, num_items, size=length)
         items[rng.random(length) < 0.05] = OOV_ID
         codes = np.where(rng.random(length) < 0.4, FEEDBACK_SKIP, FEEDBACK_PLAY)
+        if graded:
+            levels = FEEDBACK_LEVEL_BASE + rng.integers(0, len(SKIP_LEVELS), length)
+            codes = np.where(rng.random(length) < 0.5, levels, codes)
         sessions.append(list(zip(items.tolist(), codes.tolist(), strict=True)))
     return sessions
 
@@ -188,7 +239,17 @@ class ParityBatch:
     item_ids: np.ndarray  # int64 [B, T]
     feedback: np.ndarray  # int64 [B, T]
     exclude_ids: np.ndarray  # int64 [B, E]
+    candidate_ids: np.ndarray  # int64 [B, N]
     first_session: int  # index of row 0 in the session list
+
+    def feeds(self) -> dict[str, np.ndarray]:
+        """The graph's inputs by name."""
+        return {
+            INPUT_ITEM_IDS: self.item_ids,
+            INPUT_FEEDBACK: self.feedback,
+            INPUT_EXCLUDE: self.exclude_ids,
+            INPUT_CANDIDATES: self.candidate_ids,
+        }
 
 
 def parity_batches(
@@ -198,28 +259,42 @@ def parity_batches(
 
     Odd rows exclude the session's skipped tracks (the service's policy) plus a few
     random ones; the first row of every third batch is replaced by all padding.
+    Candidates: per row up to N random tracks, PAD-filled, with an OOV in every
+    third row and, in excluding rows, one of the excluded tracks.
     """
     rng = np.random.default_rng(seed)
     lengths = cycle([1, spec.max_seq_len, None, max(1, spec.max_seq_len // 2)])
     sizes = cycle(BATCH_SIZES)
+    widths = cycle(CANDIDATE_WIDTHS)
     batches: list[ParityBatch] = []
     start = 0
     while start < len(sessions):
         chunk = sessions[start : start + next(sizes)]
         item_ids, feedback = encode_sessions(chunk, spec, seq_len=next(lengths))
+        width = next(widths)
         excluded: list[list[int]] = []
+        candidates = np.full((len(chunk), width), PAD_ID, dtype=np.int64)
         for row, events in enumerate(chunk):
             if row % 2:
-                skipped = [item for item, code in events if code == FEEDBACK_SKIP]
+                skipped = [item for item, code in events if is_skip_code(code)]
                 extra = rng.integers(NUM_SPECIAL, num_items, size=3).tolist()
                 excluded.append(skipped + extra)
             else:
                 excluded.append([])
+            count = int(rng.integers(0, width + 1))
+            picked = rng.integers(NUM_SPECIAL, num_items, size=count)
+            if count and row % 3 == 0:
+                picked[0] = OOV_ID
+            if count > 1 and excluded[-1]:
+                picked[-1] = excluded[-1][-1]
+            candidates[row, :count] = picked
         if len(batches) % 3 == 0:
             item_ids[0] = PAD_ID
             feedback[0] = FEEDBACK_PAD
         batches.append(
-            ParityBatch(item_ids, feedback, encode_exclusions(excluded), start)
+            ParityBatch(
+                item_ids, feedback, encode_exclusions(excluded), candidates, start
+            )
         )
         start += len(chunk)
     return batches
@@ -234,10 +309,20 @@ def expected_signature(top_k: int) -> tuple[list[TensorSpec], list[TensorSpec]]:
         TensorSpec(
             name=INPUT_EXCLUDE, dtype="int64", shape=["batch_size", "num_excluded"]
         ),
+        TensorSpec(
+            name=INPUT_CANDIDATES,
+            dtype="int64",
+            shape=["batch_size", "num_candidates"],
+        ),
     ]
+    top: list[int | str] = ["batch_size", top_k]
+    candidates: list[int | str] = ["batch_size", "num_candidates"]
     outputs = [
-        TensorSpec(name=OUTPUT_INDICES, dtype="int64", shape=["batch_size", top_k]),
-        TensorSpec(name=OUTPUT_SCORES, dtype="float32", shape=["batch_size", top_k]),
+        TensorSpec(name=OUTPUT_INDICES, dtype="int64", shape=top),
+        TensorSpec(name=OUTPUT_SCORES, dtype="float32", shape=top),
+        TensorSpec(name=OUTPUT_P_SKIP, dtype="float32", shape=top),
+        TensorSpec(name=OUTPUT_CANDIDATE_SCORES, dtype="float32", shape=candidates),
+        TensorSpec(name=OUTPUT_CANDIDATE_P_SKIP, dtype="float32", shape=candidates),
     ]
     return inputs, outputs
 
@@ -274,51 +359,68 @@ def check_parity(
     max_abs_diff = 0.0
     for batch in parity_batches(sessions, spec, num_items, seed):
         B, T = batch.item_ids.shape
-        feeds = {
-            INPUT_ITEM_IDS: batch.item_ids,
-            INPUT_FEEDBACK: batch.feedback,
-            INPUT_EXCLUDE: batch.exclude_ids,
-        }
-        onnx_indices, onnx_scores = session.run([OUTPUT_INDICES, OUTPUT_SCORES], feeds)
+        N = batch.candidate_ids.shape[1]
+        results = session.run(list(OUTPUT_NAMES), batch.feeds())
+        onnx = dict(zip(OUTPUT_NAMES, results, strict=True))
         with torch.inference_mode():
-            logits = module.logits(
-                torch.from_numpy(batch.item_ids),
-                torch.from_numpy(batch.feedback),
-                torch.from_numpy(batch.exclude_ids),
-            ).numpy()
+            reference = module.reference(
+                *(torch.from_numpy(array) for array in batch.feeds().values())
+            )
+        logits, p_skip_all, candidate_scores, candidate_p_skip = (
+            tensor.numpy() for tensor in reference
+        )
         rows = [
             f"session {batch.first_session + b} (B={B}, T={T}, row {b}, "
             f"item_ids {batch.item_ids[b].tolist()}, "
-            f"exclude_ids {batch.exclude_ids[b].tolist()})"
+            f"exclude_ids {batch.exclude_ids[b].tolist()}, "
+            f"candidate_ids {batch.candidate_ids[b].tolist()})"
             for b in range(B)
         ]
+        expected_shapes = {
+            OUTPUT_INDICES: (np.int64, (B, module.top_k)),
+            OUTPUT_SCORES: (np.float32, (B, module.top_k)),
+            OUTPUT_P_SKIP: (np.float32, (B, module.top_k)),
+            OUTPUT_CANDIDATE_SCORES: (np.float32, (B, N)),
+            OUTPUT_CANDIDATE_P_SKIP: (np.float32, (B, N)),
+        }
         problems = [
-            f"batch B={B} T={T}: {name} is {array.dtype}{list(array.shape)}, "
-            f"expected {dtype}{[B, module.top_k]}"
-            for name, array, dtype in (
-                (OUTPUT_INDICES, onnx_indices, np.int64),
-                (OUTPUT_SCORES, onnx_scores, np.float32),
-            )
-            if array.dtype != dtype or array.shape != (B, module.top_k)
+            f"batch B={B} T={T} N={N}: {name} is {onnx[name].dtype}"
+            f"{list(onnx[name].shape)}, expected {np.dtype(dtype)}{list(shape)}"
+            for name, (dtype, shape) in expected_shapes.items()
+            if onnx[name].dtype != dtype or onnx[name].shape != shape
         ]
         if problems:
             shape_failures += problems
             continue
+        onnx_indices = onnx[OUTPUT_INDICES]
         comparison = compare_outputs(
-            onnx_indices, onnx_scores, logits, atol, TOP_N, rows
+            onnx_indices, onnx[OUTPUT_SCORES], logits, atol, TOP_N, rows
         )
         max_abs_diff = max(max_abs_diff, comparison.max_abs_diff)
         value_failures += comparison.value_failures
         topk_failures += comparison.topk_failures
         mismatched_sessions += len(comparison.topk_mismatch_rows)
+        # p_skip of the items ONNX returned (NaN where their score is -inf).
+        top_p_skip = np.take_along_axis(p_skip_all, onnx_indices, axis=1)
+        top_p_skip[np.isneginf(onnx[OUTPUT_SCORES])] = np.nan
+        for name, expected, columns in (
+            (OUTPUT_P_SKIP, top_p_skip, onnx_indices),
+            (OUTPUT_CANDIDATE_SCORES, candidate_scores, batch.candidate_ids),
+            (OUTPUT_CANDIDATE_P_SKIP, candidate_p_skip, batch.candidate_ids),
+        ):
+            worst, failures = compare_values(
+                name, onnx[name], expected, atol, rows, columns
+            )
+            max_abs_diff = max(max_abs_diff, worst)
+            value_failures += failures
 
     agreement = 1.0 - mismatched_sessions / max(1, len(sessions))
     if shape_failures:
         raise ParityShapeError("ONNX output shapes/dtypes differ", shape_failures)
     if value_failures:
         raise ParityValueError(
-            f"{len(value_failures)} of {len(sessions)} sessions differ by more than "
-            f"atol {atol:g} (max |diff| {max_abs_diff:.3g})",
+            f"{len(value_failures)} output rows over {len(sessions)} sessions differ "
+            f"by more than atol {atol:g} (max |diff| {max_abs_diff:.3g})",
             value_failures + topk_failures,
         )
     if agreement < MIN_TOP10_AGREEMENT:

@@ -28,13 +28,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from model_export.parity import TOP_N, ParityTopKError, parity_batches
 from skiprec.bundle import session_options
 from skiprec.encoding import EncodingSpec, Session
-from skiprec.manifest import (
-    INPUT_EXCLUDE,
-    INPUT_FEEDBACK,
-    INPUT_ITEM_IDS,
-    OUTPUT_INDICES,
-    OUTPUT_SCORES,
-)
+from skiprec.manifest import OUTPUT_INDICES, OUTPUT_SCORES
 
 ITEM_TABLE = "item_table_t"  # the ServingModule buffer, kept as an initializer name
 MIN_INT8_TOP10_OVERLAP = 0.9
@@ -55,16 +49,18 @@ class PrecisionDrift:
 
 
 def quantize_item_table(src: Path, dst: Path) -> None:
-    """Write ``dst``: ``src`` with the item-table MatMul quantised to int8."""
+    """Write ``dst``: ``src`` with the item-table MatMul(s) quantised to int8 (the
+    next-track scores, and the skip head's all-item scores when its ranking weight is
+    not 0)."""
     model = onnx.load(str(src))
     nodes = [
         node.name
         for node in model.graph.node
         if node.op_type == "MatMul" and ITEM_TABLE in node.input
     ]
-    if len(nodes) != 1:
+    if not 1 <= len(nodes) <= 2:
         raise ValueError(
-            f"{src}: expected one MatMul reading {ITEM_TABLE}, got {nodes}"
+            f"{src}: expected one or two MatMuls reading {ITEM_TABLE}, got {nodes}"
         )
     # quantize_dynamic warns on the root logger that shape pre-processing may help;
     # it only matters for convolutional graphs.
@@ -108,11 +104,7 @@ def measure_drift(
     identical = 0
     max_abs_diff = 0.0
     for batch in parity_batches(sessions, spec, num_items):
-        feeds = {
-            INPUT_ITEM_IDS: batch.item_ids,
-            INPUT_FEEDBACK: batch.feedback,
-            INPUT_EXCLUDE: batch.exclude_ids,
-        }
+        feeds = batch.feeds()
         outputs = [OUTPUT_INDICES, OUTPUT_SCORES]
         ref_indices, ref_scores = reference.run(outputs, feeds)
         q_indices, q_scores = quantized.run(outputs, feeds)

@@ -39,6 +39,7 @@ from skiprec.encoding import (
     feedback_code,
 )
 from skiprec.manifest import (
+    INPUT_CANDIDATES,
     INPUT_EXCLUDE,
     INPUT_FEEDBACK,
     INPUT_ITEM_IDS,
@@ -126,6 +127,8 @@ class LoadedModel:
                 INPUT_ITEM_IDS: item_ids,
                 INPUT_FEEDBACK: feedback,
                 INPUT_EXCLUDE: encode_exclusions(exclusions),
+                # Schema 2: no candidates to score on this path (one PAD each).
+                INPUT_CANDIDATES: encode_exclusions([[] for _ in requests]),
             },
         )
         return outputs[0], outputs[1]

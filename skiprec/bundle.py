@@ -3,7 +3,8 @@
 A bundle is a directory written by ``skiprec export`` (``model_export/export.py``)::
 
     manifest.json     skiprec.manifest.Manifest (lists every other file with its sha256)
-    model.onnx        the serving graph: sessions -> top-K track indices and scores
+    model.onnx        the serving graph: sessions (+ candidate tracks) -> top-K track
+                      indices, scores and p_skip, and the candidates' scores and p_skip
     vocab.json        skiprec.vocab.Vocabulary
     popularity.json   {track_id: play count} for the cold-start fallback
 
@@ -34,8 +35,12 @@ from pydantic import ValidationError
 
 from skiprec.encoding import BINARY_FEEDBACK_CODES, FEEDBACK_CODES
 from skiprec.manifest import (
+    INPUT_CANDIDATES,
     MANIFEST_FILE,
     MODEL_FILE,
+    OUTPUT_CANDIDATE_P_SKIP,
+    OUTPUT_CANDIDATE_SCORES,
+    OUTPUT_P_SKIP,
     POPULARITY_FILE,
     SCHEMA_VERSION,
     VOCAB_FILE,
@@ -148,6 +153,15 @@ def _read_manifest(path: Path) -> Manifest:
         )
     # The version is checked before the fields: another version may have other fields.
     version = payload.get("schema_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version == 1:
+        raise BundleSchemaVersionError(
+            manifest_path,
+            f"field 'schema_version' is 1: the bundle was exported before candidate "
+            f"scoring and p_skip (schema {SCHEMA_VERSION} adds the graph input "
+            f"{INPUT_CANDIDATES!r} and the outputs {OUTPUT_P_SKIP!r}, "
+            f"{OUTPUT_CANDIDATE_SCORES!r}, {OUTPUT_CANDIDATE_P_SKIP!r}); {_REEXPORT} "
+            f"(the run directory is unchanged, only the bundle is rewritten)",
+        )
     if version != SCHEMA_VERSION:
         raise BundleSchemaVersionError(
             manifest_path,

@@ -8,14 +8,17 @@ Torch-free.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from skiprec.encoding import EncodingSpec
 
-SCHEMA_VERSION = 1
+# 2: candidate scoring and p_skip (candidate_ids in; top_p_skip, candidate_scores,
+# candidate_p_skip out; skip_head, skip_weight). Version-1 bundles are refused.
+SCHEMA_VERSION = 2
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
 VOCAB_FILE = "vocab.json"
@@ -33,6 +36,14 @@ OUTPUT_CANDIDATE_SCORES = "candidate_scores"  # float32 [batch_size, num_candida
 OUTPUT_CANDIDATE_P_SKIP = "candidate_p_skip"  # float32 [batch_size, num_candidates]
 # The ranking score of a track is log p(next = track) (+ the transition prior when the
 # model has one) + skip_weight * log(1 - p_skip); PAD candidates score -inf.
+INPUT_NAMES = (INPUT_ITEM_IDS, INPUT_FEEDBACK, INPUT_EXCLUDE, INPUT_CANDIDATES)
+OUTPUT_NAMES = (
+    OUTPUT_INDICES,
+    OUTPUT_SCORES,
+    OUTPUT_P_SKIP,
+    OUTPUT_CANDIDATE_SCORES,
+    OUTPUT_CANDIDATE_P_SKIP,
+)
 
 
 class TensorSpec(BaseModel):
@@ -79,6 +90,29 @@ class Manifest(BaseModel):
     data_fingerprint: str
     parity: ParityReport
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    skip_head: bool = Field(
+        default=False, description="the p_skip outputs are a model's (else NaN)"
+    )
+    skip_weight: float = Field(
+        default=0.0, description="beta of + beta * log(1 - p_skip) in the scores"
+    )
+
+    @model_validator(mode="after")
+    def _schema_2_contract(self) -> Manifest:
+        """The graph I/O of this schema version, and a skip weight only with a head."""
+        inputs = tuple(spec.name for spec in self.inputs)
+        outputs = tuple(spec.name for spec in self.outputs)
+        if inputs != INPUT_NAMES:
+            raise ValueError(f"inputs must be named {list(INPUT_NAMES)}, got {inputs}")
+        if outputs != OUTPUT_NAMES:
+            raise ValueError(
+                f"outputs must be named {list(OUTPUT_NAMES)}, got {list(outputs)}"
+            )
+        if not math.isfinite(self.skip_weight):
+            raise ValueError(f"skip_weight must be finite, got {self.skip_weight}")
+        if self.skip_weight and not self.skip_head:
+            raise ValueError("skip_weight is not 0 but the model has no skip head")
+        return self
 
     def encoding_spec(self) -> EncodingSpec:
         return EncodingSpec(

@@ -5,7 +5,9 @@
                    saved with training.checkpoint.save_run; popularity decreasing.
 ``tiny_bundle_dir`` that run exported with top_k=20 (parity checked).
 ``make_run`` / ``make_bundle`` factories for variants, e.g.
-                   ``make_bundle(backbone="bert4rec", top_k=5, max_seq_len=4)``.
+                   ``make_bundle(backbone="bert4rec", top_k=5, max_seq_len=4)``;
+                   ``skip_head=True`` adds a (random) skip head, ``skip_weight=0.5``
+                   sets its ranking weight beta, ``graded_feedback=True`` grades.
 
 Tiers are markers, not folders: tests marked ``slow`` (minutes of load, kill -9
 trials) or ``cluster`` (a three-master Redis Cluster) are skipped unless a ``-m``
@@ -42,7 +44,8 @@ def pytest_collection_modifyitems(
 
 
 def build_tiny_run(run_dir: Path, seed: int = 0, **overrides: Any) -> Path:
-    """Save a random tiny run; ``overrides`` replace ModelConfig fields."""
+    """Save a random tiny run; ``overrides`` replace ModelConfig fields (and
+    ``skip_weight`` sets the skip head's ranking weight)."""
     # torch is imported lazily so that collecting the suite does not import it: the
     # service tests check that serving code never does.
     import torch
@@ -52,6 +55,7 @@ def build_tiny_run(run_dir: Path, seed: int = 0, **overrides: Any) -> Path:
     from training.model import ModelConfig, SessionEncoder
 
     num_tracks = overrides.pop("num_tracks", TINY_NUM_TRACKS)
+    skip_weight = overrides.pop("skip_weight", 0.0)
     settings: dict[str, Any] = {
         "num_items": num_tracks + NUM_SPECIAL,
         "backbone": "sasrec",
@@ -70,6 +74,10 @@ def build_tiny_run(run_dir: Path, seed: int = 0, **overrides: Any) -> Path:
         # near-ties; spread the tracks so top-k comparisons mean something.
         model.item_emb.weight.normal_(std=0.5)
         model.pos_emb.weight.normal_(std=0.5)
+        if model.skip_head is not None:
+            # Spread p_skip over (0, 1) too, not all near 1/2.
+            model.skip_head.bias_emb.weight.normal_(std=1.0)
+            model.set_skip_weight(skip_weight)
     model.eval()
     track_ids = tuple(f"t{i}" for i in range(num_tracks))
     save_run(

@@ -23,7 +23,14 @@ from skiprec.encoding import (
     encode_sessions,
     feedback_code,
 )
-from skiprec.manifest import INPUT_EXCLUDE, INPUT_FEEDBACK, INPUT_ITEM_IDS
+from skiprec.manifest import (
+    INPUT_CANDIDATES,
+    INPUT_EXCLUDE,
+    INPUT_FEEDBACK,
+    INPUT_ITEM_IDS,
+    OUTPUT_INDICES,
+    OUTPUT_SCORES,
+)
 from skiprec.policy import SessionPolicy
 from skiprec.vocab import MASK_ID, NUM_SPECIAL
 from training.checkpoint import load_run
@@ -61,11 +68,12 @@ def _serving_top(bundle_dir: Path) -> tuple[np.ndarray, np.ndarray]:
         for events in RAW_SESSIONS
     ]
     indices, scores = session.run(
-        None,
+        [OUTPUT_INDICES, OUTPUT_SCORES],
         {
             INPUT_ITEM_IDS: item_ids,
             INPUT_FEEDBACK: feedback,
             INPUT_EXCLUDE: encode_exclusions(skipped),
+            INPUT_CANDIDATES: np.zeros((len(skipped), 1), dtype=np.int64),
         },
     )
     return indices[:, :TOP_N], scores[:, :TOP_N]

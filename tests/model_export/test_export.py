@@ -22,11 +22,18 @@ from model_export.wrapper import ServingModule
 from skiprec.bundle import load_bundle, open_inference_session, sha256_file
 from skiprec.encoding import encode_exclusions, encode_sessions
 from skiprec.manifest import (
+    INPUT_CANDIDATES,
     INPUT_EXCLUDE,
     INPUT_FEEDBACK,
     INPUT_ITEM_IDS,
     MANIFEST_FILE,
     MODEL_FILE,
+    OUTPUT_CANDIDATE_P_SKIP,
+    OUTPUT_CANDIDATE_SCORES,
+    OUTPUT_INDICES,
+    OUTPUT_NAMES,
+    OUTPUT_P_SKIP,
+    OUTPUT_SCORES,
     POPULARITY_FILE,
     SCHEMA_VERSION,
     VOCAB_FILE,
@@ -34,41 +41,68 @@ from skiprec.manifest import (
 from skiprec.vocab import NUM_SPECIAL, OOV_ID
 from training.checkpoint import load_run
 from training.data import Session, write_event_log
+from training.scoring import TorchScorer
+
+# Candidates per row: PAD fill, an excluded track (9), OOV, real tracks.
+CANDIDATES = [[9, 12, 5, 0], [OOV_ID, 7, 0, 0], [NUM_SPECIAL, 20, 21, 22]]
 
 
-def _onnx_vs_torch(bundle_dir: Path, run_dir: Path) -> None:
-    """Run a mixed batch through the served graph and the torch wrapper."""
-    bundle = load_bundle(bundle_dir)
-    session = open_inference_session(bundle)
-    module = ServingModule(load_run(run_dir).model, bundle.manifest.top_k)
-    spec = bundle.manifest.encoding_spec()
+def _feeds(spec) -> dict[str, np.ndarray]:
     sessions = [
         [(5, 1), (9, 2), (12, 1)],
         [(OOV_ID, 1)],
         [(NUM_SPECIAL + i, 1 + i % 2) for i in range(spec.max_seq_len + 4)],
     ]
     item_ids, feedback = encode_sessions(sessions, spec)
-    exclude_ids = encode_exclusions([[9], [], [NUM_SPECIAL, NUM_SPECIAL + 1]])
-    top_indices, top_scores = session.run(
-        None,
-        {
-            INPUT_ITEM_IDS: item_ids,
-            INPUT_FEEDBACK: feedback,
-            INPUT_EXCLUDE: exclude_ids,
-        },
-    )
+    return {
+        INPUT_ITEM_IDS: item_ids,
+        INPUT_FEEDBACK: feedback,
+        INPUT_EXCLUDE: encode_exclusions([[9], [], [NUM_SPECIAL, NUM_SPECIAL + 1]]),
+        INPUT_CANDIDATES: np.array(CANDIDATES, dtype=np.int64),
+    }
+
+
+def _onnx_vs_torch(bundle_dir: Path, run_dir: Path) -> dict[str, np.ndarray]:
+    """Run a mixed batch through the served graph and the torch wrapper; returns
+    the graph's outputs by name."""
+    bundle = load_bundle(bundle_dir)
+    session = open_inference_session(bundle)
+    module = ServingModule(load_run(run_dir).model, bundle.manifest.top_k)
+    feeds = _feeds(bundle.manifest.encoding_spec())
+    outputs = dict(zip(OUTPUT_NAMES, session.run(None, feeds), strict=True))
     with torch.inference_mode():
-        torch_indices, torch_scores = module(
-            *map(torch.from_numpy, (item_ids, feedback, exclude_ids))
+        expected = dict(
+            zip(
+                OUTPUT_NAMES,
+                (t.numpy() for t in module(*map(torch.from_numpy, feeds.values()))),
+                strict=True,
+            )
         )
+    top_indices, top_scores = outputs[OUTPUT_INDICES], outputs[OUTPUT_SCORES]
     # Rows with fewer than K rankable tracks end in -inf: "no track", in any order.
     ranked = np.isfinite(top_scores)
-    np.testing.assert_array_equal(ranked, np.isfinite(torch_scores.numpy()))
-    np.testing.assert_array_equal(top_indices[ranked], torch_indices.numpy()[ranked])
-    np.testing.assert_allclose(top_scores, torch_scores.numpy(), atol=PARITY_ATOL)
+    np.testing.assert_array_equal(ranked, np.isfinite(expected[OUTPUT_SCORES]))
+    np.testing.assert_array_equal(top_indices[ranked], expected[OUTPUT_INDICES][ranked])
+    for name in (OUTPUT_SCORES, OUTPUT_CANDIDATE_SCORES):
+        np.testing.assert_allclose(outputs[name], expected[name], atol=PARITY_ATOL)
+    for name in (OUTPUT_P_SKIP, OUTPUT_CANDIDATE_P_SKIP):  # NaN = NaN here
+        np.testing.assert_allclose(outputs[name], expected[name], atol=PARITY_ATOL)
     assert (top_indices[ranked] >= NUM_SPECIAL).all()
     assert 9 not in top_indices[0]
     assert not {NUM_SPECIAL, NUM_SPECIAL + 1} & set(top_indices[2].tolist())
+    # Candidates: PAD, OOV and excluded ids score -inf, the others as in the top-K.
+    candidate_scores = outputs[OUTPUT_CANDIDATE_SCORES]
+    assert np.isneginf(candidate_scores[0, [0, 3]]).all()  # excluded 9, PAD
+    assert np.isneginf(candidate_scores[1, [0, 2, 3]]).all()  # OOV, PAD, PAD
+    assert np.isneginf(candidate_scores[2, 0])  # excluded in row 2
+    for row, items in enumerate(CANDIDATES):
+        for column, item in enumerate(items):
+            where = np.flatnonzero(top_indices[row] == item)
+            if where.size and np.isfinite(top_scores[row, where[0]]):
+                assert candidate_scores[row, column] == pytest.approx(
+                    top_scores[row, where[0]], abs=PARITY_ATOL
+                )
+    return outputs
 
 
 def test_export_round_trips_sasrec(tiny_run_dir: Path, tiny_bundle_dir: Path) -> None:
@@ -92,8 +126,19 @@ def test_export_round_trips_sasrec(tiny_run_dir: Path, tiny_bundle_dir: Path) ->
         "item_ids",
         "feedback",
         "exclude_ids",
+        "candidate_ids",
     ]
-    assert [spec.shape for spec in manifest.outputs] == [["batch_size", 20]] * 2
+    assert [spec.name for spec in manifest.outputs] == [
+        "top_indices",
+        "top_scores",
+        "top_p_skip",
+        "candidate_scores",
+        "candidate_p_skip",
+    ]
+    assert [spec.shape for spec in manifest.outputs] == [["batch_size", 20]] * 3 + [
+        ["batch_size", "num_candidates"]
+    ] * 2
+    assert (manifest.skip_head, manifest.skip_weight) == (False, 0.0)
     assert manifest.files == {
         name: sha256_file(tiny_bundle_dir / name)
         for name in (MODEL_FILE, VOCAB_FILE, POPULARITY_FILE)
@@ -104,7 +149,57 @@ def test_export_round_trips_sasrec(tiny_run_dir: Path, tiny_bundle_dir: Path) ->
     assert manifest.parity.top10_agreement >= 0.999
     assert bundle.vocab == run.vocab
     assert bundle.popularity == run.popularity
-    _onnx_vs_torch(tiny_bundle_dir, tiny_run_dir)
+    outputs = _onnx_vs_torch(tiny_bundle_dir, tiny_run_dir)
+    # Without a skip head every p_skip is NaN.
+    assert np.isnan(outputs[OUTPUT_P_SKIP]).all()
+    assert np.isnan(outputs[OUTPUT_CANDIDATE_P_SKIP]).all()
+
+
+@pytest.mark.parametrize("skip_weight", [0.0, 0.5])
+def test_export_with_a_skip_head(make_run, make_bundle, skip_weight) -> None:
+    overrides = {"skip_head": True, "graded_feedback": True, "skip_weight": skip_weight}
+    bundle_dir = make_bundle(**overrides)
+    manifest = load_bundle(bundle_dir).manifest
+    assert (manifest.skip_head, manifest.skip_weight) == (True, skip_weight)
+    assert manifest.encoding_spec().graded
+    assert manifest.parity.max_abs_diff <= PARITY_ATOL
+    run = make_run(**overrides)
+    outputs = _onnx_vs_torch(bundle_dir, run)
+    top_p, top_scores = outputs[OUTPUT_P_SKIP], outputs[OUTPUT_SCORES]
+    ranked = np.isfinite(top_scores)
+    assert ((0 < top_p[ranked]) & (top_p[ranked] < 1)).all()
+    assert np.isnan(top_p[~ranked]).all()
+    candidate_p = outputs[OUTPUT_CANDIDATE_P_SKIP]
+    specials = np.array(CANDIDATES) < NUM_SPECIAL
+    assert np.isnan(candidate_p[specials]).all()
+    assert ((0 < candidate_p[~specials]) & (candidate_p[~specials] < 1)).all()
+    # p_skip is the offline scorer's, and the graph's ranking is TorchScorer's.
+    model = load_run(run).model
+    feeds = _feeds(manifest.encoding_spec())
+    histories = [
+        [(int(i), int(c)) for i, c in zip(items, codes, strict=True) if i]
+        for items, codes in zip(
+            feeds[INPUT_ITEM_IDS], feeds[INPUT_FEEDBACK], strict=True
+        )
+    ]
+    scorer = TorchScorer(model)
+    for column in range(len(CANDIDATES[0])):
+        targets = np.array([row[column] for row in CANDIDATES])
+        real = targets >= NUM_SPECIAL
+        np.testing.assert_allclose(
+            scorer.p_skip(histories, targets)[real],
+            candidate_p[real, column],
+            atol=PARITY_ATOL,
+        )
+    offline = scorer.score(histories)
+    first = outputs[OUTPUT_INDICES][1, 0]  # row 1 excludes nothing
+    assert first == int(np.argmax(offline[1]))
+    # beta != 0 scores p_skip of every track before TopK: a second table MatMul.
+    nodes = onnx.load(str(load_bundle(bundle_dir).model_path)).graph.node
+    table_reads = [
+        n for n in nodes if n.op_type == "MatMul" and "item_table_t" in n.input
+    ]
+    assert len(table_reads) == (2 if skip_weight else 1)
 
 
 def test_export_round_trips_bert4rec_and_caps_top_k(make_run, make_bundle) -> None:
@@ -133,12 +228,13 @@ def test_export_int8_records_drift_and_serves(make_bundle) -> None:
     session = open_inference_session(bundle)
     spec = bundle.manifest.encoding_spec()
     item_ids, feedback = encode_sessions([[(5, 1), (9, 2)]], spec)
-    indices, scores = session.run(
+    indices, scores, *_ = session.run(
         None,
         {
             INPUT_ITEM_IDS: item_ids,
             INPUT_FEEDBACK: feedback,
             INPUT_EXCLUDE: encode_exclusions([[9]]),
+            INPUT_CANDIDATES: np.zeros((1, 1), dtype=np.int64),
         },
     )
     assert indices.shape == (1, 20) and scores.dtype == np.float32

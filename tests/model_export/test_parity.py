@@ -10,19 +10,21 @@ import pytest
 from onnx import numpy_helper
 
 from model_export.parity import (
+    CANDIDATE_WIDTHS,
     MIN_PARITY_SESSIONS,
     PARITY_ATOL,
     ParityShapeError,
     ParityValueError,
     check_parity,
     compare_outputs,
+    compare_values,
     parity_batches,
     synthetic_sessions,
 )
 from model_export.wrapper import ServingModule
-from skiprec.encoding import EncodingSpec
+from skiprec.encoding import FEEDBACK_LEVEL_BASE, EncodingSpec
 from skiprec.manifest import MODEL_FILE, OUTPUT_SCORES
-from skiprec.vocab import PAD_ID
+from skiprec.vocab import OOV_ID, PAD_ID
 from training.checkpoint import load_run
 
 NEG = -np.inf
@@ -91,6 +93,30 @@ def test_parity_batches_cover_the_grid() -> None:
     assert {B for B, _ in shapes} >= {1, 64}
     assert any((b.item_ids == PAD_ID).all(axis=1).any() for b in batches)
     assert any((b.exclude_ids != PAD_ID).any() for b in batches)
+    # Candidates: several widths, PAD fill, OOV and an excluded track among them.
+    assert {b.candidate_ids.shape[1] for b in batches} == set(CANDIDATE_WIDTHS)
+    candidates = np.concatenate([b.candidate_ids.ravel() for b in batches])
+    assert {PAD_ID, OOV_ID} <= set(candidates.tolist())
+    assert any(
+        np.isin(b.candidate_ids[row], b.exclude_ids[row][b.exclude_ids[row] > 0]).any()
+        for b in batches
+        for row in range(len(b.candidate_ids))
+    )
+    graded = synthetic_sessions(60, 8, 50, seed=1, graded=True)
+    assert any(code >= FEEDBACK_LEVEL_BASE for s in graded for _, code in s)
+
+
+def test_compare_values_nan_equals_nan_only() -> None:
+    names = ["row 0", "row 1"]
+    same = np.array([[0.5, np.nan, NEG], [0.25, 0.75, np.nan]])
+    assert compare_values("p", same, same.copy(), PARITY_ATOL, names) == (0.0, [])
+    other = same.copy()
+    other[1, 1] = np.nan  # a number where torch has NaN
+    worst, failures = compare_values(
+        "candidate_p_skip", same, other, PARITY_ATOL, names, np.array([[3, 4, 5]] * 2)
+    )
+    assert worst == np.inf and len(failures) == 1
+    assert "candidate_p_skip, row 1, position 1 (item 4)" in failures[0]
 
 
 def _module(run_dir: Path, top_k: int = 20) -> ServingModule:
@@ -130,7 +156,7 @@ def test_check_parity_fails_for_perturbed_graph(
         check_parity(_module(tiny_run_dir), perturbed, sessions, EncodingSpec(8))
     assert info.value.failures
     message = str(info.value)
-    assert "sessions differ by more than atol" in message
+    assert "differ by more than atol" in message
     assert "onnx item 10 score" in message
     assert "item_ids [" in message and "position" in message
 
@@ -149,6 +175,7 @@ def test_check_parity_fails_for_renamed_output(tiny_run_dir, tiny_bundle_dir, tm
     model = onnx.load(str(tiny_bundle_dir / MODEL_FILE))
     for node in model.graph.node:
         node.output[:] = ["scores" if o == OUTPUT_SCORES else o for o in node.output]
+        node.input[:] = ["scores" if i == OUTPUT_SCORES else i for i in node.input]
     model.graph.output[1].name = "scores"
     renamed = tmp_path / "renamed.onnx"
     onnx.save(model, str(renamed))
@@ -164,3 +191,36 @@ def test_check_parity_fails_for_wrong_top_k(tiny_run_dir, tiny_bundle_dir) -> No
             [[(5, 1)]],
             EncodingSpec(8),
         )
+
+
+def _perturb_skip_bias(model_path: Path, out_path: Path, delta: float) -> None:
+    """Shift one track's skip propensity r_c in the graph (its skip head bias: the
+    head's [V, 1] table with beta = 0, the wrapper's [V] ``skip_bias`` otherwise)."""
+    model = onnx.load(str(model_path))
+    names = ("encoder.skip_head.bias_emb.weight", "skip_bias")
+    (table,) = [t for t in model.graph.initializer if t.name in names]
+    values = numpy_helper.to_array(table).copy()
+    values[10] += delta
+    table.CopyFrom(numpy_helper.from_array(values, table.name))
+    onnx.save(model, str(out_path))
+
+
+@pytest.mark.parametrize("skip_weight", [0.0, 0.5])
+def test_check_parity_catches_a_wrong_skip_head(
+    make_run, make_bundle, tmp_path, skip_weight
+):
+    overrides = {"skip_head": True, "skip_weight": skip_weight}
+    module = _module(make_run(**overrides))
+    graph = make_bundle(**overrides) / MODEL_FILE
+    sessions = synthetic_sessions(60, 8, 200, seed=4)
+    assert check_parity(module, graph, sessions, EncodingSpec(8)).max_abs_diff <= (
+        PARITY_ATOL
+    )
+    perturbed = tmp_path / "skip.onnx"
+    _perturb_skip_bias(graph, perturbed, delta=2.0)
+    with pytest.raises(ParityValueError) as info:
+        check_parity(module, perturbed, sessions, EncodingSpec(8))
+    message = str(info.value)
+    assert "candidate_p_skip" in message and "(item 10)" in message
+    # beta != 0: p_skip moves the ranking scores of item 10 too.
+    assert ("onnx item 10 score" in message) == bool(skip_weight)

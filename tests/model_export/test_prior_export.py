@@ -19,7 +19,15 @@ from model_export.parity import (
 from model_export.wrapper import ServingModule
 from skiprec.bundle import load_bundle, open_inference_session
 from skiprec.encoding import encode_exclusions, encode_sessions
-from skiprec.manifest import INPUT_EXCLUDE, INPUT_FEEDBACK, INPUT_ITEM_IDS, MODEL_FILE
+from skiprec.manifest import (
+    INPUT_CANDIDATES,
+    INPUT_EXCLUDE,
+    INPUT_FEEDBACK,
+    INPUT_ITEM_IDS,
+    MODEL_FILE,
+    OUTPUT_INDICES,
+    OUTPUT_SCORES,
+)
 from skiprec.vocab import NUM_SPECIAL, OOV_ID
 from tests.conftest import TINY_NUM_TRACKS, TINY_TOP_K
 from training.checkpoint import load_run
@@ -65,11 +73,12 @@ def _run_graph(bundle_dir, sessions, excluded):
     spec = bundle.manifest.encoding_spec()
     item_ids, feedback = encode_sessions(sessions, spec)
     return open_inference_session(bundle).run(
-        None,
+        [OUTPUT_INDICES, OUTPUT_SCORES],
         {
             INPUT_ITEM_IDS: item_ids,
             INPUT_FEEDBACK: feedback,
             INPUT_EXCLUDE: encode_exclusions(excluded),
+            INPUT_CANDIDATES: np.zeros((len(sessions), 1), dtype=np.int64),
         },
     )
 

@@ -79,6 +79,48 @@ def test_load_bundle_unknown_schema_version(bundle_copy: Path) -> None:
         load_bundle(bundle_copy)
 
 
+def test_load_bundle_refuses_a_version_1_bundle_asking_for_a_re_export(
+    bundle_copy: Path,
+) -> None:
+    # A schema-1 manifest: three inputs, two outputs, no skip fields.
+    payload = json.loads((bundle_copy / MANIFEST_FILE).read_text())
+    payload["schema_version"] = 1
+    payload["inputs"] = payload["inputs"][:3]
+    payload["outputs"] = payload["outputs"][:2]
+    del payload["skip_head"], payload["skip_weight"]
+    (bundle_copy / MANIFEST_FILE).write_text(json.dumps(payload))
+    with pytest.raises(BundleSchemaVersionError) as info:
+        load_bundle(bundle_copy)
+    message = str(info.value)
+    assert "'schema_version' is 1" in message and "'candidate_ids'" in message
+    assert "re-export the run with `skiprec export --run RUN_DIR" in message
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"skip_head": False, "skip_weight": 0.5}, "no skip head"),
+        ({"skip_head": True, "skip_weight": float("inf")}, "must be finite"),
+    ],
+)
+def test_load_bundle_refuses_an_inconsistent_skip_weight(
+    bundle_copy: Path, changes: dict[str, object], problem: str
+) -> None:
+    _edit_manifest(bundle_copy, **changes)
+    with pytest.raises(BundleManifestInvalid, match=problem):
+        load_bundle(bundle_copy)
+
+
+def test_load_bundle_refuses_schema_2_without_the_candidate_io(
+    bundle_copy: Path,
+) -> None:
+    payload = json.loads((bundle_copy / MANIFEST_FILE).read_text())
+    payload["outputs"] = payload["outputs"][:2]
+    (bundle_copy / MANIFEST_FILE).write_text(json.dumps(payload))
+    with pytest.raises(BundleManifestInvalid, match="outputs must be named"):
+        load_bundle(bundle_copy)
+
+
 def test_load_bundle_manifest_not_json(bundle_copy: Path) -> None:
     (bundle_copy / MANIFEST_FILE).write_text('{"schema_version": 1,')
     with pytest.raises(BundleManifestInvalid, match="manifest.json: not valid JSON"):
@@ -103,8 +145,9 @@ def test_load_bundle_vocab_size_differs_from_manifest(bundle_copy: Path) -> None
 
 def test_open_session_graph_output_differs(bundle_copy: Path) -> None:
     model = onnx.load(str(bundle_copy / MODEL_FILE))
-    for node in model.graph.node:
+    for node in model.graph.node:  # the producer and the nodes that read it
         node.output[:] = ["scores" if o == OUTPUT_SCORES else o for o in node.output]
+        node.input[:] = ["scores" if i == OUTPUT_SCORES else i for i in node.input]
     model.graph.output[1].name = "scores"
     onnx.save(model, str(bundle_copy / MODEL_FILE))
     manifest = json.loads((bundle_copy / MANIFEST_FILE).read_text())
