@@ -176,6 +176,7 @@ def export_bundle(
                 "precision": precision,
                 "skip_head": module.skip_head,
                 "skip_weight": module.skip_weight,
+                "policy": run.metrics.get("policy", {}).get("chosen"),
             }
         )
         (staging / MANIFEST_FILE).write_text(

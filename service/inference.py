@@ -46,6 +46,7 @@ from skiprec.manifest import (
     OUTPUT_INDICES,
     OUTPUT_SCORES,
 )
+from skiprec.policy import SessionPolicy
 from skiprec.vocab import NUM_SPECIAL
 
 logger = logging.getLogger(__name__)
@@ -76,6 +77,8 @@ class LoadedModel:
         self.spec: EncodingSpec = bundle.manifest.encoding_spec()
         self.model_version = bundle.manifest.model_version
         self.top_k = bundle.manifest.top_k
+        recorded = bundle.manifest.policy
+        self.policy = recorded.session_policy() if recorded else SessionPolicy()
         total = sum(bundle.popularity.values()) or 1
         ranked = sorted(bundle.popularity.items(), key=lambda kv: (-kv[1], kv[0]))
         self.popular: RankedItems = [

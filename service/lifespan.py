@@ -12,6 +12,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -109,7 +110,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.max_inference_batch, metrics.inference_batch.observe
     )
     batcher.start()
-    recommender = Recommender(store, models, batcher, metrics, session_policy(settings))
+    recommender = Recommender(
+        store, models, batcher, metrics, partial(session_policy, settings)
+    )
     state = ServiceState(settings, metrics, store, models, batcher, recommender, redis)
     app.state.skiprec = state
     watcher = (

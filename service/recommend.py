@@ -10,10 +10,17 @@ reachable store.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from service.errors import SessionStoreUnavailable
-from service.inference import InferenceRequest, MicroBatcher, ModelHolder, RankedItems
+from service.inference import (
+    InferenceRequest,
+    LoadedModel,
+    MicroBatcher,
+    ModelHolder,
+    RankedItems,
+)
 from service.metrics import Metrics
 from service.schemas import FallbackReason
 from service.session_store import SessionStore, SessionWindow
@@ -48,22 +55,25 @@ class Recommender:
         models: ModelHolder,
         batcher: MicroBatcher,
         metrics: Metrics,
-        policy: SessionPolicy,
+        policy: Callable[[SessionPolicy], SessionPolicy],
     ) -> None:
         self.store = store
         self.models = models
         self.batcher = batcher
         self.metrics = metrics
-        self.policy = policy
+        self.policy = policy  # the bundle's policy -> the one served (settings)
 
-    def policy_for(self, request: RecommendRequest) -> SessionPolicy:
+    def policy_for(
+        self, request: RecommendRequest, model: LoadedModel
+    ) -> SessionPolicy:
+        policy = self.policy(model.policy)
         if request.exclude_played is None:
-            return self.policy
+            return policy
         if request.exclude_played:
-            return replace(self.policy, played="exclude")
-        if self.policy.played == "exclude":
-            return replace(self.policy, played="none")
-        return self.policy
+            return replace(policy, played="exclude")
+        if policy.played == "exclude":
+            return replace(policy, played="none")
+        return policy
 
     async def recommend(self, request: RecommendRequest) -> Recommendation:
         model = self.models.current  # once: a reload mid-request changes nothing
@@ -80,7 +90,7 @@ class Recommender:
             self.metrics.fallbacks.labels(reason=reason).inc()
             popular = model.popular[: request.k]
             return Recommendation(request.user_id, model.model_version, popular, reason)
-        policy = self.policy_for(request)
+        policy = self.policy_for(request, model)
         events = window.events()
         ranked = await self.batcher.rank(
             model,

@@ -73,11 +73,11 @@ class Settings(BaseSettings):
     max_batch: int = Field(default=1000, ge=1, le=100_000)
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
     # Session policy (skiprec.policy): what becomes of tracks heard earlier in the
-    # session. The defaults are the measured choice (docs/RESULTS.md).
-    skipped_rule: Rule = "exclude"
-    skipped_penalty: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
-    played_rule: Rule = "none"
-    played_penalty: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
+    # session. Unset: the bundle's, chosen on its run's validation sessions.
+    skipped_rule: Rule | None = None
+    skipped_penalty: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
+    played_rule: Rule | None = None
+    played_penalty: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
     api_key: SecretStr | None = None
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
@@ -119,12 +119,21 @@ class Settings(BaseSettings):
         return self
 
 
-def session_policy(settings: Settings) -> SessionPolicy:
+def session_policy(settings: Settings, bundle_policy: SessionPolicy) -> SessionPolicy:
+    """The bundle's policy with whatever the settings override."""
     return SessionPolicy(
-        skipped=settings.skipped_rule,
-        played=settings.played_rule,
-        skipped_penalty=settings.skipped_penalty,
-        played_penalty=settings.played_penalty,
+        skipped=settings.skipped_rule or bundle_policy.skipped,
+        played=settings.played_rule or bundle_policy.played,
+        skipped_penalty=(
+            bundle_policy.skipped_penalty
+            if settings.skipped_penalty is None
+            else settings.skipped_penalty
+        ),
+        played_penalty=(
+            bundle_policy.played_penalty
+            if settings.played_penalty is None
+            else settings.played_penalty
+        ),
     )
 
 

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from skiprec.encoding import EncodingSpec
+from skiprec.policy import Rule, SessionPolicy
 
 # 2: candidate scoring and p_skip (candidate_ids in; top_p_skip, candidate_scores,
 # candidate_p_skip out; skip_head, skip_weight). Version-1 bundles are refused.
@@ -63,6 +64,22 @@ class ParityReport(BaseModel):
     top10_agreement: float
 
 
+class PolicySpec(BaseModel):
+    """The session policy (``skiprec.policy``) chosen on the run's validation split."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    skipped: Rule
+    played: Rule
+    skipped_penalty: float = Field(ge=0.0, allow_inf_nan=False)
+    played_penalty: float = Field(ge=0.0, allow_inf_nan=False)
+
+    def session_policy(self) -> SessionPolicy:
+        return SessionPolicy(
+            self.skipped, self.played, self.skipped_penalty, self.played_penalty
+        )
+
+
 class Manifest(BaseModel):
     """Everything serving needs to encode a session and trust the graph."""
 
@@ -95,6 +112,11 @@ class Manifest(BaseModel):
     )
     skip_weight: float = Field(
         default=0.0, description="beta of + beta * log(1 - p_skip) in the scores"
+    )
+    policy: PolicySpec | None = Field(
+        default=None,
+        description="the serving policy the run chose on validation; None: none "
+        "recorded (the service then applies skiprec.policy.SessionPolicy())",
     )
 
     @model_validator(mode="after")

@@ -8,7 +8,11 @@ Skipped-earlier and played-earlier tracks each get a rule:
 - ``none``: ranked as any other track.
 
 A track both skipped and played earlier takes both rules: excluded if either
-excludes, otherwise both penalties. Serving applies the policy to the live session
+excludes, otherwise both penalties. The default is no rule at all: the rules that
+exclude cost accuracy when measured (docs/RESULTS.md), and a run records the policy
+chosen on its validation sessions, which its bundle serves.
+
+Serving applies the policy to the live session
 (``service/recommend.py``) and offline evaluation to every history
 (``training/evaluation.py``), so an offline figure is the figure of the policy the
 service runs. Torch-free.
@@ -30,7 +34,7 @@ RULES: tuple[Rule, ...] = get_args(Rule)
 class SessionPolicy:
     """One rule (and penalty) for skipped-earlier, one for played-earlier tracks."""
 
-    skipped: Rule = "exclude"
+    skipped: Rule = "none"
     played: Rule = "none"
     skipped_penalty: float = 0.0
     played_penalty: float = 0.0
@@ -43,6 +47,14 @@ class SessionPolicy:
             penalty = getattr(self, f"{name}_penalty")
             if not (math.isfinite(penalty) and penalty >= 0.0):
                 raise ValueError(f"{name}_penalty must be finite and >= 0")
+
+    def to_dict(self) -> dict[str, str | float]:
+        return {
+            "skipped": self.skipped,
+            "played": self.played,
+            "skipped_penalty": self.skipped_penalty,
+            "played_penalty": self.played_penalty,
+        }
 
     def rule(self, skipped: bool) -> Rule:
         return self.skipped if skipped else self.played

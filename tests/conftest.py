@@ -44,8 +44,9 @@ def pytest_collection_modifyitems(
 
 
 def build_tiny_run(run_dir: Path, seed: int = 0, **overrides: Any) -> Path:
-    """Save a random tiny run; ``overrides`` replace ModelConfig fields (and
-    ``skip_weight`` sets the skip head's ranking weight)."""
+    """Save a random tiny run; ``overrides`` replace ModelConfig fields
+    (``skip_weight`` sets the skip head's ranking weight, ``policy`` a
+    ``SessionPolicy.to_dict()`` the run records as chosen on validation)."""
     # torch is imported lazily so that collecting the suite does not import it: the
     # service tests check that serving code never does.
     import torch
@@ -56,6 +57,7 @@ def build_tiny_run(run_dir: Path, seed: int = 0, **overrides: Any) -> Path:
 
     num_tracks = overrides.pop("num_tracks", TINY_NUM_TRACKS)
     skip_weight = overrides.pop("skip_weight", 0.0)
+    policy = overrides.pop("policy", None)
     settings: dict[str, Any] = {
         "num_items": num_tracks + NUM_SPECIAL,
         "backbone": "sasrec",
@@ -86,7 +88,10 @@ def build_tiny_run(run_dir: Path, seed: int = 0, **overrides: Any) -> Path:
             vocab=Vocabulary(track_ids),
             popularity={t: 1000 - 10 * i for i, t in enumerate(track_ids)},
             train_config={"seed": seed, "epochs": 0, "note": "random tiny test model"},
-            metrics={"test": {"ndcg@10": 0.0}},
+            metrics={
+                "test": {"ndcg@10": 0.0},
+                **({"policy": {"chosen": policy}} if policy else {}),
+            },
             data_fingerprint="0" * 64,
             step=0,
         ),
@@ -119,7 +124,7 @@ def make_bundle(
         precision: str = "fp32",
         **overrides: Any,
     ) -> Path:
-        key = repr((backbone, top_k, precision, sorted(overrides.items())))
+        key = repr((backbone, top_k, precision, sorted(map(repr, overrides.items()))))
         if key not in cache:
             run_dir = make_run(backbone=backbone, **overrides)
             out_dir = tmp_path_factory.mktemp("bundle") / "bundle"

@@ -212,6 +212,36 @@ def choose_penalties(
     return result
 
 
+def choose_policy(
+    scorer: Scorer,
+    validation: Sequence[EvalExample],
+    vocab: Any,
+    choose_by: str = "ndcg@10",
+) -> tuple[SessionPolicy, dict[str, Any]]:
+    """The serving policy a run records: the best on validation by ``choose_by`` of
+    the fixed policies and the penalty grid (ties: the fixed ones first, in order).
+
+    Returns the policy and what chose it (for the run's metrics)."""
+    result = choose_penalties(scorer, validation, vocab, choose_by, None)
+    candidates = [
+        (name, FIXED_POLICIES[name], metrics[choose_by])
+        for name, metrics in result.validation.items()
+        if name in FIXED_POLICIES
+    ]
+    if result.chosen is not None:
+        candidates.append(
+            ("penalize", result.chosen, result.validation["penalize"][choose_by])
+        )
+    name, policy, value = max(candidates, key=lambda c: c[2])
+    summary = {
+        "chosen": policy.to_dict(),
+        "name": name,
+        "chosen_by": f"validation {choose_by}",
+        "validation": {n: v for n, _, v in candidates},
+    }
+    return policy, summary
+
+
 def _per_example(ranks: np.ndarray, metric: str) -> np.ndarray:
     base = metric.split("/")[-1]
     if base == "ndcg@10":

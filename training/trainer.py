@@ -29,11 +29,13 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from skiprec.policy import SessionPolicy
 from skiprec.vocab import NUM_SPECIAL, PAD_ID, Vocabulary
 from training.batching import (
     Batch,
     TrainWindows,
     build_windows,
+    contrastive_pairs,
     epoch_batches,
     session_skips,
 )
@@ -41,6 +43,7 @@ from training.checkpoint import Run, save_run
 from training.config import LossConfig, OptimConfig, TrainConfig
 from training.evaluation import evaluate
 from training.losses import (
+    authors_code_contrastive_loss,
     full_softmax_loss,
     sampled_softmax_loss,
     skip_bce_loss,
@@ -50,6 +53,7 @@ from training.losses import (
 from training.model import ModelConfig, SessionEncoder
 from training.plots import plot_curves
 from training.prior import tune_prior
+from training.protocol import choose_policy
 from training.scoring import TorchScorer
 from training.splits import Split, popularity
 
@@ -107,21 +111,32 @@ def batch_loss(
                 model.score(hidden[has_negative]), batch.negative_targets[has_negative]
             )
     if config.skip_cl_weight > 0:
-        skip_ids, skip_mask = session_skips(batch.tracks, batch.skipped)
+        pairs = contrastive_pairs(
+            batch, config, model.config.backbone, model.config.max_seq_len
+        )
         anchors = (
             hidden
             if config.skip_cl_anchor == "output"
             else model.item_embeddings(batch.tracks)
         )
-        parts["skip_cl"] = skip_contrastive_loss(
+        embedded = (
             anchors,
-            model.item_embeddings(batch.positives),
-            model.item_embeddings(skip_ids),
-            batch.contrastive_anchors(),
-            skip_mask,
-            config.skip_cl_temperature,
-            config.skip_cl_compat,
+            model.item_embeddings(pairs.positives),
+            model.item_embeddings(pairs.negatives),
+            pairs.anchors,
+            pairs.negative_mask,
         )
+        if pairs.negative_rows is None:
+            parts["skip_cl"] = skip_contrastive_loss(
+                *embedded, config.skip_cl_temperature
+            )
+        else:  # skip_cl_compat: the authors' code
+            parts["skip_cl"] = authors_code_contrastive_loss(
+                *embedded,
+                pairs.negative_rows,
+                model.config.max_seq_len,
+                config.skip_cl_temperature,
+            )
     if config.skip_head_weight > 0:
         has_next = batch.skip_targets != PAD_ID  # [B, T]
         # [M, D], [M, 1] -> [M]: the skip logit of the track that came next
@@ -310,7 +325,15 @@ def train(
     # test figures below are those of the model with it, as the run will serve.
     prior, prior_summary = tune_prior(model, split, vocab, config.prior)
     scorer = TorchScorer(model, prior=prior)
-    test = evaluate(scorer, split.test, vocab) if split.test else {}
+    # The serving policy (exclude / penalize / none for tracks heard earlier), chosen
+    # on validation last, on top of beta and the prior; the test figures are the
+    # run's under it, as its bundle serves.
+    policy, policy_summary = (
+        choose_policy(scorer, split.validation, vocab)
+        if split.validation
+        else (SessionPolicy(), {})
+    )
+    test = evaluate(scorer, split.test, vocab, policy) if split.test else {}
     metrics: dict[str, Any] = {
         "validation": best_validation,
         "test": test,
@@ -321,6 +344,7 @@ def train(
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "num_train_windows": len(windows),
         **({"prior": prior_summary} if prior_summary else {}),
+        **({"policy": policy_summary} if policy_summary else {}),
         **({"skip_weight": skip_weight_summary} if skip_weight_summary else {}),
         **(extra_metrics or {}),
     }

@@ -293,3 +293,14 @@ def test_manifest_json_uses_contract_field_names(tiny_bundle_dir: Path) -> None:
     assert "model_config" in payload and "model_config_" not in payload
     assert payload["special_ids"] == {"pad": 0, "oov": 1, "mask": 2}
     assert payload["feedback_codes"] == {"pad": 0, "play": 1, "skip": 2, "mask": 3}
+
+
+def test_the_manifest_carries_the_policy_the_run_chose(make_bundle, tiny_bundle_dir):
+    from skiprec.bundle import load_bundle
+    from skiprec.policy import SessionPolicy
+
+    chosen = SessionPolicy("penalize", "none", skipped_penalty=0.5)
+    manifest = load_bundle(make_bundle(policy=chosen.to_dict())).manifest
+    assert manifest.policy is not None
+    assert manifest.policy.session_policy() == chosen
+    assert load_bundle(tiny_bundle_dir).manifest.policy is None  # none recorded

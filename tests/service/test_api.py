@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from service import keys
+from skiprec.policy import SessionPolicy
 
 
 def event(user_id: str, track_id: str, kind: str = "play", **extra: object) -> dict:
@@ -92,7 +93,39 @@ async def test_session_is_trimmed_to_max_events(make_client, make_settings):
         ]
 
 
-async def test_skipped_tracks_are_never_recommended(client):
+async def test_excluded_skipped_tracks_never_come_back(make_client, make_settings):
+    async with make_client(make_settings(skipped_rule="exclude")) as client:
+        await _skip_everything_recommended(client)
+
+
+async def test_the_bundle_serves_its_recorded_policy_unless_settings_say_otherwise(
+    make_bundle, make_client, make_settings
+):
+    recorded = SessionPolicy(skipped="exclude", played="penalize", played_penalty=2.0)
+    bundle = make_bundle(policy=recorded.to_dict())
+    skipped = [f"t{i}" for i in range(40)]
+    body = {"events": [event("r", track_id, "skip") for track_id in skipped]}
+    async with make_client(make_settings(bundle_dir=bundle)) as client:
+        await client.post("/events", json=body)
+        items = (await client.get("/recommendations/r?k=20")).json()["items"]
+        assert not set(skipped) & {item["track_id"] for item in items}
+    settings = make_settings(bundle_dir=bundle, skipped_rule="none")
+    async with make_client(settings) as client:
+        items = (await client.get("/recommendations/r?k=20")).json()["items"]
+        assert set(skipped) & {item["track_id"] for item in items}
+
+
+async def test_skipped_tracks_may_come_back_by_default(client):
+    # No rule by default (the measured choice): the model alone decides. 40 of the
+    # 57 tracks skipped: a top-20 must repeat some unless they are excluded.
+    skipped = [f"t{i}" for i in range(40)]
+    body = {"events": [event("n", track_id, "skip") for track_id in skipped]}
+    await client.post("/events", json=body)
+    items = (await client.get("/recommendations/n?k=20")).json()["items"]
+    assert len(items) == 20 and set(skipped) & {item["track_id"] for item in items}
+
+
+async def _skip_everything_recommended(client) -> None:
     skipped: list[str] = []
     for _ in range(4):
         items = (await client.get("/recommendations/s?k=10")).json()["items"]

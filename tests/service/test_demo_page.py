@@ -44,6 +44,9 @@ def service_url(
         log,
         ready_path="/readyz",
         env_remove=("SKIPREC_API_KEY",),
+        # A steep skip penalty: the skipped track must visibly sink off the list.
+        skipped_rule="penalize",
+        skipped_penalty="50",
     ) as api:
         yield api.base_url
 
@@ -113,7 +116,7 @@ def _text(driver, test_id: str) -> str:
     return driver.find_element(By.CSS_SELECTOR, f"[data-testid={test_id}]").text
 
 
-def test_demo_page_skip_removes_track_and_reshapes_list(browser, service_url):
+def test_demo_page_skip_sinks_the_track_and_reshapes_list(browser, service_url):
     from selenium.webdriver.common.by import By
 
     driver = browser

@@ -9,18 +9,22 @@ from skiprec.policy import SessionPolicy
 SESSION = [("a", True), ("b", False), ("a", False), ("c", True)]
 
 
-def test_default_excludes_skipped_tracks_only():
-    assert SessionPolicy().excluded(SESSION) == {"a", "c"}
+def test_default_is_no_rule():
+    assert SessionPolicy().excluded(SESSION) == set()
     assert SessionPolicy().penalties(SESSION) == {}
 
 
+def test_excluding_skipped_tracks():
+    assert SessionPolicy(skipped="exclude").excluded(SESSION) == {"a", "c"}
+
+
 def test_excluding_played_too_removes_every_earlier_track():
-    policy = SessionPolicy(played="exclude")
+    policy = SessionPolicy(skipped="exclude", played="exclude")
     assert policy.excluded(SESSION) == {"a", "b", "c"}
 
 
 def test_no_rule_excludes_and_penalises_nothing():
-    policy = SessionPolicy(skipped="none", skipped_penalty=3.0)
+    policy = SessionPolicy(skipped_penalty=3.0)
     assert policy.excluded(SESSION) == set()
     assert policy.penalties(SESSION) == {}
 

@@ -55,12 +55,13 @@ def test_evaluate_ranks_without_specials() -> None:
 
 def test_evaluate_excludes_skipped_history_tracks() -> None:
     examples = [example([("a", True), ("b", False)], "c")]
-    default = evaluate(FixedScorer(ROW), examples, VOCAB)
-    assert default["hr@1"] == 0.0 and default["hr@5"] == 1.0  # b above c, a excluded
-    assert default["mrr@10"] == pytest.approx(1 / 2)
-    both = evaluate(FixedScorer(ROW), examples, VOCAB, SessionPolicy(played="exclude"))
-    assert both["hr@1"] == 1.0
-    none = evaluate(FixedScorer(ROW), examples, VOCAB, SessionPolicy(skipped="none"))
+    skips = SessionPolicy(skipped="exclude")
+    excluded = evaluate(FixedScorer(ROW), examples, VOCAB, skips)
+    assert excluded["hr@1"] == 0.0 and excluded["hr@5"] == 1.0  # b above c, a out
+    assert excluded["mrr@10"] == pytest.approx(1 / 2)
+    both = SessionPolicy(skipped="exclude", played="exclude")
+    assert evaluate(FixedScorer(ROW), examples, VOCAB, both)["hr@1"] == 1.0
+    none = evaluate(FixedScorer(ROW), examples, VOCAB)  # the default: no rule
     assert none["mrr@10"] == pytest.approx(1 / 3)
 
 
@@ -70,7 +71,7 @@ def test_excluded_or_oov_target_is_a_miss() -> None:
         example([("a", False)], "unknown"),  # not in the vocabulary
         example([("a", False)], "a"),  # a replay of a played track is allowed
     ]
-    out = evaluate(FixedScorer(ROW), examples, VOCAB)
+    out = evaluate(FixedScorer(ROW), examples, VOCAB, SessionPolicy(skipped="exclude"))
     assert out["hr@20"] == pytest.approx(1 / 3)
     assert out["num_excluded_targets"] == 1
     assert out["num_oov_targets"] == 1

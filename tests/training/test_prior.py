@@ -15,6 +15,7 @@ from skiprec.encoding import (
     encode_events,
     encode_sessions,
 )
+from skiprec.policy import SessionPolicy
 from skiprec.vocab import MASK_ID, NUM_SPECIAL, OOV_ID, PAD_ID, Vocabulary
 from training.checkpoint import Run, load_run, save_run
 from training.cli.evaluate import main as evaluate_main
@@ -265,7 +266,8 @@ def test_train_with_prior_saves_it_and_scores_with_it(split_and_vocab, tmp_path)
     assert (run.prior.alpha, run.prior.gamma) == (summary["alpha"], summary["gamma"])
     assert run.train_config["prior"]["transition_prior"] is True
     # The stored test figures are the loaded run's, prior included.
-    again = evaluate(TorchScorer(run.model, prior=run.prior), split.test, vocab)
+    policy = SessionPolicy(**result.metrics["policy"]["chosen"])
+    again = evaluate(TorchScorer(run.model, prior=run.prior), split.test, vocab, policy)
     assert again["ndcg@10"] == pytest.approx(result.metrics["test"]["ndcg@10"])
 
 

@@ -111,12 +111,13 @@ def test_evaluate_protocol_end_to_end(tiny_run, tmp_path, capsys) -> None:
     assert interval["low"] <= interval["difference"] <= interval["high"]
     assert interval["num_resamples"] == 50
     assert "after_skip/played/ndcg@10" in row["metrics"]
-    # `results` keeps the old meaning: each scorer under the service's default policy.
-    assert payload["results_policy"]["skipped"] == "exclude"
+    # `results`: each scorer under the policy the run's bundle serves by default
+    # (a run that recorded none: skiprec.policy.SessionPolicy(), no rule).
+    assert payload["results_policy"]["skipped"] == "none"
     assert payload["results"]["markov"] == next(
         r["metrics"]
         for r in payload["rows"]
-        if (r["model"], r["policy"]) == ("markov", "exclude_skipped")
+        if (r["model"], r["policy"]) == ("markov", "none")
     )
     skip = payload["skip"]
     assert skip["reference"] == "momentum_logistic"

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from skiprec.encoding import encode_graded_events
+from skiprec.policy import SessionPolicy
 from training.baselines import BASELINES, PopularityScorer
 from training.checkpoint import load_run
 from training.cli.evaluate import main as evaluate_main
@@ -55,6 +56,14 @@ def test_tiny_model_learns_synthetic_sessions(synthetic_split):
     result = train(TINY, split, vocab, quiet=True)
     assert result.metrics["test"]["ndcg@10"] >= 2 * popularity["ndcg@10"]
     assert result.metrics["best_epoch"] >= 1
+    # The serving policy is chosen on validation, and the test figures are its own.
+    recorded = result.metrics["policy"]
+    policy = SessionPolicy(**recorded["chosen"])
+    assert recorded["validation"][recorded["name"]] == max(
+        recorded["validation"].values()
+    )
+    again = evaluate(TorchScorer(result.model), split.test, vocab, policy)
+    assert again["ndcg@10"] == pytest.approx(result.metrics["test"]["ndcg@10"])
 
 
 @pytest.mark.parametrize(

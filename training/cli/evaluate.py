@@ -197,7 +197,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             results[name] = choose_penalties(
                 scorer, split.validation, run.vocab, args.choose_by, negatives
             )
-    default_policy = SessionPolicy()  # what the service applies unless configured
+    # What the run's bundle serves unless configured: its validation-chosen policy.
+    recorded = run.metrics.get("policy", {}).get("chosen")
+    default_policy = SessionPolicy(**recorded) if recorded else SessionPolicy()
     for name, scorer in scorers.items():
         chosen = results[name].chosen
         policies = [*FIXED_POLICIES.values(), default_policy]
