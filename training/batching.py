@@ -37,6 +37,18 @@ BERT4Rec masking (``masked_batches``): each real position is masked with ``mask_
 ``LAST_MASK_FRACTION`` of windows, and in every window where no position drew a mask,
 only the newest event is masked instead, which is exactly the inference layout (history
 followed by one mask in the last slot, ``EncodingSpec(append_mask=True)``).
+
+OOV inputs (``[loss] oov_share``): serving maps every track missing from the vocabulary
+to ``OOV_ID``, whose embedding training never sees otherwise. Each epoch, an
+``oov_share`` of the input occurrences of rare tracks (at most ``oov_max_count``
+occurrences in the training windows) reads ``OOV_ID`` instead; the true track stays in
+``tracks`` and in every target. On the MSSD dev split, tracks seen once are 1.96% of
+the training occurrences, close to the 2.2-2.6% of held-out input events that are OOV
+(Good-Turing: the singletons' share estimates the unseen tracks' mass).
+
+Skip contrastive pairs (``contrastive_pairs``): anchors, positives and negatives of
+``training.losses.skip_contrastive_loss`` (or, with ``skip_cl_compat``, of
+``authors_code_contrastive_loss``, from ``authors_code_pairs``).
 """
 
 from __future__ import annotations
@@ -57,8 +69,8 @@ from skiprec.encoding import (
     FEEDBACK_PLAY,
     FEEDBACK_SKIP,
 )
-from skiprec.vocab import MASK_ID, PAD_ID, Vocabulary
-from training.config import TrainConfig
+from skiprec.vocab import MASK_ID, NUM_SPECIAL, OOV_ID, PAD_ID, Vocabulary
+from training.config import LossConfig, TrainConfig
 
 # Share of BERT4Rec windows trained with only their newest event masked (BERT4Rec,
 # Sun et al. 2019, sec. 3.6: "we also produce samples that only mask the last item").
@@ -210,6 +222,10 @@ def epoch_batches(
         full = _masked(windows, config.loss.mask_prob, config.loss.target, generator)
     else:
         full = _causal(windows, config.loss.target)
+    if config.loss.oov_share > 0:  # drawn last: the other draws stay as without it
+        full = _rare_inputs_to_oov(
+            full, config.loss.oov_share, config.loss.oov_max_count, generator
+        )
     width = windows.tracks.shape[1]
     for start in range(0, len(order), config.optim.batch_size):
         rows = order[start : start + config.optim.batch_size]
@@ -226,6 +242,22 @@ def _graded_inputs(
     binary = torch.rand(len(windows), generator=generator) < binary_share  # [N]
     feedback = torch.where(binary[:, None], windows.feedback, windows.graded_feedback)
     return dataclasses.replace(windows, feedback=feedback)
+
+
+def _rare_inputs_to_oov(
+    full: Batch, share: float, max_count: int, generator: torch.Generator
+) -> Batch:
+    """``full`` (all windows, [N, W]) with a ``share`` of the input occurrences of
+    tracks seen at most ``max_count`` times in ``full.tracks`` replaced by OOV_ID
+    (drawn with ``generator``; BERT4Rec's masked inputs stay masked)."""
+    # Every training event is in exactly one window, so these are training counts.
+    counts = torch.bincount(full.tracks.flatten())  # [V'] (up to the largest id)
+    rare = (counts[full.tracks] <= max_count) & (full.tracks >= NUM_SPECIAL)
+    drawn = torch.rand(full.tracks.shape, generator=generator) < share  # [N, W]
+    replace = rare & drawn & (full.item_ids != MASK_ID)
+    return dataclasses.replace(
+        full, item_ids=torch.where(replace, OOV_ID, full.item_ids)
+    )
 
 
 def _causal_targets(windows: TrainWindows, target: str) -> Tensor:
@@ -298,3 +330,95 @@ def session_skips(tracks: Tensor, skipped: Tensor) -> tuple[Tensor, Tensor]:
     ids = torch.where(skipped, tracks, PAD_ID).gather(1, order)[:, :width]
     mask = skipped.gather(1, order)[:, :width]
     return ids, mask
+
+
+@dataclass(frozen=True)
+class ContrastivePairs:
+    """What the skip contrastive term compares, as track indices (the loss call
+    embeds them). Every tensor is [B, T] unless stated.
+
+    ``anchors`` bool: positions that are anchors; ``positives`` int64: each anchor's
+    positive track (PAD elsewhere); ``negatives`` int64 [B, S] and ``negative_mask``
+    bool, [B, T, S] (per anchor) or [B, S] (per row): the window's skipped tracks;
+    ``negative_rows`` int64: the row whose negatives each anchor sees (the authors'
+    code only, else None).
+    """
+
+    anchors: Tensor
+    positives: Tensor
+    negatives: Tensor
+    negative_mask: Tensor
+    negative_rows: Tensor | None = None
+
+
+def contrastive_pairs(
+    batch: Batch, config: LossConfig, backbone: str, num_slots: int
+) -> ContrastivePairs:
+    """Anchors, positives and negatives of the skip contrastive term for ``batch``.
+
+    Papers' semantics (``skip_cl_compat`` false): anchors are the played positions
+    that have a later played track, their positive that track, their negatives the
+    window's skipped tracks. BERT4Rec with output anchors and
+    ``skip_cl_masked_anchors``: anchors only at masked played positions, positive =
+    the masked track (what the position predicts; an unmasked position has it in its
+    input). ``skip_cl_mask_positive``: a negative equal to the anchor's positive is
+    dropped for that anchor. ``skip_cl_compat``: the authors' code
+    (:func:`authors_code_pairs`, ``num_slots`` = their padded width W).
+    """
+    negatives, negative_mask = session_skips(batch.tracks, batch.skipped)
+    if config.skip_cl_compat:
+        anchors, positives, rows = authors_code_pairs(
+            batch.tracks, batch.skipped, num_slots
+        )
+        return ContrastivePairs(anchors, positives, negatives, negative_mask, rows)
+    anchors, positives = batch.contrastive_anchors(), batch.positives
+    if (
+        backbone == "bert4rec"
+        and config.skip_cl_masked_anchors
+        and config.skip_cl_anchor == "output"
+    ):
+        masked = batch.item_ids == MASK_ID
+        anchors = masked & ~batch.skipped & (batch.tracks != PAD_ID)
+        positives = torch.where(anchors, batch.tracks, PAD_ID)
+    mask = negative_mask
+    if config.skip_cl_mask_positive:
+        # [B, 1, S] & ([B, 1, S] != [B, T, 1]) -> [B, T, S]
+        mask = negative_mask[:, None, :] & (
+            negatives[:, None, :] != positives[:, :, None]
+        )
+    return ContrastivePairs(anchors, positives, negatives, mask)
+
+
+def authors_code_pairs(
+    tracks: Tensor, skipped: Tensor, num_slots: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Anchors, positives and negative rows of the authors' public code on our windows.
+
+    That code (``get_negative_samples``/``_closest_pos_sample``) sees a window as W =
+    ``num_slots`` right-padded slots, event j in slot j. Anchors: every played slot
+    but slot W - 1. Positive: the nearest later played slot of the window or, when
+    there is none (``argmin`` over an all-maximum row), slot 0, the window's first
+    event. Negatives of the query row b*W + j: row ``(b*W + j) mod B``
+    (``n.tile(W, 1, 1)`` against ``p.view(-1, D)``).
+
+    Args:
+        tracks: int64 [B, T] left-padded windows; skipped: bool [B, T].
+    Returns:
+        anchors bool [B, T], positives int64 [B, T] (PAD where not an anchor) and
+        negative_rows int64 [B, T] (0 where not an anchor).
+    """
+    B, T = tracks.shape
+    real = tracks != PAD_ID
+    column = torch.arange(T, device=tracks.device)
+    first = T - real.sum(dim=1)  # [B] column of the window's first event
+    slot = column[None, :] - first[:, None]  # [B, T] j, the event's slot there
+    played = real & ~skipped
+    # Nearest played column strictly after t: a suffix minimum, shifted by one.
+    played_column = torch.where(played, column, T)  # [B, T]
+    suffix = played_column.flip(1).cummin(dim=1).values.flip(1)  # min over t' >= t
+    after = torch.cat([suffix[:, 1:], torch.full_like(suffix[:, :1], T)], dim=1)
+    positive_column = torch.where(after < T, after, first[:, None]).clamp(max=T - 1)
+    anchors = played & (slot < num_slots - 1)
+    positives = torch.where(anchors, tracks.gather(1, positive_column), PAD_ID)
+    rows = (torch.arange(B, device=tracks.device)[:, None] * num_slots + slot) % B
+    return anchors, positives, torch.where(anchors, rows, 0)

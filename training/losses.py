@@ -2,16 +2,19 @@
 
 Dimension legend: B batch, T sequence length, D hidden dim, M selected positions,
 N sampled negatives, H hard negatives per position, S skipped tracks per session,
-V item vocabulary (tracks + specials).
+V item vocabulary (tracks + specials), W padded session width of the authors' code.
 
 Every loss averages over the positions it applies to and returns a scalar that is 0
 (still attached to the graph) when there is none, so a batch without skips or targets
-never produces NaN. ``PAD_ID`` marks "no target here"; the special ids (PAD, OOV, MASK)
-are never valid targets and never compete in a softmax, as in serving, where the graph
-sets them to -inf before top-k.
+never produces NaN; the one exception is :func:`authors_code_contrastive_loss`, which
+reproduces a reference implementation's averaging on purpose. ``PAD_ID`` marks "no
+target here"; the special ids (PAD, OOV, MASK) are never valid targets and never
+compete in a softmax, as in serving, where the graph sets them to -inf before top-k.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -109,47 +112,117 @@ def skip_contrastive_loss(
     anchor_mask: Tensor,
     negative_mask: Tensor,
     temperature: float = 0.1,
-    compat: bool = False,
 ) -> Tensor:
-    """InfoNCE pulling a played position towards the next played track and away from
-    the tracks skipped in the same session (Seshadri & Knees, arXiv 2309.11623;
-    Seshadri, Shashaani & Knees, arXiv 2409.07367).
+    """InfoNCE pulling an anchor towards its positive track and away from the tracks
+    skipped in the same session (Seshadri & Knees, arXiv 2309.11623; Seshadri,
+    Shashaani & Knees, arXiv 2409.07367), in the papers' semantics.
 
-    With cosine similarity sim and temperature tau, for each anchor a_{b,t}:
+    With cosine similarity sim and temperature tau, for each anchor a_{b,t} with
+    positive p_{b,t} and the session's skipped tracks n_{b,s}:
 
         l_{b,t} = -log( exp(sim(a, p)/tau)
-                  / (exp(sim(a, p)/tau) + sum_s m_{b,s} exp(sim(a, n_{b,s})/tau)) )
+                  / (exp(sim(a, p)/tau) + sum_s m_{b,t,s} exp(sim(a, n_{b,s})/tau)) )
 
-    averaged over anchors with ``anchor_mask`` true and at least one negative
-    (an anchor in a session without skips has nothing to contrast and contributes
-    nothing). ``compat=True`` reproduces the authors' public code instead: negatives are
-    taken from the previous session in the batch (``roll(1, dim=0)``) and every slot,
-    padded ones included, counts as a negative (a zero-padded slot has similarity 0, so
-    it adds exp(0) = 1 to the denominator).
+        L = mean_{(b,t): anchor_mask_{b,t} and sum_s m_{b,t,s} > 0} l_{b,t}
+
+    An anchor left with no negative (a session without skips) has nothing to contrast
+    and contributes nothing. ``m`` is per anchor so that the caller can drop a
+    negative that is the anchor's own positive (``training.batching.contrastive_pairs``
+    does, ``[loss] skip_cl_mask_positive``): a track skipped early in a session and
+    played later is both, and keeping it asks the anchor to be near and far from the
+    same embedding (the loss then cannot fall below log 2, and its gradient pulls the
+    positive and pushes the same vector at once).
 
     Args:
         anchors: [B, T, D] model outputs at each position (or the raw item embeddings).
-        positives: [B, T, D] embedding of the next played track after t.
+        positives: [B, T, D] embedding of each anchor's positive track.
         negatives: [B, S, D] embeddings of the session's skipped tracks.
-        anchor_mask: bool [B, T] real, non-skipped position with a later played track.
-        negative_mask: bool [B, S] slot holds a real skipped track.
+        anchor_mask: bool [B, T] positions that are anchors.
+        negative_mask: bool [B, S] (slot holds a real skipped track) or [B, T, S]
+            (slot s is a negative of anchor (b, t)).
         temperature: tau.
-        compat: reproduce the reference implementation (see above).
     """
-    if compat:
-        negatives = negatives.roll(1, dims=0)
-        negative_mask = torch.ones_like(negative_mask)
+    if negative_mask.dim() == 2:
+        negative_mask = negative_mask[:, None, :]  # [B, S] -> [B, 1, S]
     # Cosine similarity; F.normalize's eps keeps a zero (padding) vector at 0.
     a = F.normalize(anchors, dim=-1)
     pos = (a * F.normalize(positives, dim=-1)).sum(-1) / temperature  # [B, T]
     # [B, T, D] @ [B, D, S] -> [B, T, S]
     neg = (a @ F.normalize(negatives, dim=-1).transpose(1, 2)) / temperature
-    neg = neg.masked_fill(~negative_mask[:, None, :], -torch.inf)
+    neg = neg.masked_fill(~negative_mask, -torch.inf)
     logits = torch.cat([pos.unsqueeze(-1), neg], dim=-1)  # [B, T, 1 + S]
     losses = torch.logsumexp(logits, dim=-1) - pos
-    use = anchor_mask & negative_mask.any(dim=1, keepdim=True)
+    use = anchor_mask & negative_mask.any(dim=-1)
     # Unused rows can hold -inf - (-inf); zero them before the masked mean.
     return _mean(torch.where(use, losses, 0.0), use)
+
+
+def authors_code_contrastive_loss(
+    anchors: Tensor,
+    positives: Tensor,
+    negatives: Tensor,
+    anchor_mask: Tensor,
+    negative_mask: Tensor,
+    negative_rows: Tensor,
+    num_slots: int,
+    temperature: float = 0.1,
+) -> Tensor:
+    """The skip InfoNCE exactly as the authors' public code computes it
+    (``[loss] skip_cl_compat``), which differs from the papers' formula in three ways.
+
+    Their code (github.com/pseshadri9/sequential-music-recommendation,
+    ``get_negative_samples`` + ``utility/loss_metrics.info_nce`` with
+    ``negative_mode="paired"``) builds, for a batch of B right-padded sessions of W
+    slots, a query per slot ([B*W, D], the output at a played slot, a zero vector
+    elsewhere) and a negative set per session ([B, W, D], the item embedding at a
+    skipped slot, a zero vector elsewhere), then pairs them with ``n.tile(W, 1, 1)``:
+
+    1. Pairing: query row i = b*W + j (session b, slot j) gets the negatives of
+       session ``i mod B``, not of session b. ``negative_rows[b, t]`` holds that row.
+    2. Padding count: all W slots of that negative set enter the softmax; a zero slot
+       has cosine 0 and adds exp(0) = 1, so each anchor's denominator has
+       W - k_r extra ones (k_r = skips of row r).
+    3. Averaging: ``cross_entropy(reduction="mean")`` over all B*W query rows; a
+       zero query has every logit at 0, so each non-anchor row adds the constant
+       log(1 + W) and the anchors' share of the gradient is A / (B*W).
+
+    With r = negative_rows[b, t], k_r = sum_s m_{r,s} and A anchors:
+
+        l_{b,t} = -log( exp(sim(a, p)/tau) / (exp(sim(a, p)/tau)
+                  + sum_s m_{r,s} exp(sim(a, n_{r,s})/tau) + (W - k_r)) )
+
+        L = ( sum_{anchors} l_{b,t} + (B*W - A) log(1 + W) ) / (B*W)
+
+    The anchors and positives of that code (every played slot but the last of the W,
+    positive = the next played slot of the session or, when there is none, its first
+    slot) come from ``training.batching.authors_code_pairs``; no negative is dropped.
+
+    Args:
+        anchors: [B, T, D]; positives: [B, T, D]; negatives: [B, S, D] each row's
+            skipped tracks; anchor_mask: bool [B, T]; negative_mask: bool [B, S];
+        negative_rows: int64 [B, T] the row whose negatives each anchor sees.
+        num_slots: W, the padded session width of that code (``max_seq_len``).
+        temperature: tau.
+    """
+    B = anchors.shape[0]
+    skips = negative_mask.sum(dim=1)  # [B] k_r
+    if bool((skips > num_slots).any()):
+        raise ValueError("a row has more skipped tracks than num_slots")
+    a = F.normalize(anchors, dim=-1)
+    pos = (a * F.normalize(positives, dim=-1)).sum(-1) / temperature  # [B, T]
+    rows = negative_rows.clamp(0, B - 1)
+    # [B, T, S, D]: each anchor's paired negatives; [B, T, 1, D] * ... -> [B, T, S]
+    paired = F.normalize(negatives, dim=-1)[rows]
+    neg = (a[:, :, None, :] * paired).sum(-1) / temperature
+    neg = neg.masked_fill(~negative_mask[rows], -torch.inf)
+    zero_slots = num_slots - skips.to(pos.dtype)  # [B]
+    padding = torch.log(zero_slots)[rows]  # [B, T]: log(W - k_r), -inf when 0
+    logits = torch.cat([pos[..., None], neg, padding[..., None]], dim=-1)
+    losses = torch.logsumexp(logits, dim=-1) - pos  # [B, T]
+    anchor_sum = torch.where(anchor_mask, losses, 0.0).sum()
+    num_rows = B * num_slots
+    rest = (num_rows - anchor_mask.sum()).to(pos.dtype) * math.log(1 + num_slots)
+    return (anchor_sum + rest) / num_rows
 
 
 def unlikelihood_loss(logits: Tensor, negative_targets: Tensor) -> Tensor:

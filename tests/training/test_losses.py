@@ -7,6 +7,7 @@ import torch
 
 from skiprec.vocab import OOV_ID, PAD_ID
 from training.losses import (
+    authors_code_contrastive_loss,
     full_softmax_loss,
     sampled_softmax_loss,
     skip_bce_loss,
@@ -162,19 +163,85 @@ def test_skip_contrastive_loss_gradient_reaches_item_embeddings():
     assert grad[:3].sum() == 0  # padding rows receive nothing
 
 
-def test_skip_contrastive_loss_compat_rolls_sessions_and_counts_padding():
-    args = _toy()
-    # Session 0 now contrasts with session 1's slots: two zero vectors (cos 0 each).
-    session0 = -math.log(math.exp(2) / (math.exp(2) + 2 * math.exp(0)))
-    # Session 1's anchors see session 0's negatives (unit y, -x):
-    # t=0: a = y, p = y -> cos 1; cos(y, y) = 1, cos(y, -x) = 0.
-    t0 = -math.log(math.exp(2) / (2 * math.exp(2) + math.exp(0)))
-    # t=1: a = (1,1)/sqrt2, p = (1,-1)/sqrt2 -> cos 0; negatives cos 1/sqrt2, -1/sqrt2.
-    c = 2 / math.sqrt(2)
-    t1 = -math.log(1 / (1 + math.exp(c) + math.exp(-c)))
-    expected = (session0 + t0 + t1) / 3
-    assert _loss(*args, compat=True) == pytest.approx(expected, rel=1e-5)
-    assert _loss(*args, compat=True) != pytest.approx(_loss(*args), rel=1e-3)
+def test_skip_contrastive_loss_per_anchor_mask_drops_the_positive_track():
+    # B=1, T=2, S=2. Anchor t=0: a = x, positive x (cos 1); negatives x (the same
+    # track as the positive, cos 1) and -x (cos -1). Anchor t=1: a = y, positive y,
+    # whose only negative slot left is masked too: it contributes nothing.
+    x, y = [1.0, 0.0], [0.0, 1.0]
+    anchors = torch.tensor([[x, y]])
+    positives = torch.tensor([[x, y]])
+    negatives = torch.tensor([[x, [-1.0, 0.0]]])
+    anchor_mask = torch.tensor([[True, True]])
+    per_anchor = torch.tensor([[[False, True], [False, False]]])  # [B, T, S]
+    masked = _loss(anchors, positives, negatives, anchor_mask, per_anchor)
+    # Only t=0 with the -x negative: -log(e^2 / (e^2 + e^-2)) = log(1 + e^-4).
+    assert masked == pytest.approx(math.log(1 + math.exp(-4)), rel=1e-5)
+    # Unmasked ([B, S]), the positive's twin adds e^2: log(2 + e^-4) at t=0, which
+    # can never fall below log 2; at t=1 (y . x = 0, y . -x = 0): log(e^2 + 2) - 2.
+    kept = _loss(anchors, positives, negatives, anchor_mask, torch.ones(1, 2) > 0)
+    t1 = math.log(math.exp(2) + 2) - 2
+    assert kept == pytest.approx((math.log(2 + math.exp(-4)) + t1) / 2, rel=1e-5)
+
+
+def test_skip_contrastive_loss_per_anchor_mask_equals_row_mask_when_all_kept():
+    anchors, positives, negatives, anchor_mask, negative_mask = _toy()
+    per_anchor = negative_mask[:, None, :].expand(-1, 3, -1)
+    assert _loss(anchors, positives, negatives, anchor_mask, per_anchor) == _loss(
+        *_toy()
+    )
+
+
+def _authors_toy():
+    """B=2 rows, T=2, W=3 slots, D=2. Row 0: anchor t=0 (a = x, positive x), skips
+    y and -y; row 1: anchor t=1 (a = y, positive x), one skip y."""
+    x, y, zero = [1.0, 0.0], [0.0, 1.0], [0.0, 0.0]
+    anchors = torch.tensor([[x, [5.0, 5.0]], [[3.0, -1.0], y]])
+    positives = torch.tensor([[x, zero], [zero, x]])
+    negatives = torch.tensor([[y, [0.0, -1.0]], [y, zero]])
+    anchor_mask = torch.tensor([[True, False], [False, True]])
+    negative_mask = torch.tensor([[True, True], [True, False]])
+    return anchors, positives, negatives, anchor_mask, negative_mask
+
+
+def test_authors_code_contrastive_loss_by_hand():
+    rows = torch.tensor([[1, 0], [0, 0]])  # (0,0) sees row 1's skips, (1,1) row 0's
+    loss = authors_code_contrastive_loss(
+        *_authors_toy(), rows, num_slots=3, temperature=TAU
+    ).item()
+    # (0,0): cos(x, x) = 1 -> 2; row 1: y (cos 0 -> e^0) and W - k = 3 - 1 = 2 zero
+    # slots (e^0 each): log(e^2 + 1 + 2) - 2.
+    l00 = math.log(math.exp(2) + 3) - 2
+    # (1,1): cos(y, x) = 0 -> 0; row 0: y (cos 1 -> e^2), -y (e^-2), 3 - 2 = 1 zero.
+    l11 = math.log(1 + math.exp(2) + math.exp(-2) + 1)
+    # Mean over all B*W = 6 query rows; the 4 non-anchor rows add log(1 + W) each.
+    expected = (l00 + l11 + 4 * math.log(4)) / 6
+    assert loss == pytest.approx(expected, rel=1e-5)
+
+
+def test_authors_code_contrastive_loss_full_row_has_no_padding_term():
+    anchors, positives, negatives, anchor_mask, negative_mask = _authors_toy()
+    rows = torch.tensor([[0, 0], [0, 0]])  # both anchors see row 0 (k = 2 = W)
+    loss = authors_code_contrastive_loss(
+        anchors, positives, negatives, anchor_mask, negative_mask, rows, 2, TAU
+    ).item()
+    l00 = math.log(math.exp(2) + math.exp(0) + math.exp(0)) - 2  # y, -y: cos 0, 0
+    l11 = math.log(1 + math.exp(2) + math.exp(-2))
+    assert loss == pytest.approx((l00 + l11 + 2 * math.log(3)) / 4, rel=1e-5)
+    with pytest.raises(ValueError, match="num_slots"):
+        authors_code_contrastive_loss(
+            anchors, positives, negatives, anchor_mask, negative_mask, rows, 1, TAU
+        )
+
+
+def test_authors_code_contrastive_loss_gradient_only_through_anchors():
+    anchors, positives, negatives, anchor_mask, negative_mask = _authors_toy()
+    anchors.requires_grad_()
+    rows = torch.tensor([[1, 0], [0, 0]])
+    authors_code_contrastive_loss(
+        anchors, positives, negatives, anchor_mask, negative_mask, rows, 3, TAU
+    ).backward()
+    assert anchors.grad[anchor_mask].abs().sum() > 0
+    assert anchors.grad[~anchor_mask].abs().sum() == 0
 
 
 def test_skip_bce_loss_by_hand():
