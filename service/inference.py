@@ -43,15 +43,24 @@ from skiprec.manifest import (
     INPUT_EXCLUDE,
     INPUT_FEEDBACK,
     INPUT_ITEM_IDS,
-    OUTPUT_INDICES,
-    OUTPUT_SCORES,
+    OUTPUT_NAMES,
 )
 from skiprec.policy import SessionPolicy
 from skiprec.vocab import NUM_SPECIAL
 
 logger = logging.getLogger(__name__)
 
-RankedItems = list[tuple[str, float]]
+
+@dataclass(frozen=True, slots=True)
+class RankedTrack:
+    """One ranked track: its score, and P(skip) when the model has a skip head."""
+
+    track_id: str
+    score: float
+    p_skip: float | None = None
+
+
+RankedItems = list[RankedTrack]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +74,8 @@ class InferenceRequest:
     excluded: tuple[str, ...] = ()
     penalties: tuple[tuple[str, float], ...] = ()
     levels: tuple[int | None, ...] = ()  # per event; () = no grades sent
+    # Client-supplied tracks to rank instead of the catalogue's top-k (``k`` unused).
+    candidates: tuple[str, ...] = ()
 
 
 class LoadedModel:
@@ -77,13 +88,15 @@ class LoadedModel:
         self.spec: EncodingSpec = bundle.manifest.encoding_spec()
         self.model_version = bundle.manifest.model_version
         self.top_k = bundle.manifest.top_k
+        self.skip_head = bundle.manifest.skip_head
         recorded = bundle.manifest.policy
         self.policy = recorded.session_policy() if recorded else SessionPolicy()
         total = sum(bundle.popularity.values()) or 1
         ranked = sorted(bundle.popularity.items(), key=lambda kv: (-kv[1], kv[0]))
         self.popular: RankedItems = [
-            (track_id, count / total) for track_id, count in ranked
+            RankedTrack(track_id, count / total) for track_id, count in ranked
         ]
+        self.popularity_share = {t.track_id: t.score for t in self.popular}
 
     @classmethod
     def load(cls, path: Path, onnx_threads: int) -> LoadedModel:
@@ -99,7 +112,7 @@ class LoadedModel:
         first = self.vocab.track_ids[0] if self.vocab.num_tracks else "?"
         k = min(self.top_k, max(1, self.vocab.num_tracks - 1))
         outputs = self._run([InferenceRequest((first,), (True,), k, (first,))])
-        indices, scores = outputs
+        indices, scores = outputs[0], outputs[1]
         if indices.shape != (1, self.top_k) or scores.shape != (1, self.top_k):
             raise BundleRejected(
                 f"smoke inference returned shapes {indices.shape}/{scores.shape}, "
@@ -109,7 +122,8 @@ class LoadedModel:
         if valid.size and (valid.min() < NUM_SPECIAL or valid.max() >= self.vocab.size):
             raise BundleRejected("smoke inference ranked a special or unknown index")
 
-    def _run(self, requests: Sequence[InferenceRequest]) -> tuple[Any, Any]:
+    def _run(self, requests: Sequence[InferenceRequest]) -> list[Any]:
+        """The graph's five outputs (``OUTPUT_NAMES`` order) for a batch."""
         histories: list[list[tuple[int, int]]] = []
         exclusions: list[list[int]] = []
         indices_of = self.vocab.indices
@@ -124,33 +138,50 @@ class LoadedModel:
             excluded = {i for i in indices_of(request.excluded) if i >= NUM_SPECIAL}
             exclusions.append(sorted(excluded))
         item_ids, feedback = encode_sessions(histories, self.spec)
-        outputs = self.session.run(
-            [OUTPUT_INDICES, OUTPUT_SCORES],
+        # Candidates (PAD-filled; an unknown track is OOV, which scores -inf).
+        candidates = [indices_of(request.candidates) for request in requests]
+        outputs: list[Any] = self.session.run(
+            list(OUTPUT_NAMES),
             {
                 INPUT_ITEM_IDS: item_ids,
                 INPUT_FEEDBACK: feedback,
                 INPUT_EXCLUDE: encode_exclusions(exclusions),
-                # Schema 2: no candidates to score on this path (one PAD each).
-                INPUT_CANDIDATES: encode_exclusions([[] for _ in requests]),
+                INPUT_CANDIDATES: encode_exclusions(candidates),
             },
         )
-        return outputs[0], outputs[1]
+        return outputs
 
     def infer(self, requests: Sequence[InferenceRequest]) -> list[RankedItems]:
-        """Top-k ``(track_id, score)`` per request, best first (sync; CPU-bound).
+        """Per request, best first (sync; CPU-bound): the top-k of the catalogue, or
+        its candidates that can be ranked (known, not excluded).
 
         Penalties re-rank the graph's top-K: a penalised track only moves down, so
         the top-k is exact whenever at most K - k penalised tracks were in the top-K.
+        Candidates are exact: each has its own score.
         """
-        indices, scores = self._run(requests)
+        indices, scores, p_skip, candidate_scores, candidate_p_skip = self._run(
+            requests
+        )
         track_ids = self.vocab.track_ids
         results: list[RankedItems] = []
         for row, request in enumerate(requests):
-            row_items = [
-                (index, score)
-                for index, score in zip(
-                    indices[row].tolist(), scores[row].tolist(), strict=True
+            if request.candidates:
+                rows = zip(
+                    self.vocab.indices(request.candidates),
+                    candidate_scores[row].tolist(),
+                    candidate_p_skip[row].tolist(),
+                    strict=False,  # the row is padded to the batch's widest
                 )
+            else:
+                rows = zip(
+                    indices[row].tolist(),
+                    scores[row].tolist(),
+                    p_skip[row].tolist(),
+                    strict=True,
+                )
+            ranked = [
+                (index, score, skip)
+                for index, score, skip in rows
                 if index >= NUM_SPECIAL and math.isfinite(score)
             ]
             if request.penalties:
@@ -161,10 +192,23 @@ class LoadedModel:
                         strict=True,
                     )
                 )
-                row_items = [(i, s - penalty_of.get(i, 0.0)) for i, s in row_items]
-                row_items.sort(key=lambda item: -item[1])  # stable: ties keep order
+                ranked = [(i, s - penalty_of.get(i, 0.0), q) for i, s, q in ranked]
+                ranked.sort(key=lambda item: -item[1])  # stable: ties keep order
+            elif request.candidates:
+                ranked.sort(key=lambda item: -item[1])
+            if request.candidates:
+                ranked = list({i: (i, s, q) for i, s, q in ranked}.values())
+            else:
+                ranked = ranked[: request.k]
             results.append(
-                [(track_ids[i - NUM_SPECIAL], s) for i, s in row_items[: request.k]]
+                [
+                    RankedTrack(
+                        track_ids[i - NUM_SPECIAL],
+                        s,
+                        q if self.skip_head and math.isfinite(q) else None,
+                    )
+                    for i, s, q in ranked
+                ]
             )
         return results
 
@@ -269,7 +313,7 @@ class MicroBatcher:
 
     async def rank(self, model: LoadedModel, request: InferenceRequest) -> RankedItems:
         """The ranked items of one session, by ``model``."""
-        if request.k > model.top_k:
+        if not request.candidates and request.k > model.top_k:
             raise InvalidRequest(
                 f"k: at most {model.top_k} for model {model.model_version}", "k"
             )

@@ -11,10 +11,16 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from service.schemas import ErrorBody, EventBatch, PlaybackEvent, ReloadRequest
+from service.schemas import (
+    ErrorBody,
+    EventBatch,
+    PlaybackEvent,
+    RankCandidates,
+    ReloadRequest,
+)
 
 REF = "#/components/schemas/{model}"
-BODY_MODELS = (PlaybackEvent, EventBatch, ReloadRequest)
+BODY_MODELS = (PlaybackEvent, EventBatch, ReloadRequest, RankCandidates)
 
 
 def _ref(model: type[Any]) -> dict[str, str]:
@@ -29,6 +35,12 @@ EVENTS_BODY: dict[str, Any] = {
                 "schema": {"anyOf": [_ref(PlaybackEvent), _ref(EventBatch)]}
             }
         },
+    }
+}
+RANK_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": _ref(RankCandidates)}},
     }
 }
 RELOAD_BODY: dict[str, Any] = {

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Literal
 
 from service.errors import SessionStoreUnavailable
 from service.inference import (
@@ -20,6 +21,7 @@ from service.inference import (
     MicroBatcher,
     ModelHolder,
     RankedItems,
+    RankedTrack,
 )
 from service.metrics import Metrics
 from service.schemas import FallbackReason
@@ -36,6 +38,31 @@ class RecommendRequest:
     k: int
     now: float
     exclude_played: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RankRequest:
+    """Candidate tracks to rank for a listener (``exclude_played`` as above)."""
+
+    user_id: str
+    candidates: tuple[str, ...]
+    now: float
+    exclude_played: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unranked:
+    track_id: str
+    reason: Literal["unknown", "excluded"]
+
+
+@dataclass(frozen=True, slots=True)
+class RankedCandidates:
+    user_id: str
+    model_version: str
+    items: RankedItems
+    unranked: list[Unranked]
+    fallback_reason: FallbackReason
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +91,7 @@ class Recommender:
         self.policy = policy  # the bundle's policy -> the one served (settings)
 
     def policy_for(
-        self, request: RecommendRequest, model: LoadedModel
+        self, request: RecommendRequest | RankRequest, model: LoadedModel
     ) -> SessionPolicy:
         policy = self.policy(model.policy)
         if request.exclude_played is None:
@@ -75,32 +102,80 @@ class Recommender:
             return replace(policy, played="none")
         return policy
 
+    async def _window(
+        self, model: LoadedModel, user_id: str, now: float
+    ) -> tuple[SessionWindow, FallbackReason]:
+        """The session window the model reads, or why there is none."""
+        reason: FallbackReason
+        try:
+            window = await self.store.read_window(user_id, now, model.spec.max_seq_len)
+        except SessionStoreUnavailable:
+            window, reason = SessionWindow(), "store-unavailable"
+        else:
+            reason = "none" if window.track_ids else "cold-start"
+        if reason != "none":
+            self.metrics.fallbacks.labels(reason=reason).inc()
+        return window, reason
+
+    def _inference(
+        self,
+        window: SessionWindow,
+        policy: SessionPolicy,
+        k: int,
+        candidates: tuple[str, ...] = (),
+    ) -> InferenceRequest:
+        events = window.events()
+        return InferenceRequest(
+            window.track_ids,
+            window.skipped,
+            k,
+            tuple(sorted(policy.excluded(events))),
+            tuple(sorted(policy.penalties(events).items())),
+            window.levels,
+            candidates,
+        )
+
     async def recommend(self, request: RecommendRequest) -> Recommendation:
         model = self.models.current  # once: a reload mid-request changes nothing
-        reason: FallbackReason = "none"
-        window = SessionWindow()
-        try:
-            window = await self.store.read_window(
-                request.user_id, request.now, model.spec.max_seq_len
-            )
-        except SessionStoreUnavailable:
-            reason = "store-unavailable"
-        if not window.track_ids:
-            reason = "cold-start" if reason == "none" else reason
-            self.metrics.fallbacks.labels(reason=reason).inc()
+        window, reason = await self._window(model, request.user_id, request.now)
+        if reason != "none":
             popular = model.popular[: request.k]
             return Recommendation(request.user_id, model.model_version, popular, reason)
         policy = self.policy_for(request, model)
-        events = window.events()
         ranked = await self.batcher.rank(
-            model,
-            InferenceRequest(
-                window.track_ids,
-                window.skipped,
-                request.k,
-                tuple(sorted(policy.excluded(events))),
-                tuple(sorted(policy.penalties(events).items())),
-                window.levels,
-            ),
+            model, self._inference(window, policy, request.k)
         )
         return Recommendation(request.user_id, model.model_version, ranked, reason)
+
+    async def rank_candidates(self, request: RankRequest) -> RankedCandidates:
+        """The client's candidate tracks for this listener, best first, and those
+        that cannot be ranked (unknown to the model, or excluded by the policy)."""
+        model = self.models.current
+        candidates = tuple(dict.fromkeys(request.candidates))  # first occurrences
+        unknown = [t for t in candidates if t not in model.vocab]
+        known = tuple(t for t in candidates if t in model.vocab)
+        window, reason = await self._window(model, request.user_id, request.now)
+        unranked = [Unranked(t, "unknown") for t in unknown]
+        if reason != "none":
+            share = model.popularity_share
+            items = sorted(
+                (RankedTrack(t, share.get(t, 0.0)) for t in known),
+                key=lambda item: -item.score,
+            )
+            return RankedCandidates(
+                request.user_id, model.model_version, items, unranked, reason
+            )
+        policy = self.policy_for(request, model)
+        excluded = policy.excluded(window.events())
+        unranked += [Unranked(t, "excluded") for t in known if t in excluded]
+        to_rank = tuple(t for t in known if t not in excluded)
+        items = (
+            await self.batcher.rank(
+                model, self._inference(window, policy, len(to_rank), to_rank)
+            )
+            if to_rank
+            else []
+        )
+        return RankedCandidates(
+            request.user_id, model.model_version, items, unranked, reason
+        )

@@ -30,6 +30,7 @@ from skiprec.events import (
 
 MAX_ID_LENGTH = 128
 MAX_K = 200
+MAX_CANDIDATES = 1000
 MAX_BATCH_LIMIT = 100_000  # hard ceiling; SKIPREC_MAX_BATCH is the enforced limit
 
 Identifier = Annotated[
@@ -134,6 +135,39 @@ class EventsAccepted(BaseModel):
 class RankedTrack(BaseModel):
     track_id: str
     score: float
+    p_skip: float | None = Field(
+        description="P(the listener skips it if it is played next); null when the "
+        "model has no skip head or the answer is a fallback"
+    )
+
+
+class RankCandidates(BaseModel):
+    """Tracks from another system (a search, an editor's list) to order for one
+    listener's live session."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    candidates: list[Identifier] = Field(min_length=1, max_length=MAX_CANDIDATES)
+    exclude_played: bool | None = Field(
+        default=None, description="as on GET /recommendations"
+    )
+
+
+class UnrankedTrack(BaseModel):
+    track_id: str
+    reason: Literal["unknown", "excluded"]
+
+
+class RankedCandidates(BaseModel):
+    user_id: str
+    model_version: str
+    items: list[RankedTrack]
+    unranked: list[UnrankedTrack] = Field(
+        description="candidates left out: unknown to the model, or excluded by the "
+        "session policy"
+    )
+    fallback: bool
+    fallback_reason: FallbackReason
 
 
 class Recommendations(BaseModel):

@@ -1,22 +1,34 @@
-"""GET /recommendations/{user_id}: the next tracks for the live session.
+"""The next tracks for a listener's live session.
 
-Parse, one call into ``service.recommend.Recommender``, answer. A fallback (no
-session, or no reachable Redis) is flagged in the body and the
+- ``GET /recommendations/{user_id}``: the catalogue's top k;
+- ``POST /recommendations/{user_id}/rank``: the client's candidate tracks re-ranked
+  (another system's candidates, as Metarank does).
+
+Each is parse, one call into ``service.recommend.Recommender``, answer. A fallback
+(no session, or no reachable Redis) is flagged in the body and the
 ``X-Skiprec-Fallback`` header.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 
-from service.deps import RecommenderDep
-from service.openapi import error_responses
-from service.recommend import Recommendation, RecommendRequest
-from service.schemas import MAX_ID_LENGTH, MAX_K, Recommendations
+from service.body import read_json, validate
+from service.deps import RecommenderDep, SettingsDep
+from service.inference import RankedItems
+from service.openapi import RANK_BODY, error_responses
+from service.recommend import (
+    RankedCandidates,
+    RankRequest,
+    Recommendation,
+    RecommendRequest,
+)
+from service.schemas import MAX_ID_LENGTH, MAX_K, RankCandidates, Recommendations
+from service.schemas import RankedCandidates as RankedCandidatesBody
 from skiprec.events import ID_PATTERN
 
 router = APIRouter(tags=["recommendations"])
@@ -27,15 +39,25 @@ UserIdPath = Annotated[
 FALLBACK_HEADER = "X-Skiprec-Fallback"
 
 
-def _response(answer: Recommendation) -> Response:
+def _items(items: RankedItems) -> list[dict[str, Any]]:
+    return [
+        {"track_id": i.track_id, "score": i.score, "p_skip": i.p_skip} for i in items
+    ]
+
+
+def _response(answer: Recommendation | RankedCandidates) -> Response:
     # Serialised by orjson, not through response_model (which documents the schema).
-    body = {
+    body: dict[str, Any] = {
         "user_id": answer.user_id,
         "model_version": answer.model_version,
-        "items": [{"track_id": t, "score": score} for t, score in answer.items],
-        "fallback": answer.fallback_reason != "none",
-        "fallback_reason": answer.fallback_reason,
+        "items": _items(answer.items),
     }
+    if isinstance(answer, RankedCandidates):
+        body["unranked"] = [
+            {"track_id": u.track_id, "reason": u.reason} for u in answer.unranked
+        ]
+    body["fallback"] = answer.fallback_reason != "none"
+    body["fallback_reason"] = answer.fallback_reason
     return Response(
         orjson.dumps(body),
         media_type="application/json",
@@ -59,3 +81,23 @@ async def get_recommendations(
     """The next k tracks for the user's current session, best first."""
     request = RecommendRequest(user_id, k, time.time(), exclude_played)
     return _response(await recommender.recommend(request))
+
+
+@router.post(
+    "/recommendations/{user_id}/rank",
+    response_model=RankedCandidatesBody,
+    responses=error_responses(400, 413, 415, 422, 503),
+    openapi_extra=RANK_BODY,
+)
+async def rank_candidates(
+    user_id: UserIdPath,
+    request: Request,
+    settings: SettingsDep,
+    recommender: RecommenderDep,
+) -> Response:
+    """The given candidate tracks for the user's current session, best first."""
+    body = validate(RankCandidates, await read_json(request, settings.max_body_bytes))
+    rank = RankRequest(
+        user_id, tuple(body.candidates), time.time(), body.exclude_played
+    )
+    return _response(await recommender.rank_candidates(rank))

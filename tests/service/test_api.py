@@ -407,3 +407,73 @@ async def test_embedded_redis_serves_and_keeps_data_across_restarts(
     async with make_client(settings) as client:
         session = (await client.get("/users/e/session")).json()
         assert [e["track_id"] for e in session["events"]] == ["t1"]
+
+
+async def test_items_carry_p_skip_only_when_the_model_has_a_skip_head(
+    make_bundle, make_client, make_settings
+):
+    async with make_client(make_settings()) as client:
+        await client.post("/events", json=event("h", "t1"))
+        items = (await client.get("/recommendations/h?k=5")).json()["items"]
+        assert [i["p_skip"] for i in items] == [None] * 5
+    bundle = make_bundle(skip_head=True)
+    async with make_client(make_settings(bundle_dir=bundle)) as client:
+        items = (await client.get("/recommendations/h?k=5")).json()["items"]
+        assert all(0.0 < i["p_skip"] < 1.0 for i in items)
+        cold = (await client.get("/recommendations/nobody?k=5")).json()["items"]
+        assert [i["p_skip"] for i in cold] == [None] * 5  # popularity has no p_skip
+
+
+async def test_rank_orders_candidates_like_the_catalogue_ranking(
+    make_bundle, make_client, make_settings
+):
+    bundle = make_bundle(skip_head=True)
+    settings = make_settings(bundle_dir=bundle, skipped_rule="exclude")
+    async with make_client(settings) as client:
+        body = {"events": [event("c", "t1"), event("c", "t2", "skip")]}
+        await client.post("/events", json=body)
+        top = (await client.get("/recommendations/c?k=20")).json()["items"]
+        picked = [top[7]["track_id"], top[2]["track_id"], top[12]["track_id"]]
+        candidates = [*picked, "t2", "no-such-track", picked[0]]
+        response = await client.post(
+            "/recommendations/c/rank", json={"candidates": candidates}
+        )
+    assert response.status_code == 200
+    answer = response.json()
+    assert answer["fallback"] is False
+    expected = sorted(
+        (i for i in top if i["track_id"] in picked), key=lambda i: -i["score"]
+    )
+    assert [i["track_id"] for i in answer["items"]] == [i["track_id"] for i in expected]
+    for got, want in zip(answer["items"], expected, strict=True):
+        assert got["score"] == pytest.approx(want["score"], abs=1e-5)
+        assert got["p_skip"] == pytest.approx(want["p_skip"], abs=1e-6)
+    assert answer["unranked"] == [
+        {"track_id": "no-such-track", "reason": "unknown"},
+        {"track_id": "t2", "reason": "excluded"},
+    ]
+
+
+async def test_rank_for_a_new_listener_falls_back_to_popularity(client):
+    response = await client.post(
+        "/recommendations/newbie/rank", json={"candidates": ["t9", "t0", "t4"]}
+    )
+    answer = response.json()
+    assert response.headers["X-Skiprec-Fallback"] == "cold-start"
+    assert [i["track_id"] for i in answer["items"]] == ["t0", "t4", "t9"]
+    assert answer["fallback"] is True and answer["unranked"] == []
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"candidates": []}, "candidates"),
+        ({"candidates": ["a|b"]}, "candidates[0]"),
+        ({"candidates": ["t1"] * 1001}, "candidates"),
+        ({"tracks": ["t1"]}, "candidates"),  # the missing field comes first
+    ],
+)
+async def test_rank_refuses_bad_bodies_naming_the_field(client, body, field):
+    response = await client.post("/recommendations/u/rank", json=body)
+    assert response.status_code == 422
+    assert response.json()["error"]["field"] == field
