@@ -22,6 +22,10 @@ has one). Formats:
 Files may be gzip-compressed (detected from the magic bytes). Anything unexpected
 raises ``DataError`` naming the file, the 1-based line and the column: a loader never
 guesses, because a silently mis-parsed skip column would poison every later number.
+
+Long because each format's reader checks every column of every row with its own
+error; they share the file opening, the row reader and ``Session``, and one module
+keeps the four readers and the writer of the event log comparable side by side.
 """
 
 from __future__ import annotations
