@@ -35,6 +35,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from skiprec.events import event_type
 from training.data import DataError, load_sessions
 from training.metrics import summarize
 from training.splits import EvalExample, leave_one_out_split, session_disjoint_split
@@ -45,10 +46,15 @@ K = 20  # the largest cut-off summarize reports; deeper ranks change no metric
 
 @dataclass(frozen=True)
 class ReplaySession:
-    """Events ``(track_id, skipped)``, oldest first; scored from ``scored_from`` on."""
+    """Events ``(track_id, skipped)``, oldest first; scored from ``scored_from`` on.
+
+    ``levels``: each event's skip level when the data has grades (posted as
+    ``skip_level``, as a client that knows them would), else None.
+    """
 
     events: tuple[tuple[str, bool], ...]
     scored_from: int = 1
+    levels: tuple[int | None, ...] | None = None
 
 
 @dataclass
@@ -69,15 +75,25 @@ def sessions_from_examples(examples: Sequence[EvalExample]) -> list[ReplaySessio
         is_last = i + 1 == len(examples) or len(examples[i + 1].history) == 1
         if is_last:
             target = (example.target, example.target_skipped)
-            sessions.append(ReplaySession((*example.history, target)))
+            sessions.append(
+                ReplaySession((*example.history, target), levels=_levels_of(example))
+            )
     return sessions
+
+
+def _levels_of(example: EvalExample) -> tuple[int | None, ...] | None:
+    if example.history_levels is None:
+        return None
+    return (*example.history_levels, example.target_level)
 
 
 def loo_sessions(examples: Sequence[EvalExample]) -> list[ReplaySession]:
     """Leave-one-out: only the last event of each session is scored."""
     return [
         ReplaySession(
-            (*e.history, (e.target, e.target_skipped)), scored_from=len(e.history)
+            (*e.history, (e.target, e.target_skipped)),
+            scored_from=len(e.history),
+            levels=_levels_of(e),
         )
         for e in examples
     ]
@@ -159,14 +175,16 @@ class Replayer:
                         self.result.ranks.append(rank)
                         self.result.skipped.append(skipped)
                         self.result.fallbacks += fallback
-                pending.append(
-                    {
-                        "event_id": f"e{t}",
-                        "user_id": user_id,
-                        "track_id": track_id,
-                        "type": "skip" if skipped else "play",
-                    }
-                )
+                event: dict[str, object] = {
+                    "event_id": f"e{t}",
+                    "user_id": user_id,
+                    "track_id": track_id,
+                    "type": event_type(skipped),
+                }
+                level = session.levels[t] if session.levels is not None else None
+                if level is not None:
+                    event["skip_level"] = level
+                pending.append(event)
             await self._post(pending)
 
     async def run(self, sessions: Sequence[ReplaySession]) -> ReplayResult:
@@ -218,7 +236,9 @@ def select_sessions(
     sessions = load_sessions(path, format)
     if everything:
         return [
-            ReplaySession(tuple(zip(s.track_ids, s.skipped, strict=True)))
+            ReplaySession(
+                tuple(zip(s.track_ids, s.skipped, strict=True)), levels=s.levels
+            )
             for s in sessions
             if len(s) >= 1
         ]

@@ -22,6 +22,16 @@ def test_sessions_are_rebuilt_from_their_examples():
     assert sessions_from_examples(examples) == [ReplaySession(a), ReplaySession(b)]
 
 
+def test_rebuilt_sessions_keep_their_skip_levels():
+    a = (("t1", False), ("t2", True), ("t3", False))
+    examples = [
+        EvalExample(a[:1], "t2", True, history_levels=(3,), target_level=0),
+        EvalExample(a[:2], "t3", False, history_levels=(3, 0), target_level=2),
+    ]
+    (session,) = sessions_from_examples(examples)
+    assert session == ReplaySession(a, levels=(3, 0, 2))
+
+
 def test_rank_of_is_the_position_or_a_miss():
     items = [{"track_id": "x"}, {"track_id": "y"}]
     assert rank_of("y", items) == 1.0
