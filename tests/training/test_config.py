@@ -54,7 +54,7 @@ def _values(config: TrainConfig) -> dict[tuple[str, str], object]:
     """``{(table, key): value}`` of every field."""
     return {
         (table, f.name): getattr(getattr(config, table), f.name)
-        for table in ("model", "optim", "loss")
+        for table in ("model", "optim", "loss", "prior")
         for f in fields(getattr(config, table))
     }
 
