@@ -264,3 +264,21 @@ async def test_a_read_past_its_deadline_is_unavailable(redis_url):
             await store.read_window("u", 1.0, 5)
         assert time.monotonic() - started < 0.5
         await store.client.aclose()
+
+
+async def test_a_redis_out_of_memory_is_unavailable_not_an_error(redis_url, sync_redis):
+    """OOM (maxmemory reached, noeviction) arrives through a pipeline whose message
+    redis-py rewrites: the store maps it by class to SessionStoreUnavailable."""
+    store = store_for(redis_url)
+    await store.register()
+    before = sync_redis.config_get("maxmemory*")
+    try:
+        sync_redis.config_set("maxmemory-policy", "noeviction")
+        sync_redis.config_set("maxmemory", 1)  # below what Redis already uses
+        with pytest.raises(SessionStoreUnavailable, match="OutOfMemoryError") as caught:
+            await store.append([StoredEvent("m", "u", "t1", False, 1.0)], now=1.0)
+        assert caught.value.__cause__ is not None
+    finally:
+        sync_redis.config_set("maxmemory", before["maxmemory"])
+        sync_redis.config_set("maxmemory-policy", before["maxmemory-policy"])
+    await store.client.aclose()
