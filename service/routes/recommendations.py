@@ -75,7 +75,11 @@ async def get_recommendations(
     recommender: RecommenderDep,
     k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
     exclude_played: Annotated[
-        bool | None, Query(description="default: SKIPREC_EXCLUDE_PLAYED")
+        bool | None,
+        Query(
+            description="true: exclude played-earlier tracks; false: never; "
+            "default: the served policy"
+        ),
     ] = None,
 ) -> Response:
     """The next k tracks for the user's current session, best first."""
