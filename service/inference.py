@@ -74,7 +74,8 @@ class InferenceRequest:
     excluded: tuple[str, ...] = ()
     penalties: tuple[tuple[str, float], ...] = ()
     levels: tuple[int | None, ...] = ()  # per event; () = no grades sent
-    # Client-supplied tracks to rank instead of the catalogue's top-k (``k`` unused).
+    # Client-supplied tracks (distinct) to rank instead of the catalogue's top-k;
+    # ``k`` is then their number.
     candidates: tuple[str, ...] = ()
 
 
@@ -193,13 +194,9 @@ class LoadedModel:
                     )
                 )
                 ranked = [(i, s - penalty_of.get(i, 0.0), q) for i, s, q in ranked]
+            if request.penalties or request.candidates:
                 ranked.sort(key=lambda item: -item[1])  # stable: ties keep order
-            elif request.candidates:
-                ranked.sort(key=lambda item: -item[1])
-            if request.candidates:
-                ranked = list({i: (i, s, q) for i, s, q in ranked}.values())
-            else:
-                ranked = ranked[: request.k]
+            ranked = ranked[: request.k]
             results.append(
                 [
                     RankedTrack(
