@@ -118,12 +118,10 @@ class Recommender:
         return window, reason
 
     def _inference(
-        self,
-        window: SessionWindow,
-        policy: SessionPolicy,
-        k: int,
-        candidates: tuple[str, ...] = (),
+        self, window: SessionWindow, policy: SessionPolicy, k: int
     ) -> InferenceRequest:
+        """The session as the model ranks it, with the policy's exclusions and
+        penalties computed once."""
         events = window.events()
         return InferenceRequest(
             window.track_ids,
@@ -132,7 +130,6 @@ class Recommender:
             tuple(sorted(policy.excluded(events))),
             tuple(sorted(policy.penalties(events).items())),
             window.levels,
-            candidates,
         )
 
     async def recommend(self, request: RecommendRequest) -> Recommendation:
@@ -165,13 +162,13 @@ class Recommender:
             return RankedCandidates(
                 request.user_id, model.model_version, items, unranked, reason
             )
-        policy = self.policy_for(request, model)
-        excluded = policy.excluded(window.events())
+        session = self._inference(window, self.policy_for(request, model), 0)
+        excluded = set(session.excluded)
         unranked += [Unranked(t, "excluded") for t in known if t in excluded]
         to_rank = tuple(t for t in known if t not in excluded)
         items = (
             await self.batcher.rank(
-                model, self._inference(window, policy, len(to_rank), to_rank)
+                model, replace(session, k=len(to_rank), candidates=to_rank)
             )
             if to_rank
             else []
