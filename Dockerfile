@@ -54,7 +54,9 @@ EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
 # SKIPREC_REDIS_URL (and any other SKIPREC_* setting) comes from the environment;
-# without it the service starts its embedded Redis.
+# without it the service starts its embedded Redis. It binds 0.0.0.0, so it refuses to
+# start without SKIPREC_API_KEY unless SKIPREC_ALLOW_UNAUTHENTICATED=true (the compose
+# demo sets the latter).
 CMD ["skiprec", "serve", "--bundle", "/bundles/current", "--host", "0.0.0.0", "--port", "8000"]
 
 

