@@ -19,8 +19,8 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
+from service.event_log import iter_log
 from service.redis_client import EmbeddedRedis
-from service.session_store import SessionStore, StoreConfig
 from skiprec.events import EVENT_LOG_HEADER, event_log_row
 
 logger = logging.getLogger(__name__)
@@ -51,14 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
 async def export_events(redis_url: str, out: Path) -> int:
     """Write the stream behind ``redis_url`` to ``out``; returns the event count."""
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    # Only the stream is read; the session settings do not matter here.
-    store = SessionStore(client, StoreConfig(1800.0, 1, 1, 1, 1))
     written = 0
     try:
         with out.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle, lineterminator="\n")
             writer.writerow(EVENT_LOG_HEADER)
-            async for event in store.iter_stream():
+            async for event in iter_log(client):
                 writer.writerow(
                     event_log_row(
                         event.user_id,

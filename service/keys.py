@@ -11,6 +11,15 @@ from __future__ import annotations
 KEY_PREFIX = "skiprec:"
 STREAM_KEY = KEY_PREFIX + "stream:events"
 """The global live event log (a bounded Redis Stream); one slot on a Cluster."""
+# "{STREAM_KEY}..." hashes to STREAM_KEY's own slot, so the log's keys share one.
+_LOG_TAG = "{" + STREAM_KEY + "}"
+LOG_SEQ_KEY = _LOG_TAG + ":seq"
+"""Counter: the sequence number of the last event appended to the log."""
+
+
+def log_cursor_key(reader: str) -> str:
+    """Hash: a log reader's position (last entry id and sequence number)."""
+    return f"{_LOG_TAG}:cursor:{reader}"
 
 
 def user_tag(user_id: str) -> str:

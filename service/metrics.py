@@ -45,6 +45,11 @@ class Metrics:
             "Events ignored as retries of an accepted event id",
             registry=self.registry,
         )
+        self.late_events = Counter(
+            "skiprec_late_events_total",
+            "Accepted events older than SKIPREC_MAX_LATENESS_S: logged, not live",
+            registry=self.registry,
+        )
         self.fallbacks = Counter(
             "skiprec_fallbacks_total",
             "Recommendations answered by the popularity fallback, by reason",

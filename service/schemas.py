@@ -70,7 +70,15 @@ class PlaybackEvent(BaseModel):
     )
     timestamp: float | str | None = Field(
         default=None,
-        description="unix seconds or ISO-8601; default: server receive time",
+        description="when it happened, by the client's clock: unix seconds or "
+        "ISO-8601; default: server receive time. More than SKIPREC_MAX_CLOCK_SKEW_S "
+        "ahead of the server (after the sent_at correction) is refused",
+    )
+    sent_at: float | str | None = Field(
+        default=None,
+        description="the client's clock when it sent the request (same form as "
+        "timestamp): the service shifts timestamp by (receive time - sent_at), which "
+        "cancels a device clock that runs fast or slow",
     )
 
     @field_validator("skip_level")
@@ -93,7 +101,7 @@ class PlaybackEvent(BaseModel):
                 _check_agrees(level_from_play_time(played, value), info.data["type"])
         return value
 
-    @field_validator("timestamp", mode="before")
+    @field_validator("timestamp", "sent_at", mode="before")
     @classmethod
     def _timestamp(cls, value: Any) -> float | None:
         return None if value is None else parse_timestamp(value)
@@ -109,6 +117,11 @@ class PlaybackEvent(BaseModel):
     def unix_time(self) -> float | None:
         assert not isinstance(self.timestamp, str)  # the validator made it a float
         return self.timestamp
+
+    @property
+    def sent_time(self) -> float | None:
+        assert not isinstance(self.sent_at, str)  # the validator made it a float
+        return self.sent_at
 
 
 def _check_agrees(level: int, event: str) -> None:
@@ -128,8 +141,12 @@ class EventBatch(BaseModel):
 
 
 class EventsAccepted(BaseModel):
-    accepted: int
-    duplicates: int
+    accepted: int = Field(description="new events stored (late ones included)")
+    duplicates: int = Field(description="events already stored (retries)")
+    late: int = Field(
+        description="of the accepted, events older than SKIPREC_MAX_LATENESS_S: in "
+        "the event log (training data), not in the live session"
+    )
 
 
 class RankedTrack(BaseModel):

@@ -1,19 +1,18 @@
-"""The only module that talks to Redis about sessions: append, read, reset, export.
+"""The only module that talks to Redis about sessions: append, read, reset.
 
 State transitions and their atomicity:
-- append: ONE Lua script call (``lua/append_events.lua``) per Redis hash slot (on a
-  standalone server: one per request) dedups by event id, RPUSHes, LTRIMs each user's
-  list to ``session_max_events`` and refreshes the TTLs; each user's part is atomic.
+- append: ONE Lua script call (``lua/append_events.lua``) per Redis hash slot dedups
+  by event id, inserts each user's events in time order, LTRIMs each user's list to
+  ``session_max_events`` and refreshes the TTLs; each user's part is atomic. Calls
+  never mix slots, even on a standalone server (a sharding proxy refuses CROSSSLOT).
   The calls go out in one non-transactional pipeline (one round trip), followed in
-  the same pipeline by ONE ``XADD ... MAXLEN ~`` carrying all of the request's events
-  as a single stream entry (a few commands per request, whatever its size: redis-py's
-  per-command packing and parsing was most of a batched request's cost).
-- The stream XADD cannot live inside the script: on Redis Cluster the stream's slot is
-  not the users'. So the stream is *at least once*: if the pipeline fails after a
-  script ran, the client gets a 503, retries, the script reports the event as a
-  duplicate and the stream gets it again. ``skiprec events export`` drops repeated
-  event ids. An event that got a 202 is in both the session and the stream; an event
-  whose request got a 503 and was never retried may be in the session only.
+  the same pipeline by the event log's one call (``service.event_log``).
+- Exactly-once effect: every event has an id. A client retry is a duplicate; a
+  resend of the same call (redis-py after a lost connection) finds its ids stored
+  with its own receive time and counts them as accepted once; after NOSCRIPT only
+  the commands that did not run are sent again (``_execute``). The log is at least
+  once (``service.event_log``): a 202 means the event is in both the session (unless
+  late) and the log; a 503 that the client never retries may leave it in either.
 - read for the model: one script call (``lua/read_session.lua``) cuts the current
   session inside Redis and returns only the newest ``window`` events plus the
   distinct (track, play/skip) pairs of the older ones, as four strings; the
@@ -31,27 +30,27 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import math
-from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
+from collections.abc import Awaitable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any, TypeVar
 
 from redis import exceptions as redis_errors
-from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from service import keys
 from service.errors import SessionStoreUnavailable
-from skiprec.events import FIELD_SEPARATOR, StoredEvent, is_skip, parse_code
+from service.event_log import LOG_SCRIPT, log_command
+from skiprec.events import FIELD_SEPARATOR, StoredEvent, parse_code
 from skiprec.sessions import current_session_start
 
 APPEND_SCRIPT = files("service").joinpath("lua/append_events.lua").read_text()
+APPEND_SCRIPT_SHA = hashlib.sha1(APPEND_SCRIPT.encode()).hexdigest()
 READ_SCRIPT = files("service").joinpath("lua/read_session.lua").read_text()
 READ_SCRIPT_SHA = hashlib.sha1(READ_SCRIPT.encode()).hexdigest()
 USER_SEPARATOR = "|"  # between users' pairs in the append script's ARGV
-STREAM_FIELD = "events"  # one stream entry: a request's events, one per line
+LATE_MARK = "~"  # before an encoded event: dedup and count it, keep it out of the list
 # A deadline timer that fires late (a busy loop) runs before the loop reads a reply
 # that is already in the socket (libuv runs timers before polling): this many extra
 # loop turns let such a reply land instead of a spurious fallback.
@@ -99,9 +98,10 @@ class SessionWindow:
 
 @dataclass(frozen=True, slots=True)
 class AppendResult:
-    accepted: int
+    accepted: int  # new events, late ones included
     duplicates: int
     accepted_skips: int
+    late: int = 0  # of the accepted: logged, too late for the live session
 
 
 @contextmanager
@@ -136,13 +136,12 @@ class SessionStore:
         self.client = client
         self.read_client = read_client if read_client is not None else client
         self.config = config
-        self._script_sha: str | None = None
-        self._clustered = isinstance(client, RedisCluster)
 
     async def register(self) -> None:
-        """Load the append script once (on every primary when clustered)."""
+        """Load the write scripts (on every primary when clustered)."""
         with store_errors():
-            self._script_sha = await self.client.script_load(APPEND_SCRIPT)
+            await self.client.script_load(APPEND_SCRIPT)
+            await self.client.script_load(LOG_SCRIPT)
 
     async def ping(self) -> bool:
         with store_errors():
@@ -172,71 +171,80 @@ class SessionStore:
                 task.cancel()  # redis-py drops the connection of a cancelled read
         raise redis_errors.TimeoutError(f"no reply within {timeout} s")
 
-    async def append(self, events: Sequence[StoredEvent], now: float) -> AppendResult:
-        """Store a batch (any users); returns only once Redis holds every event."""
-        calls: dict[int, dict[str, list[StoredEvent]]] = {}
-        for event in events:
-            slot = (
-                key_slot(keys.session_events_key(event.user_id).encode())
-                if self._clustered
-                else 0
-            )
-            calls.setdefault(slot, {}).setdefault(event.user_id, []).append(event)
-        with store_errors():
-            try:
-                replies = await self._append_pipeline(calls, events, now)
-            except redis_errors.NoScriptError:
-                # The server lost its script cache (restart, failover): the NOSCRIPT
-                # replies mean no script ran, so loading and resending is safe.
-                await self.register()
-                replies = await self._append_pipeline(calls, events, now)
-        accepted = duplicates = skips = 0
-        for reply in replies[: len(calls)]:
-            accepted += int(reply[0])
-            duplicates += int(reply[1])
-            skips += int(reply[2])
-        return AppendResult(accepted, duplicates, skips)
+    async def append(
+        self, events: Sequence[StoredEvent], now: float, late: Collection[int] = ()
+    ) -> AppendResult:
+        """Store a batch (any users); returns only once Redis holds every event.
 
-    async def _append_pipeline(
-        self,
-        calls: dict[int, dict[str, list[StoredEvent]]],
-        events: Sequence[StoredEvent],
-        now: float,
-    ) -> list[Any]:
-        if self._script_sha is None:
-            await self.register()
+        ``late``: positions of events too late for the live session; they are
+        deduplicated and logged but never join a session.
+        """
+        calls: dict[int, dict[str, list[str]]] = {}
+        for position, event in enumerate(events):
+            if not event.event_id:
+                raise ValueError("every stored event needs an id (service.ingest)")
+            slot = key_slot(keys.session_events_key(event.user_id).encode())
+            pairs = calls.setdefault(slot, {}).setdefault(event.user_id, [])
+            encoded = event.encode()
+            pairs += (
+                event.event_id,
+                LATE_MARK + encoded if position in late else encoded,
+            )
+        commands = [self._append_command(by_user, now) for by_user in calls.values()]
+        commands.append(log_command(events, self.config.stream_maxlen))
+        with store_errors():
+            replies = await self._execute(commands)
+        totals = [sum(int(reply[i]) for reply in replies[:-1]) for i in range(4)]
+        return AppendResult(*totals)
+
+    def _append_command(
+        self, by_user: dict[str, list[str]], now: float
+    ) -> tuple[Any, ...]:
         cfg = self.config
-        pipe = self.client.pipeline(transaction=False)
-        for by_user in calls.values():
-            script_keys: list[str] = []
-            args: list[str | int] = [
-                cfg.session_max_events,
-                cfg.session_ttl_s,
-                cfg.dedup_ttl_s,
-                repr(now),
-            ]
-            for user_id, user_events in by_user.items():
-                if script_keys:
-                    args.append(USER_SEPARATOR)
-                script_keys += keys.user_keys(user_id)
-                for event in user_events:
-                    args += (event.event_id, event.encode())
+        script_keys: list[str] = []
+        args: list[str | int] = [
+            cfg.session_max_events,
+            cfg.session_ttl_s,
+            cfg.dedup_ttl_s,
+            repr(now),
+        ]
+        for user_id, pairs in by_user.items():
+            if script_keys:
+                args.append(USER_SEPARATOR)
+            script_keys += keys.user_keys(user_id)
+            args += pairs
+        return ("EVALSHA", APPEND_SCRIPT_SHA, len(script_keys), *script_keys, *args)
+
+    async def _execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Run ``commands`` in one non-transactional pipeline; their replies.
+
+        A command answered NOSCRIPT (a restarted or failed-over server lost its
+        script cache) did not run: the scripts are loaded and only those commands
+        are sent again, never the ones that ran (the log entry would be doubled).
+        """
+        replies: list[Any] = [None] * len(commands)
+        pending = list(range(len(commands)))
+        for attempt in range(2):
             # execute_command, not pipe.evalsha: redis-py's ClusterPipeline blocks
             # the evalsha helper, while a raw EVALSHA is routed by its keys' slot.
-            pipe.execute_command(
-                "EVALSHA",
-                self._script_sha,
-                len(script_keys),
-                *script_keys,
-                *args,
-            )
-        pipe.xadd(
-            keys.STREAM_KEY,
-            {STREAM_FIELD: "\n".join(event.stream_line() for event in events)},
-            maxlen=cfg.stream_maxlen,
-            approximate=True,
-        )
-        return list(await pipe.execute())
+            pipe = self.client.pipeline(transaction=False)
+            for index in pending:
+                pipe.execute_command(*commands[index])
+            answers = await pipe.execute(raise_on_error=False)
+            missing = []
+            for index, answer in zip(pending, answers, strict=True):
+                if isinstance(answer, redis_errors.NoScriptError):
+                    missing.append(index)
+                elif isinstance(answer, Exception):
+                    raise answer
+                else:
+                    replies[index] = answer
+            if not missing:
+                return replies
+            if attempt == 0:
+                await self.register()
+            pending = missing
+        raise redis_errors.ConnectionError("scripts missing right after loading them")
 
     async def read_events(self, user_id: str) -> list[StoredEvent]:
         """Every stored event of the user (at most ``session_max_events``)."""
@@ -300,46 +308,6 @@ class SessionStore:
         with store_errors():
             await self.client.delete(*keys.user_keys(user_id))
 
-    async def iter_stream(self, batch: int = 10_000) -> AsyncIterator[StoredEvent]:
-        """The live event log oldest first, each (user, event id) once."""
-        seen: set[tuple[str, str]] = set()
-        start = "-"
-        while True:
-            with store_errors():
-                entries = await self.client.xrange(
-                    keys.STREAM_KEY, min=start, max="+", count=batch
-                )
-            for _entry_id, fields in entries:
-                for event in _stream_events(fields):
-                    if event.event_id:
-                        # Event ids are unique per user (that is the dedup scope).
-                        key = (event.user_id, event.event_id)
-                        if key in seen:
-                            continue
-                        seen.add(key)
-                    yield event
-            if len(entries) < batch:
-                return
-            start = "(" + _text(entries[-1][0])
-
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _stream_events(fields: dict[Any, Any]) -> list[StoredEvent]:
-    """The events of one stream entry: a request's batch, or (entries written before
-    batching) one event as fields ``id u t e ts``."""
-    data = {_text(k): _text(v) for k, v in fields.items()}
-    if STREAM_FIELD in data:
-        lines = data[STREAM_FIELD].split("\n")
-        events = [StoredEvent.from_stream_line(line) for line in lines]
-    else:
-        skipped = is_skip(data["e"])
-        events = [
-            StoredEvent(data["id"], data["u"], data["t"], skipped, float(data["ts"]))
-        ]
-    for event in events:
-        if not math.isfinite(event.timestamp):
-            raise ValueError(f"stream entry with a non-finite timestamp: {data!r}")
-    return events

@@ -63,10 +63,14 @@ class Settings(BaseSettings):
     session_max_events: int = Field(default=200, ge=1, le=100_000)
     session_ttl_s: int = Field(default=7 * 24 * 3600, ge=1)
     dedup_ttl_s: int = Field(default=24 * 3600, ge=1)
+    # Event time (service.ingest): how far a client's clock may run ahead of
+    # ours, and how late an event may arrive and still join its live session.
+    max_clock_skew_s: float = Field(default=300.0, ge=0.0, allow_inf_nan=False)
+    max_lateness_s: float = Field(default=6 * 3600.0, ge=0.0, allow_inf_nan=False)
     stream_maxlen: int = Field(
         default=1_000_000,
         ge=1,
-        description="entries kept in the live stream (~; one entry per POST /events)",
+        description="events kept in the live event log (approximately, MAXLEN ~)",
     )
 
     # Requests

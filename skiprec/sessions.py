@@ -1,15 +1,16 @@
 """The session cut: where one listening session ends and the next begins.
 
-A listener's events, in the order they were accepted (the event log: in time
-order), form one session until two consecutive events are more than ``gap_s``
-seconds apart; the event after such a gap opens a new session. Live, the current
-session is over (empty) once its last event is more than ``gap_s`` before now.
-A later event with an earlier timestamp (a client clock going back) is never a gap.
+A listener's events, ordered by their timestamps (``time_order``: ties keep the
+order they arrived in), form one session until two consecutive events are more than
+``gap_s`` seconds apart; the event after such a gap opens a new session. Live, the
+current session is over (empty) once its last event is more than ``gap_s`` before now.
 
-Training sessionises the event log with ``session_starts``; serving cuts the current
-session with ``current_session_start`` here and in ``service/lua/read_session.lua``
-(the only other copy, under an equality test), in the same double arithmetic.
-Torch-free.
+Training sorts the event log with ``time_order`` and sessionises it with
+``session_starts``; serving keeps each listener's events in that order as they
+arrive (``service/lua/append_events.lua`` inserts a late event before newer ones)
+and cuts the current session with ``current_session_start`` here and in
+``service/lua/read_session.lua``. The Lua scripts are the only other copy, under
+equality tests, in the same double arithmetic. Torch-free.
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ DEFAULT_SESSION_GAP_S = 30 * 60.0
 def is_gap(earlier: float, later: float, gap_s: float) -> bool:
     """Whether a session ends between two consecutive events."""
     return later - earlier > gap_s
+
+
+def time_order(timestamps: Sequence[float]) -> list[int]:
+    """Positions of the events in time order; equal times keep arrival order."""
+    return sorted(range(len(timestamps)), key=timestamps.__getitem__)
 
 
 def session_starts(timestamps: Sequence[float], gap_s: float) -> list[int]:

@@ -54,7 +54,7 @@ from skiprec.events import (
     level_is_skip,
     parse_timestamp,
 )
-from skiprec.sessions import DEFAULT_SESSION_GAP_S, session_starts
+from skiprec.sessions import DEFAULT_SESSION_GAP_S, session_starts, time_order
 
 FORMATS = ("mssd-derived", "mssd-log", "events", "ml-1m")
 MSSD_DERIVED_COLUMNS = ("user_id", "song_id", "previous_song", "skipped")
@@ -418,8 +418,8 @@ def _load_events(path: Path, session_gap_s: float) -> list[Session]:
                 )
             per_user.setdefault(user, []).append((timestamp, track, skipped, level))
     sessions: list[Session] = []
-    for user, events in per_user.items():
-        events.sort(key=lambda event: event[0])  # stable: ties keep file order
+    for user, logged in per_user.items():
+        events = [logged[i] for i in time_order([e[0] for e in logged])]
         starts = session_starts([e[0] for e in events], session_gap_s)
         for number, (start, end) in enumerate(
             zip(starts, [*starts[1:], len(events)], strict=True)

@@ -1,21 +1,27 @@
--- Append the events of one or more users atomically: dedup, append, trim, expire.
+-- Append the events of one or more users atomically: dedup, insert in time order,
+-- trim, expire.
 --
--- KEYS[2u-1] - user u's event list (skiprec:{user_id}:events), oldest first
+-- KEYS[2u-1] - user u's event list (skiprec:{user_id}:events), in time order
 -- KEYS[2u]   - user u's dedup sorted set (skiprec:{user_id}:dedup): event id -> receive time
---              (on a Cluster every key of one call must share a slot: the caller
---              groups users by slot)
+--              (every key of one call shares a hash slot: the caller groups users
+--              by slot, on a Cluster and behind a sharding proxy alike)
 -- ARGV[1] - max events kept per list (LTRIM keeps the newest ARGV[1])
 -- ARGV[2] - TTL of an event list, seconds
 -- ARGV[3] - TTL of dedup entries, seconds (older entries are pruned, the key expires)
 -- ARGV[4] - now, unix seconds (the API's clock, so replicas and replays agree)
--- ARGV[5], ARGV[6], ... - user 1's events as pairs: event id ("" = no id, never
---   deduplicated), encoded event; each further user's pairs follow a lone "|"
---   argument (never an event id: ids are [A-Za-z0-9._:@-]). With one user (2 KEYS)
---   there is no "|".
--- return {accepted, duplicates, accepted skips}, summed over the users
+-- ARGV[5], ARGV[6], ... - user 1's events as pairs: event id (never empty: the API
+--   derives one when the client sends none), encoded event; an encoded event that
+--   starts with "~" is too late for the live session: deduplicated and counted, never
+--   stored. Each further user's pairs follow a lone "|" argument (never an event id:
+--   ids are [A-Za-z0-9._:@-]). With one user (2 KEYS) there is no "|".
+-- return {accepted, duplicates, accepted skips, accepted late}, summed over the users
 --
--- A user's events are appended in argument order; a repeated id within the call
--- counts as a duplicate like any earlier one.
+-- The list stays ordered by event time (the stored event's last field), ties in
+-- arrival order: an event older than the newest is inserted before the newer ones
+-- (skiprec.sessions.time_order is the Python twin, under an equality test).
+-- An id already stored with this very call's receive time was stored by this call's
+-- first delivery (a resend after a lost reply): it counts as accepted, not twice.
+-- A repeated id within the call counts as a duplicate like any earlier one.
 local max_events = tonumber(ARGV[1])
 local session_ttl = tonumber(ARGV[2])
 local dedup_ttl = tonumber(ARGV[3])
@@ -24,6 +30,28 @@ local now = tonumber(ARGV[4])
 local accepted = 0
 local duplicates = 0
 local skips = 0
+local late = 0
+
+local function stamp(entry)
+  return tonumber(string.match(entry, "|([^|]*)$"))
+end
+
+local function insert(events_key, entry)
+  local ts = stamp(entry)
+  local last = redis.call("LINDEX", events_key, -1)
+  if not last or stamp(last) <= ts then
+    redis.call("RPUSH", events_key, entry)
+    return
+  end
+  local all = redis.call("LRANGE", events_key, 0, -1)
+  local newer = 0
+  while newer < #all and stamp(all[#all - newer]) > ts do
+    newer = newer + 1
+  end
+  local tail = redis.call("LRANGE", events_key, -newer, -1)
+  redis.call("LTRIM", events_key, 0, -(newer + 1))
+  redis.call("RPUSH", events_key, entry, unpack(tail))
+end
 
 local function finish(events_key, dedup_key, appended, used_dedup)
   if appended then
@@ -38,6 +66,7 @@ local function finish(events_key, dedup_key, appended, used_dedup)
   end
 end
 
+local in_call = {} -- ids met earlier in this call: a repeat is a duplicate
 local user = 1
 local appended = false
 local used_dedup = false
@@ -51,19 +80,30 @@ while i <= #ARGV do
     used_dedup = false
     i = i + 1
   else
-    local fresh = true
-    if event_id ~= "" then
-      used_dedup = true
-      -- ZADD NX returns 1 only when the id was not present yet.
-      fresh = redis.call("ZADD", KEYS[2 * user], "NX", now, event_id) == 1
+    used_dedup = true
+    local entry = ARGV[i + 1]
+    local is_late = string.sub(entry, 1, 1) == "~"
+    if is_late then
+      entry = string.sub(entry, 2)
     end
-    if fresh then
-      redis.call("RPUSH", KEYS[2 * user - 1], ARGV[i + 1])
-      appended = true
+    -- ZADD NX returns 1 only when the id was not present yet.
+    local fresh = redis.call("ZADD", KEYS[2 * user], "NX", now, event_id) == 1
+    local here = user .. "|" .. event_id
+    local resent = not fresh and not in_call[here]
+      and tonumber(redis.call("ZSCORE", KEYS[2 * user], event_id)) == now
+    in_call[here] = true
+    if fresh or resent then
+      if fresh and not is_late then
+        insert(KEYS[2 * user - 1], entry)
+        appended = true
+      end
       accepted = accepted + 1
+      if is_late then
+        late = late + 1
+      end
       -- encoded event: event_id|track_id|code|timestamp; a skip is code "s" or
       -- skip level 0 or 1 (skiprec.events.level_is_skip)
-      if string.match(ARGV[i + 1], "^[^|]*|[^|]*|[s01]|") then
+      if string.match(entry, "^[^|]*|[^|]*|[s01]|") then
         skips = skips + 1
       end
     else
@@ -73,4 +113,4 @@ while i <= #ARGV do
   end
 end
 finish(KEYS[2 * user - 1], KEYS[2 * user], appended, used_dedup)
-return {accepted, duplicates, skips}
+return {accepted, duplicates, skips, late}

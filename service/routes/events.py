@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request, Response
 
 from service.body import parse_events, read_json
 from service.deps import ApiKeyDep, MetricsDep, SessionStoreDep, SettingsDep
-from service.ingest import record_events
+from service.ingest import EventTimeBounds, record_events
 from service.openapi import EVENTS_BODY, error_responses
 from service.schemas import EventsAccepted
 
@@ -33,6 +33,17 @@ async def post_events(
     """Append events to their users' live sessions (idempotent by event_id)."""
     payload = await read_json(request, settings.max_body_bytes)
     events = parse_events(payload, settings.max_batch)
-    result = await record_events(store, metrics, events, time.time())
-    body = {"accepted": result.accepted, "duplicates": result.duplicates}
+    result = await record_events(
+        store,
+        metrics,
+        events,
+        time.time(),
+        EventTimeBounds(settings.max_clock_skew_s, settings.max_lateness_s),
+        batch="events" in payload,
+    )
+    body = {
+        "accepted": result.accepted,
+        "duplicates": result.duplicates,
+        "late": result.late,
+    }
     return Response(orjson.dumps(body), status_code=202, media_type="application/json")

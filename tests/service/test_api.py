@@ -19,7 +19,7 @@ def event(user_id: str, track_id: str, kind: str = "play", **extra: object) -> d
 async def test_post_single_event_is_readable_at_once(client):
     response = await client.post("/events", json=event("u1", "t3", event_id="e1"))
     assert response.status_code == 202
-    assert response.json() == {"accepted": 1, "duplicates": 0}
+    assert response.json() == {"accepted": 1, "duplicates": 0, "late": 0}
     session = (await client.get("/users/u1/session")).json()
     assert [(e["event_id"], e["track_id"], e["type"]) for e in session["events"]] == [
         ("e1", "t3", "play")
@@ -32,7 +32,7 @@ async def test_batch_keeps_order_per_user_across_users(client):
     batch = [event("a", f"t{i}", "skip" if i % 3 == 0 else "play") for i in range(10)]
     batch += [event("b", "t1"), event("a", "not-in-vocab")]
     response = await client.post("/events", json={"events": batch})
-    assert response.json() == {"accepted": 12, "duplicates": 0}
+    assert response.json() == {"accepted": 12, "duplicates": 0, "late": 0}
     session = (await client.get("/users/a/session")).json()
     assert [e["track_id"] for e in session["events"]] == [
         *(f"t{i}" for i in range(10)),
@@ -52,15 +52,18 @@ async def test_retry_with_same_event_id_is_a_duplicate(client):
     assert (await client.post("/events", json=body)).json() == {
         "accepted": 2,
         "duplicates": 0,
+        "late": 0,
     }
     assert (await client.post("/events", json=body)).json() == {
         "accepted": 0,
         "duplicates": 2,
+        "late": 0,
     }
     twice_in_one = {"events": [event("u", "t3", event_id="x3")] * 2}
     assert (await client.post("/events", json=twice_in_one)).json() == {
         "accepted": 1,
         "duplicates": 1,
+        "late": 0,
     }
     # Event ids are per user: another user's "x1" is a new event.
     assert (await client.post("/events", json=event("v", "t1", event_id="x1"))).json()[
@@ -249,8 +252,10 @@ async def test_events_before_a_gap_are_not_in_the_model_input(
 
 
 async def test_iso_timestamps_are_accepted(client):
-    body = event("iso", "t1", timestamp="2030-01-02T03:04:05Z")
-    assert (await client.post("/events", json=body)).status_code == 202
+    body = event("iso", "t1", timestamp="2020-01-02T03:04:05Z")
+    response = await client.post("/events", json=body)
+    assert response.status_code == 202
+    assert response.json()["late"] == 1  # years old: logged, not live
 
 
 async def test_every_user_key_has_a_ttl(make_client, make_settings, sync_redis):
@@ -324,7 +329,7 @@ async def test_health_readiness_and_metrics(client):
     assert "skiprec_model_info{model_version=" in text
 
 
-async def test_api_key_guards_writes_and_admin_only(make_client, make_settings):
+async def test_api_key_guards_listener_routes_not_probes(make_client, make_settings):
     async with make_client(make_settings(api_key="s3cret")) as client:
         body = event("key", "t1")
         missing = await client.post("/events", json=body)
@@ -340,7 +345,13 @@ async def test_api_key_guards_writes_and_admin_only(make_client, make_settings):
         ).status_code == 202
         assert (await client.delete("/users/key/session")).status_code == 401
         assert (await client.post("/admin/reload")).status_code == 401
-        assert (await client.get("/recommendations/key")).status_code == 200
+        assert (await client.get("/recommendations/key")).status_code == 401
+        assert (await client.get("/users/key/session")).status_code == 401
+        keyed = {"X-API-Key": "s3cret"}
+        assert (
+            await client.get("/recommendations/key", headers=keyed)
+        ).status_code == 200
+        assert (await client.get("/readyz")).status_code == 200
 
 
 async def test_redis_down_gives_fallback_and_503(make_client, make_settings):

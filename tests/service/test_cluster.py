@@ -81,7 +81,7 @@ def test_two_replicas_on_a_cluster_match_a_single_node(
                 turn += 1
                 if rng.random() < 0.05:  # a retry that lands on the other replica
                     retry = replicas[turn % 2].post("/events", json=event)
-                    assert retry.json() == {"accepted": 0, "duplicates": 1}
+                    assert retry.json() == {"accepted": 0, "duplicates": 1, "late": 0}
                     ref.post("/events", json=event)
             path = f"/users/{user}/session"
             ids = [e["event_id"] for e in a.get(path).json()["events"]]

@@ -123,7 +123,7 @@ async def run_writers(client: httpx.AsyncClient, num_events: int, seed: int) -> 
             ledger.order[w] += ids
             if rng.random() < 0.05:  # a client retry after a lost response
                 retry = await client.post("/events", json=events[-1])
-                assert retry.json() == {"accepted": 0, "duplicates": 1}
+                assert retry.json() == {"accepted": 0, "duplicates": 1, "late": 0}
                 ledger.duplicates += 1
                 ledger.expected_duplicates += 1
 

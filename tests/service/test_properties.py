@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import bisect
+
 import numpy as np
 import pytest
 import redis
@@ -17,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service import keys
-from service.session_store import APPEND_SCRIPT
+from service.session_store import APPEND_SCRIPT, LATE_MARK
 from skiprec.encoding import FEEDBACK_MASK, FEEDBACK_PAD, EncodingSpec, encode_sessions
 from skiprec.vocab import MASK_ID, PAD_ID
 
@@ -73,15 +75,26 @@ def test_encoder_rows_do_not_depend_on_batch_mates_or_padding(
 SESSION_TTL = 3_000
 DEDUP_TTL = 1_000  # in the script's "now" units; real expiry never fires in a test
 
-event_ids = st.sampled_from(["", "", "a", "b", "c", "d", "e", "f", "g"])
+event_ids = st.sampled_from(["a", "b", "c", "d", "e", "f", "g"])
 script_batch = st.lists(
-    st.tuples(event_ids, st.sampled_from(["p", "s"]), st.integers(0, 9)),
+    st.tuples(
+        event_ids,
+        st.sampled_from(["p", "s", "0", "3"]),
+        st.integers(0, 9),
+        st.integers(0, 50),  # event time: arrival order is not time order
+        st.sampled_from([False, False, False, True]),  # too late for the session
+    ),
     min_size=1,
     max_size=6,
 )
+# A step of 0 repeats the receive time: a resent call, not a client retry.
 script_calls = st.lists(
     st.tuples(script_batch, st.integers(0, 600)), min_size=1, max_size=12
 )
+
+
+def stamp(encoded: str) -> float:
+    return float(encoded.rsplit("|", 1)[1])
 
 
 class ScriptModel:
@@ -92,22 +105,33 @@ class ScriptModel:
         self.events: list[str] = []
         self.dedup: dict[str, float] = {}
 
-    def append(self, batch: list[tuple[str, str]], now: float) -> tuple[int, int, int]:
-        accepted = duplicates = skips = 0
-        for event_id, encoded in batch:
-            if event_id and event_id in self.dedup:
+    def append(
+        self, batch: list[tuple[str, str, bool]], now: float
+    ) -> tuple[int, int, int, int]:
+        accepted = duplicates = skips = late_count = 0
+        in_call: set[str] = set()
+        for event_id, encoded, late in batch:
+            fresh = event_id not in self.dedup
+            resent = not fresh and event_id not in in_call
+            resent = resent and self.dedup[event_id] == now
+            in_call.add(event_id)
+            if not (fresh or resent):
                 duplicates += 1
                 continue
-            if event_id:
+            if fresh:
                 self.dedup[event_id] = now
-            self.events.append(encoded)
+                if not late:
+                    # after every event at or before its time (ties: arrival order)
+                    times = [stamp(e) for e in self.events]
+                    position = bisect.bisect_right(times, stamp(encoded))
+                    self.events.insert(position, encoded)
             accepted += 1
-            skips += encoded.split("|")[2] == "s"
+            late_count += late
+            skips += encoded.split("|")[2] in ("s", "0", "1")
         self.events = self.events[-self.max_events :]
-        if any(event_id for event_id, _ in batch):
-            horizon = now - DEDUP_TTL
-            self.dedup = {k: t for k, t in self.dedup.items() if t >= horizon}
-        return accepted, duplicates, skips
+        horizon = now - DEDUP_TTL
+        self.dedup = {k: t for k, t in self.dedup.items() if t >= horizon}
+        return accepted, duplicates, skips, late_count
 
 
 @settings(
@@ -122,19 +146,17 @@ def test_append_script_matches_its_model(redis_server, calls, max_events):
     events_key, dedup_key = keys.user_keys("prop")
     model = ScriptModel(max_events)
     now = 1_000_000.0
-    serial = 0
     try:
         for batch, step in calls:
             now += step
-            pairs: list[tuple[str, str]] = []
-            for event_id, code, track in batch:
-                serial += 1
-                pairs.append((event_id, f"{event_id}|t{track}|{code}|{serial}.000"))
+            sent: list[tuple[str, str, bool]] = []
             args: list[str | int] = [max_events, SESSION_TTL, DEDUP_TTL, repr(now)]
-            for pair in pairs:
-                args += pair
+            for event_id, code, track, when, late in batch:
+                encoded = f"{event_id}|t{track}|{code}|{when}.000"
+                sent.append((event_id, encoded, late))
+                args += (event_id, LATE_MARK + encoded if late else encoded)
             reply = client.eval(APPEND_SCRIPT, 2, events_key, dedup_key, *args)
-            assert tuple(reply) == model.append(pairs, now)
+            assert tuple(reply) == model.append(sent, now)
             assert client.lrange(events_key, 0, -1) == model.events
             assert sorted(client.zrange(dedup_key, 0, -1)) == sorted(model.dedup)
             if model.events:

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from service import keys
 from service.errors import SessionStoreUnavailable
+from service.event_log import iter_log
 from service.session_store import (
     APPEND_SCRIPT,
     READ_SCRIPT,
@@ -21,7 +22,7 @@ from service.session_store import (
     StoreConfig,
 )
 from skiprec.events import FIELD_SEPARATOR, STORED_SKIP, StoredEvent, parse_code
-from skiprec.sessions import current_session_start
+from skiprec.sessions import current_session_start, time_order
 
 
 def store_for(url: str, **overrides: float) -> SessionStore:
@@ -73,12 +74,116 @@ async def test_stream_export_yields_each_event_id_once(redis_url):
     store = store_for(redis_url)
     batch = [
         StoredEvent("a", "u", "t1", False, 1.0),
-        StoredEvent("", "u", "t2", True, 2.0),
+        StoredEvent("b", "u", "t2", True, 2.0),
     ]
     await store.append(batch, now=3.0)
     await store.append(batch[:1], now=4.0)  # a retry: duplicate in the stream
-    exported = [event async for event in store.iter_stream(batch=1)]
+    exported = [event async for event in iter_log(store.client, batch=1)]
     assert exported == batch
+    await store.client.aclose()
+
+
+async def test_an_event_without_an_id_is_refused_by_the_store(redis_url):
+    store = store_for(redis_url)
+    with pytest.raises(ValueError, match="needs an id"):
+        await store.append([StoredEvent("", "u", "t1", False, 1.0)], now=2.0)
+    await store.client.aclose()
+
+
+async def test_a_late_event_is_inserted_in_time_order(redis_url):
+    store = store_for(redis_url, session_max_events=3)
+    first = [
+        StoredEvent("a", "u", "t1", False, 10.0),
+        StoredEvent("b", "u", "t2", False, 20.0),
+    ]
+    await store.append(first, now=21.0)
+    await store.append([StoredEvent("c", "u", "t3", True, 15.0)], now=22.0)
+    assert [e.event_id for e in await store.read_events("u")] == ["a", "c", "b"]
+    # Older than everything kept in a full list: in the log, trimmed off the list.
+    result = await store.append([StoredEvent("d", "u", "t4", False, 1.0)], now=23.0)
+    assert result.accepted == 1
+    assert [e.event_id for e in await store.read_events("u")] == ["a", "c", "b"]
+    assert [e.event_id async for e in iter_log(store.client)] == ["a", "b", "c", "d"]
+    await store.client.aclose()
+
+
+async def test_late_marked_events_are_counted_and_logged_never_stored(redis_url):
+    store = store_for(redis_url)
+    events = [
+        StoredEvent("a", "u", "t1", True, 1.0),
+        StoredEvent("b", "u", "t2", False, 100.0),
+    ]
+    result = await store.append(events, now=101.0, late={0})
+    assert (result.accepted, result.late, result.accepted_skips) == (2, 1, 1)
+    assert await store.read_events("u") == events[1:]
+    assert [e async for e in iter_log(store.client)] == events
+    again = await store.append(events[:1], now=102.0, late={0})  # a client retry
+    assert (again.accepted, again.duplicates, again.late) == (0, 1, 0)
+    await store.client.aclose()
+
+
+async def test_a_resent_call_counts_its_events_once(redis_url):
+    """redis-py resends a call after a lost connection: the same ids with the same
+    receive time are this call's own, accepted once and stored once."""
+    store = store_for(redis_url)
+    batch = [
+        StoredEvent("a", "u", "t1", False, 1.0),
+        StoredEvent("b", "u", "t2", True, 2.0),
+    ]
+    first = await store.append(batch, now=3.0)
+    resent = await store.append(batch, now=3.0)
+    assert (first.accepted, resent.accepted, resent.duplicates) == (2, 2, 0)
+    assert resent.accepted_skips == 1
+    assert await store.read_events("u") == batch
+    retry = await store.append(batch, now=3.5)  # a client retry: a new receive time
+    assert (retry.accepted, retry.duplicates) == (0, 2)
+    await store.client.aclose()
+
+
+async def test_a_repeated_id_within_one_call_is_a_duplicate(redis_url):
+    store = store_for(redis_url)
+    event = StoredEvent("a", "u", "t1", False, 1.0)
+    result = await store.append([event, event], now=2.0)
+    assert (result.accepted, result.duplicates) == (1, 1)
+    assert await store.read_events("u") == [event]
+    await store.client.aclose()
+
+
+async def test_script_flush_never_doubles_the_log(redis_url, sync_redis):
+    """NOSCRIPT: only the commands that did not run are sent again."""
+    store = store_for(redis_url)
+    await store.append([StoredEvent("a", "u", "t1", False, 1.0)], now=2.0)
+    for flushed in range(3):
+        sync_redis.script_flush()
+        events = [StoredEvent(f"b{flushed}", f"user{flushed}", "t2", False, 3.0)]
+        result = await store.append(events, now=4.0 + flushed)
+        assert result.accepted == 1
+    assert sync_redis.xlen(keys.STREAM_KEY) == 4
+    seqs = [int(f["q"]) for _, f in sync_redis.xrange(keys.STREAM_KEY)]
+    assert seqs == [1, 2, 3, 4]
+    await store.client.aclose()
+
+
+async def test_no_script_call_mixes_hash_slots(redis_server, sync_redis):
+    """Behind a sharding proxy a call with keys of several slots is CROSSSLOT: a
+    standalone server gets one call per slot too (MONITOR shows what was sent)."""
+    from redis.crc import key_slot
+
+    from tests.service.test_concurrency import Monitor
+
+    store = store_for(redis_server)
+    batch = [StoredEvent(f"e{i}", f"user{i}", "t", False, 1.0) for i in range(12)]
+    port = int(redis_server.rsplit(":", 1)[1].split("/")[0])
+    monitor = Monitor(port)
+    await store.append(batch, now=2.0)
+    commands = monitor.finish(sync_redis)
+    calls = [c for c in commands if c[0].upper() == "EVALSHA"]
+    assert len(calls) == 1 + len(
+        {key_slot(f"skiprec:{{user{i}}}:events".encode()) for i in range(12)}
+    )
+    for call in calls:
+        call_keys = call[3 : 3 + int(call[2])]
+        assert len({key_slot(key.encode()) for key in call_keys}) == 1
     await store.client.aclose()
 
 
@@ -177,6 +282,9 @@ async def test_lua_and_python_cut_and_parse_the_same_sessions(
     ]
     now = (specs[-1][2] if specs else 0.0) + now_offset
     await check_window_against_python(store, events, now, window)
+    # Arrival order is not time order here: the list is the time-ordered twin.
+    in_order = [events[i] for i in time_order([e.timestamp for e in events])]
+    assert await store.read_events("u") == in_order[-50:]
     await store.client.aclose()
 
 
@@ -201,7 +309,7 @@ async def test_graded_skips_are_counted_and_read_back(redis_url):
     result = await store.append(events, now=4.0)
     assert (result.accepted, result.accepted_skips) == (3, 2)
     assert await store.read_events("u") == events
-    assert [e async for e in store.iter_stream()] == events
+    assert [e async for e in iter_log(store.client)] == events
     window = await store.read_window("u", 4.0, 2)
     assert window.levels == (2, None) and window.earlier == (("t1", True),)
     await store.client.aclose()
@@ -216,7 +324,7 @@ async def test_model_input_of_a_finished_or_missing_session_is_empty(redis_url):
     await store.client.aclose()
 
 
-async def test_one_request_is_one_script_call_and_one_stream_entry(
+async def test_each_event_is_one_log_entry_with_its_sequence_number(
     redis_url, sync_redis
 ):
     store = store_for(redis_url)
@@ -225,26 +333,30 @@ async def test_one_request_is_one_script_call_and_one_stream_entry(
     ]
     result = await store.append(batch, now=10.0)
     assert (result.accepted, result.duplicates, result.accepted_skips) == (9, 0, 4)
-    assert sync_redis.xlen(keys.STREAM_KEY) == 1
+    entries = sync_redis.xrange(keys.STREAM_KEY)
+    assert [int(fields["q"]) for _, fields in entries] == list(range(1, 10))
     for user in ("user0", "user1", "user2"):
         events = await store.read_events(user)
         assert events == [e for e in batch if e.user_id == user]
     retry = await store.append(batch[:4], now=11.0)
     assert (retry.accepted, retry.duplicates) == (0, 4)
-    assert [e async for e in store.iter_stream()] == batch
+    assert sync_redis.xlen(keys.STREAM_KEY) == 13  # at least once: retries logged
+    assert [e async for e in iter_log(store.client)] == batch
     await store.client.aclose()
 
 
-async def test_stream_entries_written_one_event_each_still_export(
-    redis_url, sync_redis
-):
+async def test_stream_entries_of_earlier_releases_still_export(redis_url, sync_redis):
     store = store_for(redis_url)
     fields = {"id": "a", "u": "u", "t": "t1", "e": "skip", "ts": "5.000"}
-    sync_redis.xadd(keys.STREAM_KEY, fields)  # the format before batched entries
-    await store.append([StoredEvent("b", "u", "t2", False, 6.0)], now=7.0)
-    assert [e async for e in store.iter_stream()] == [
+    sync_redis.xadd(keys.STREAM_KEY, fields)  # one event per entry, first release
+    batched = "b|u|t2|p|6.000\nc|u|t3|1|6.500"
+    sync_redis.xadd(keys.STREAM_KEY, {"events": batched})  # one entry per request
+    await store.append([StoredEvent("d", "u", "t4", False, 7.0)], now=8.0)
+    assert [e async for e in iter_log(store.client)] == [
         StoredEvent("a", "u", "t1", True, 5.0),
         StoredEvent("b", "u", "t2", False, 6.0),
+        StoredEvent("c", "u", "t3", True, 6.5, 1),
+        StoredEvent("d", "u", "t4", False, 7.0),
     ]
     await store.client.aclose()
 
@@ -281,4 +393,37 @@ async def test_a_redis_out_of_memory_is_unavailable_not_an_error(redis_url, sync
     finally:
         sync_redis.config_set("maxmemory", before["maxmemory"])
         sync_redis.config_set("maxmemory-policy", before["maxmemory-policy"])
+    await store.client.aclose()
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    stamps_in_arrival_order=st.lists(stamps, max_size=15),
+    cuts=st.lists(st.integers(min_value=1, max_value=4), min_size=1, max_size=15),
+)
+async def test_lua_keeps_the_newest_events_in_time_order_across_calls(
+    redis_url, stamps_in_arrival_order, cuts
+):
+    """Any arrival order, in calls of any size, with trimming: the list is
+    ``skiprec.sessions.time_order`` of everything sent, its newest ``max`` kept."""
+    store = store_for(redis_url, session_max_events=4)
+    await store.reset("u")
+    events = [
+        StoredEvent(f"id-{i}", "u", f"t{i}", False, ts)
+        for i, ts in enumerate(stamps_in_arrival_order)
+    ]
+    start = 0
+    for size in cuts:
+        if start < len(events):
+            await store.append(events[start : start + size], now=2000.0)
+        start += size
+    if start < len(events):
+        await store.append(events[start:], now=2000.0)
+    sent = events
+    expected = [sent[i] for i in time_order([e.timestamp for e in sent])][-4:]
+    assert await store.read_events("u") == expected
     await store.client.aclose()
