@@ -83,7 +83,7 @@ class LoadedModel:
     """A validated bundle with its open ONNX Runtime session."""
 
     def __init__(self, bundle: Bundle, session: Any) -> None:
-        self.bundle = bundle
+        # The bundle itself is not kept: its model bytes are now ORT's.
         self.session = session
         self.vocab = bundle.vocab
         self.spec: EncodingSpec = bundle.manifest.encoding_spec()

@@ -11,6 +11,9 @@ A bundle is a directory written by ``skiprec export`` (``model_export/export.py`
 Nothing is trusted before it is checked: ``load_bundle`` validates the manifest schema
 and version and the presence and sha256 of every listed file;
 ``open_inference_session`` checks the graph's inputs and outputs against the manifest.
+Each file is read once, into memory, and hashed and parsed from those bytes (the graph
+too: ONNX Runtime gets the bytes, not the path), so a directory replaced while it is
+being loaded can only fail the hash check, never pair one manifest with another graph.
 
 Exceptions (each message names the file or field and says what to do)::
 
@@ -26,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +97,8 @@ class Bundle:
     manifest: Manifest
     vocab: Vocabulary
     popularity: dict[str, int]
+    # The graph as hashed; ``open_inference_session`` builds the session from these.
+    model_bytes: bytes = field(repr=False)
 
     @property
     def model_path(self) -> Path:
@@ -118,35 +123,54 @@ def load_bundle(path: Path) -> Bundle:
                 path / MANIFEST_FILE,
                 f"field 'files' does not list {name!r}; {_REEXPORT}",
             )
+    contents: dict[str, bytes] = {}
     for name, expected in manifest.files.items():
         file_path = path / name
-        if not file_path.is_file():
-            raise BundleFileMissing(
-                file_path,
-                f"listed in {MANIFEST_FILE} but missing; copy the whole bundle "
-                f"directory or {_REEXPORT}",
-            )
-        actual = sha256_file(file_path)
+        data = _read_file(
+            file_path,
+            f"listed in {MANIFEST_FILE} but missing; copy the whole bundle "
+            f"directory or {_REEXPORT}",
+        )
+        actual = hashlib.sha256(data).hexdigest()
         if actual != expected:
             raise BundleHashMismatch(
                 file_path,
                 f"sha256 {actual} differs from {expected} in {MANIFEST_FILE}; the file "
                 f"was modified or truncated after export; {_REEXPORT}",
             )
-    vocab = _read_vocab(path / VOCAB_FILE, manifest)
-    popularity = _read_popularity(path / POPULARITY_FILE)
-    return Bundle(path=path, manifest=manifest, vocab=vocab, popularity=popularity)
+        if name in REQUIRED_FILES:  # other listed files are only verified
+            contents[name] = data
+    vocab = _read_vocab(path / VOCAB_FILE, contents[VOCAB_FILE], manifest)
+    popularity = _read_popularity(path / POPULARITY_FILE, contents[POPULARITY_FILE])
+    return Bundle(
+        path=path,
+        manifest=manifest,
+        vocab=vocab,
+        popularity=popularity,
+        model_bytes=contents[MODEL_FILE],
+    )
+
+
+def _read_file(file_path: Path, missing: str) -> bytes:
+    """The whole file, read once; absent (or not a file) is ``BundleFileMissing``."""
+    try:
+        return file_path.read_bytes()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+        raise BundleFileMissing(file_path, missing) from exc
+    except OSError as exc:
+        raise BundleFileMissing(
+            file_path, f"cannot be read ({exc.strerror}); check its permissions"
+        ) from exc
 
 
 def _read_manifest(path: Path) -> Manifest:
     manifest_path = path / MANIFEST_FILE
-    if not manifest_path.is_file():
-        raise BundleFileMissing(
-            manifest_path,
-            f"no {MANIFEST_FILE}; is {path} a bundle directory written by "
-            f"`skiprec export`?",
-        )
-    payload = _read_json(manifest_path)
+    data = _read_file(
+        manifest_path,
+        f"no {MANIFEST_FILE}; is {path} a bundle directory written by "
+        f"`skiprec export`?",
+    )
+    payload = _parse_json(manifest_path, data)
     if not isinstance(payload, dict):
         raise BundleManifestInvalid(
             manifest_path, f"expected a JSON object, got {type(payload).__name__}"
@@ -196,9 +220,9 @@ def _read_manifest(path: Path) -> Manifest:
     return manifest
 
 
-def _read_vocab(vocab_path: Path, manifest: Manifest) -> Vocabulary:
+def _read_vocab(vocab_path: Path, data: bytes, manifest: Manifest) -> Vocabulary:
     try:
-        vocab = Vocabulary.from_json(json.loads(vocab_path.read_text()))
+        vocab = Vocabulary.from_json(json.loads(data))
     except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
         raise BundleManifestInvalid(
             vocab_path, f"not a valid vocabulary ({exc}); {_REEXPORT}"
@@ -212,17 +236,17 @@ def _read_vocab(vocab_path: Path, manifest: Manifest) -> Vocabulary:
     return vocab
 
 
-def _read_json(path: Path) -> Any:
+def _parse_json(path: Path, data: bytes) -> Any:
     """A bundle file's JSON; a file that is not JSON is an invalid bundle."""
     try:
-        return json.loads(path.read_text())
+        return json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         problem = f"not valid JSON ({exc}); {_REEXPORT}"
         raise BundleManifestInvalid(path, problem) from exc
 
 
-def _read_popularity(popularity_path: Path) -> dict[str, int]:
-    payload = _read_json(popularity_path)
+def _read_popularity(popularity_path: Path, data: bytes) -> dict[str, int]:
+    payload = _parse_json(popularity_path, data)
     if not isinstance(payload, dict) or not all(
         isinstance(k, str) and isinstance(v, int) for k, v in payload.items()
     ):
@@ -248,14 +272,15 @@ def session_options(
 def open_inference_session(
     bundle: Bundle, intra_op_threads: int = 1, inter_op_threads: int = 1
 ) -> ort.InferenceSession:
-    """Open ``model.onnx`` on CPU and check its signature against the manifest.
+    """Open the bundle's graph (the bytes ``load_bundle`` hashed, not the file) on CPU
+    and check its signature against the manifest.
 
     Raises:
         BundleSignatureMismatch: names, dtypes, ranks or fixed dimensions differ.
     """
     try:
         session = ort.InferenceSession(
-            str(bundle.model_path),
+            bundle.model_bytes,
             sess_options=session_options(intra_op_threads, inter_op_threads),
             providers=["CPUExecutionProvider"],
         )

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import builtins
+import io
 import json
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import onnx
 import pytest
 
 from skiprec.bundle import (
+    Bundle,
     BundleError,
     BundleFileMissing,
     BundleHashMismatch,
@@ -22,13 +28,19 @@ from skiprec.bundle import (
     open_inference_session,
     sha256_file,
 )
+from skiprec.encoding import encode_exclusions, encode_sessions, feedback_code
 from skiprec.manifest import (
+    INPUT_CANDIDATES,
+    INPUT_EXCLUDE,
+    INPUT_FEEDBACK,
+    INPUT_ITEM_IDS,
     MANIFEST_FILE,
     MODEL_FILE,
     OUTPUT_SCORES,
     POPULARITY_FILE,
     VOCAB_FILE,
 )
+from skiprec.vocab import NUM_SPECIAL
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,6 +70,62 @@ def test_load_bundle_missing_file(bundle_copy: Path, name: str) -> None:
     (bundle_copy / name).unlink()
     with pytest.raises(BundleFileMissing, match=f"{name}: listed in manifest.json"):
         load_bundle(bundle_copy)
+
+
+def _top_scores(session: Any, bundle: Bundle) -> np.ndarray:
+    """The graph's top scores for one fixed two-event session."""
+    spec = bundle.manifest.encoding_spec()
+    events = [
+        (NUM_SPECIAL, feedback_code(False)),
+        (NUM_SPECIAL + 1, feedback_code(True)),
+    ]
+    item_ids, feedback = encode_sessions([events], spec)
+    (scores,) = session.run(
+        [OUTPUT_SCORES],
+        {
+            INPUT_ITEM_IDS: item_ids,
+            INPUT_FEEDBACK: feedback,
+            INPUT_EXCLUDE: encode_exclusions([[]]),
+            INPUT_CANDIDATES: encode_exclusions([[]]),
+        },
+    )
+    return np.asarray(scores)
+
+
+def test_load_bundle_opens_each_file_exactly_once(
+    bundle_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened: Counter[str] = Counter()
+    real_open = io.open
+
+    def counting_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+        opened[Path(file).name] += 1
+        return real_open(file, *args, **kwargs)
+
+    # pathlib opens through io.open; a plain open() would go through builtins.
+    monkeypatch.setattr(io, "open", counting_open)
+    monkeypatch.setattr(builtins, "open", counting_open)
+    bundle = load_bundle(bundle_copy)
+    open_inference_session(bundle)
+    monkeypatch.undo()
+    expected = {MANIFEST_FILE, MODEL_FILE, VOCAB_FILE, POPULARITY_FILE}
+    assert dict(opened) == dict.fromkeys(expected, 1)
+
+
+def test_session_is_built_from_the_hashed_bytes_not_the_file(
+    bundle_copy: Path, tiny_bundle_dir: Path, make_bundle: Any
+) -> None:
+    original = open_inference_session(load_bundle(tiny_bundle_dir))
+    bundle = load_bundle(bundle_copy)
+    # Another graph of the same shape takes the file's place after the hash check.
+    other_dir = make_bundle(seed=1)
+    shutil.copy2(other_dir / MODEL_FILE, bundle_copy / MODEL_FILE)
+    other = open_inference_session(load_bundle(other_dir))
+    served = _top_scores(open_inference_session(bundle), bundle)
+    np.testing.assert_array_equal(served, _top_scores(original, bundle))
+    assert not np.allclose(served, _top_scores(other, bundle))
+    shutil.rmtree(bundle_copy)  # nothing is read from the directory any more
+    assert open_inference_session(bundle).get_inputs()
 
 
 def test_load_bundle_missing_manifest(bundle_copy: Path) -> None:
