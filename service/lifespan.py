@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import partial
@@ -55,22 +56,39 @@ async def _register_with_retries(store: SessionStore) -> None:
     logger.warning("starting without redis: events answer 503 until it is back")
 
 
-def _manifest_signature(bundle_dir: Path) -> tuple[int, int] | None:
+BundleSignature = tuple[str, tuple[tuple[str, int, int], ...]]
+
+
+def bundle_signature(bundle_dir: Path) -> BundleSignature | None:
+    """The directory's real path and every file's (name, size, mtime); None when the
+    directory cannot be listed.
+
+    Every file counts, not only manifest.json: a manifest refused because a file it
+    lists was still being copied is retried as soon as that file changes. The real
+    path makes a moved ``current`` link a change even when the files look the same.
+    """
     try:
-        stat = (bundle_dir / "manifest.json").stat()
+        with os.scandir(bundle_dir) as entries:
+            files = []
+            for entry in entries:
+                stat = entry.stat()  # of the file a link points to
+                files.append((entry.name, stat.st_size, stat.st_mtime_ns))
     except OSError:
         return None
-    return stat.st_mtime_ns, stat.st_size
+    return os.path.realpath(bundle_dir), tuple(sorted(files))
 
 
-async def watch_bundle(state: ServiceState, interval_s: float) -> None:
-    """Reload when the bundle's manifest changes on disk; keep serving on refusal."""
-    seen = _manifest_signature(state.models.bundle_dir)
+async def watch_bundle(
+    state: ServiceState, interval_s: float, seen: BundleSignature | None
+) -> None:
+    """Reload when any file of the bundle directory changes on disk (``seen``: the
+    signature taken before the serving bundle was loaded); keep serving on refusal."""
     while True:
         await asyncio.sleep(interval_s)
-        current = _manifest_signature(state.models.bundle_dir)
+        current = bundle_signature(state.models.bundle_dir)
         if current is None or current == seen:
             continue
+        # Taken before the load: a file changing while it loads is seen next poll.
         seen = current
         try:
             version, _ = await state.models.reload(state.models.bundle_dir)
@@ -89,6 +107,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     models = ModelHolder(
         settings.bundle_dir, settings.onnx_threads, settings.session_max_events
     )
+    signature = bundle_signature(settings.bundle_dir)
     version, _ = await models.reload()
     metrics.set_model_version(version)
 
@@ -116,7 +135,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state = ServiceState(settings, metrics, store, models, batcher, recommender, redis)
     app.state.skiprec = state
     watcher = (
-        asyncio.create_task(watch_bundle(state, settings.watch_bundle))
+        asyncio.create_task(watch_bundle(state, settings.watch_bundle, signature))
         if settings.watch_bundle > 0
         else None
     )

@@ -99,3 +99,57 @@ async def test_watcher_reloads_a_bundle_replaced_in_place(
             if await version_of(client) != before:
                 break
         assert await version_of(client) != before
+
+
+async def wait_for_version(client, expected: str, polls: int = 100) -> str:
+    version = await version_of(client)
+    for _ in range(polls):
+        if version == expected:
+            break
+        await asyncio.sleep(0.05)
+        version = await version_of(client)
+    return version
+
+
+async def reloads(client, outcome: str) -> float:
+    text = (await client.get("/metrics")).text
+    prefix = f'skiprec_model_reloads_total{{outcome="{outcome}"}} '
+    lines = [line for line in text.splitlines() if line.startswith(prefix)]
+    return float(lines[0].removeprefix(prefix)) if lines else 0.0
+
+
+async def test_watcher_retries_a_refused_bundle_when_another_file_changes(
+    make_client, make_settings, make_bundle, tiny_bundle_dir, tmp_path
+):
+    live = tmp_path / "live"
+    shutil.copytree(tiny_bundle_dir, live)
+    replacement = make_bundle(seed=3)
+    expected = json.loads((replacement / "manifest.json").read_text())["model_version"]
+    async with make_client(make_settings(bundle_dir=live, watch_bundle=0.05)) as client:
+        before = await version_of(client)
+        # The new manifest lands first, its model.onnx still half copied: refused.
+        for name in ("vocab.json", "popularity.json", "manifest.json"):
+            shutil.copy2(replacement / name, live / name)
+        model = (replacement / "model.onnx").read_bytes()
+        (live / "model.onnx").write_bytes(model[: len(model) // 2])
+        for _ in range(100):
+            if await reloads(client, "rejected") >= 1:
+                break
+            await asyncio.sleep(0.05)
+        assert await reloads(client, "rejected") >= 1
+        assert await version_of(client) == before
+        # The copy finishes; the manifest itself does not change again.
+        (live / "model.onnx").write_bytes(model)
+        assert await wait_for_version(client, expected) == expected
+        assert await reloads(client, "ok") == 1
+
+
+async def test_watcher_leaves_an_unchanged_directory_alone(
+    make_client, make_settings, tiny_bundle_dir, tmp_path
+):
+    live = tmp_path / "live"
+    shutil.copytree(tiny_bundle_dir, live)
+    async with make_client(make_settings(bundle_dir=live, watch_bundle=0.05)) as client:
+        await asyncio.sleep(0.3)
+        assert await reloads(client, "ok") == 0
+        assert await reloads(client, "rejected") == 0
