@@ -90,6 +90,11 @@ class ModelUnavailable(ServiceError):
     code = "model_unavailable"
 
 
+class BodyTimeout(ClientError):
+    status_code = 408
+    code = "body_timeout"
+
+
 def error_response(
     status_code: int,
     code: str,

@@ -15,10 +15,12 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from service.body import BodyDeadline
+from service.deps import ApiKeyDep
 from service.errors import register_error_handlers
-from service.lifespan import lifespan
+from service.lifespan import ServiceState, lifespan
 from service.metrics import Metrics, MetricsMiddleware
-from service.openapi import install_openapi
+from service.openapi import error_responses, install_openapi
 from service.routes import admin, events, health, recommendations, users
 from service.settings import CorsSettings, Settings
 
@@ -38,14 +40,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
-    for router in (
-        events.router,
-        recommendations.router,
-        users.router,
-        health.router,
-        admin.router,
-    ):
-        app.include_router(router)
+    # One rule for the API key: every route that reads or writes a listener's data
+    # (recommendations are derived from the session, so they reveal it) or changes
+    # the served model needs it. Probes, metrics and the docs stay open.
+    for router in (events.router, recommendations.router, users.router, admin.router):
+        app.include_router(
+            router, dependencies=[ApiKeyDep], responses=error_responses(401)
+        )
+    app.include_router(health.router)
     register_error_handlers(app)
     install_openapi(app)
     _mount_demo_page(app)
@@ -59,8 +61,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Content-Type", "X-API-Key", "Authorization"],
             expose_headers=["X-Skiprec-Fallback", "Retry-After"],
         )
+    app.add_middleware(BodyDeadline, timeout_s=lambda: _settings(app).body_timeout_s)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app
+
+
+def _settings(app: FastAPI) -> Settings:
+    """The settings the lifespan started with (requests only arrive after it)."""
+    state: ServiceState = app.state.skiprec
+    return state.settings
 
 
 def _mount_demo_page(app: FastAPI) -> None:

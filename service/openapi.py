@@ -2,11 +2,14 @@
 
 Bodies are parsed by ``service.body`` (for limits and error messages), so their
 schemas are declared here and the models are added to ``components/schemas``.
+Recommendation answers are built as raw responses carrying the
+``X-Skiprec-Fallback`` header, which FastAPI cannot see, so it is added here to the
+success response of every route tagged ``recommendations``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
@@ -14,6 +17,7 @@ from fastapi.openapi.utils import get_openapi
 from service.schemas import (
     ErrorBody,
     EventBatch,
+    FallbackReason,
     PlaybackEvent,
     RankCandidates,
     ReloadRequest,
@@ -21,6 +25,14 @@ from service.schemas import (
 
 REF = "#/components/schemas/{model}"
 BODY_MODELS = (PlaybackEvent, EventBatch, ReloadRequest, RankCandidates)
+FALLBACK_HEADER = "X-Skiprec-Fallback"
+FALLBACK_TAG = "recommendations"
+FALLBACK_HEADER_SPEC: dict[str, Any] = {
+    "description": "why the answer is not the model's: none (it is), cold-start "
+    "(no session yet: popularity), store-unavailable (Redis did not answer in "
+    "time: popularity); the same as the body's fallback_reason",
+    "schema": {"type": "string", "enum": list(get_args(FallbackReason))},
+}
 
 
 def _ref(model: type[Any]) -> dict[str, str]:
@@ -67,7 +79,18 @@ def install_openapi(app: FastAPI) -> None:
             model_schema = model.model_json_schema(ref_template=REF)
             components.update(model_schema.pop("$defs", {}))
             components[model.__name__] = model_schema
+        _document_fallback_header(schema)
         app.openapi_schema = schema
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _document_fallback_header(schema: dict[str, Any]) -> None:
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            if FALLBACK_TAG in operation.get("tags", ()):
+                success = operation["responses"]["200"]
+                success.setdefault("headers", {})[FALLBACK_HEADER] = (
+                    FALLBACK_HEADER_SPEC
+                )

@@ -135,3 +135,42 @@ async def test_reload_body_errors_name_the_field(client):
 async def test_unknown_route_and_method_are_4xx(client):
     assert (await client.get("/nope")).status_code == 404
     assert (await client.put("/events", json=GOOD)).status_code == 405
+
+
+POST_ROUTES = ["/events", "/recommendations/u/rank", "/admin/reload"]
+
+
+@pytest.mark.parametrize("path", POST_ROUTES)
+@pytest.mark.parametrize(
+    ("content", "headers"),
+    [
+        (b"", {}),  # a browser's cross-origin "simple request": no preflight
+        (b"", {"Content-Type": "text/plain"}),
+        (b"{}", {"Content-Type": "text/plain"}),
+        (b"{}", {"Content-Type": "application/x-www-form-urlencoded"}),
+    ],
+    ids=["empty, none", "empty, text/plain", "{} text/plain", "{} form"],
+)
+async def test_every_post_needs_a_json_content_type(client, path, content, headers):
+    response = await client.post(path, content=content, headers=headers)
+    assert response.status_code == 415, response.text
+    error = response.json()["error"]
+    assert error["field"] == "Content-Type"
+    assert error["message"].startswith("Content-Type: must be application/json")
+
+
+def test_the_post_routes_listed_are_all_of_them():
+    from service.main import create_app
+
+    schema = create_app().openapi()
+    posts = {path for path, ops in schema["paths"].items() if "post" in ops}
+    assert posts == {p.replace("/u/", "/{user_id}/") for p in POST_ROUTES}
+
+
+async def test_empty_reload_with_json_content_type_rereads_the_configured_dir(
+    client,
+):
+    response = await client.post(
+        "/admin/reload", headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 200, response.text

@@ -28,11 +28,14 @@ def event(user_id: str = "u", track_id: str = "t1", **extra: object) -> dict:
     [
         ("POST", "/events", event()),
         ("POST", "/events", {"events": [event()]}),
+        ("GET", "/users/u/session", None),
         ("DELETE", "/users/u/session", None),
-        ("POST", "/admin/reload", None),
+        ("GET", "/recommendations/u", None),
+        ("POST", "/recommendations/u/rank", {"candidates": ["t1", "t2"]}),
+        ("POST", "/admin/reload", {}),
     ],
 )
-async def test_api_key_is_required_for_writes_and_admin(
+async def test_api_key_is_required_on_every_listener_route(
     method, path, body, make_client, make_settings
 ):
     async with make_client(make_settings(api_key=KEY)) as client:
@@ -54,12 +57,42 @@ async def test_api_key_is_required_for_writes_and_admin(
             assert response.status_code in (200, 202, 204), response.text
 
 
-async def test_reads_need_no_key_and_no_key_means_open(make_client, make_settings):
+OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/")
+
+
+async def test_probes_metrics_and_docs_need_no_key_and_no_key_means_open(
+    make_client, make_settings
+):
     async with make_client(make_settings(api_key=KEY)) as client:
-        for path in ("/recommendations/u", "/users/u/session", "/healthz", "/metrics"):
-            assert (await client.get(path)).status_code == 200
+        for path in OPEN_PATHS:
+            assert (await client.get(path)).status_code == 200, path
     async with make_client(make_settings()) as client:
         assert (await client.post("/events", json=event())).status_code == 202
+        assert (await client.get("/users/u/session")).status_code == 200
+
+
+async def test_every_documented_route_but_the_probes_needs_the_key(
+    make_client, make_settings
+):
+    """Walks the OpenAPI paths, so a router added without the key fails here."""
+    async with make_client(make_settings(api_key=KEY)) as client:
+        paths = (await client.get("/openapi.json")).json()["paths"]
+        guarded, open_ = set(), set()
+        for template, operations in paths.items():
+            for method in operations:
+                url = template.replace("{user_id}", "u")
+                response = await client.request(method, url, json={})
+                target = guarded if response.status_code == 401 else open_
+                target.add(f"{method.upper()} {template}")
+    assert open_ == {"GET /healthz", "GET /readyz", "GET /metrics"}
+    assert guarded == {
+        "POST /events",
+        "GET /recommendations/{user_id}",
+        "POST /recommendations/{user_id}/rank",
+        "GET /users/{user_id}/session",
+        "DELETE /users/{user_id}/session",
+        "POST /admin/reload",
+    }
 
 
 async def test_api_key_comparison_is_constant_time(
