@@ -47,20 +47,26 @@ async function api(method, path, body) {
       $("api-key-box").open = true;
     }
     if (!response.ok) {
-      let detail = response.statusText;
-      try {
-        const payload = await response.json();
-        detail = typeof payload.detail === "string" ? payload.detail : JSON.stringify(payload);
-      } catch (_) {
-        // Not JSON: keep the status text.
-      }
-      throw new Error(`${method} ${path}: ${response.status} ${detail}`);
+      throw new Error(`${method} ${path}: ${response.status} ${await errorMessage(response)}`);
     }
     const data = response.status === 204 ? null : await response.json();
     return { data, headers: response.headers };
   } finally {
     setBusy(-1);
   }
+}
+
+// The service's errors are {"error": {"code", "message", "field"}}; the message says
+// what to fix. Anything else (a proxy's HTML page, say) falls back to the status text.
+async function errorMessage(response) {
+  try {
+    const payload = await response.json();
+    const message = payload && payload.error && payload.error.message;
+    if (typeof message === "string") return message;
+  } catch (_) {
+    // Not JSON.
+  }
+  return response.statusText;
 }
 
 function userPath(userId) {

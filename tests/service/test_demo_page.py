@@ -3,7 +3,9 @@
 Starts ``redis-server`` and the service (uvicorn, in subprocesses, on free ports) on the
 tiny test bundle, opens ``/`` with selenium + Debian's chromium/chromedriver (never a
 downloaded browser), plays one track and skips the top one, and checks that the skip
-reshaped the list. The screenshot lands in ``test-artifacts/demo_page.png``.
+reshaped the list. The screenshot lands in ``test-artifacts/demo_page.png``. A second
+service with an API key checks that the page shows the service's own error message
+(``error.message``) and works once the key is entered.
 """
 
 from __future__ import annotations
@@ -47,6 +49,20 @@ def service_url(
         # A steep skip penalty: the skipped track must visibly sink off the list.
         skipped_rule="penalize",
         skipped_penalty="50",
+    ) as api:
+        yield api.base_url
+
+
+API_KEY = "demo-page-k3y"
+
+
+@pytest.fixture(scope="module")
+def keyed_service_url(
+    tiny_bundle_dir: Path, demo_redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    log = tmp_path_factory.mktemp("keyed_service") / "service.log"
+    with processes.api_server(
+        tiny_bundle_dir, demo_redis_url, log, ready_path="/readyz", api_key=API_KEY
     ) as api:
         yield api.base_url
 
@@ -179,3 +195,32 @@ def test_demo_page_reset_clears_session(browser, service_url):
     )
     _wait_for_generation(driver, 3)
     assert _text(driver, "fallback-flag").startswith("yes")
+
+
+def test_demo_page_shows_the_service_error_and_works_with_the_key(
+    browser, keyed_service_url
+):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = browser
+    driver.get(f"{keyed_service_url}/?user=e2e-keyed")
+    message = driver.find_element(By.CSS_SELECTOR, "[data-testid=message]")
+    WebDriverWait(driver, UI_TIMEOUT_S).until(
+        lambda d: "error" in message.get_attribute("class")
+    )
+    # The service's message, not the raw error object.
+    assert "401 X-API-Key: missing or invalid API key" in message.text, message.text
+    assert "{" not in message.text
+    assert _text(driver, "api-status") == "error"
+    assert driver.find_element(By.ID, "api-key-box").get_attribute("open") is not None
+
+    key_input = driver.find_element(By.CSS_SELECTOR, "[data-testid=api-key-input]")
+    key_input.send_keys(API_KEY + Keys.TAB)  # "change" fires on leaving the field
+    _wait_for_generation(driver, 1)
+    assert _text(driver, "api-status") == "ok"
+    _press(driver, _shown_tracks(driver)[0], "skip")
+    _wait_for_generation(driver, 2)
+    session = driver.find_elements(By.CSS_SELECTOR, "[data-testid=session-event]")
+    assert [event.get_attribute("data-type") for event in session] == ["skip"]
