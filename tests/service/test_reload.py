@@ -6,6 +6,16 @@ import asyncio
 import json
 import shutil
 
+import pytest
+
+
+@pytest.fixture
+async def client(make_client, make_settings, tmp_path_factory):
+    # The bundles these tests load live all over the run's temporary directory.
+    settings = make_settings(bundle_root=tmp_path_factory.getbasetemp())
+    async with make_client(settings) as http:
+        yield http
+
 
 async def version_of(client) -> str:
     await client.post(
@@ -30,7 +40,8 @@ async def test_reload_swaps_in_a_good_bundle(client, make_bundle, tiny_bundle_di
 
 async def test_reload_without_body_rereads_the_configured_dir(client):
     before = await version_of(client)
-    response = await client.post("/admin/reload")
+    json_type = {"Content-Type": "application/json"}
+    response = await client.post("/admin/reload", headers=json_type)
     assert response.status_code == 200
     assert response.json() == {"model_version": before, "previous_version": before}
 
@@ -69,10 +80,13 @@ async def test_bad_bundles_are_refused_and_the_old_one_keeps_serving(
 
 
 async def test_bundle_longer_than_the_session_is_refused(
-    make_client, make_settings, make_bundle
+    make_client, make_settings, make_bundle, tmp_path_factory
 ):
     long_model = make_bundle(max_seq_len=16)
-    async with make_client(make_settings(session_max_events=8)) as client:
+    settings = make_settings(
+        session_max_events=8, bundle_root=tmp_path_factory.getbasetemp()
+    )
+    async with make_client(settings) as client:
         response = await client.post(
             "/admin/reload", json={"bundle_dir": str(long_model)}
         )
