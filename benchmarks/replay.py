@@ -142,7 +142,10 @@ class Replayer:
     async def _recommend(self, user_id: str) -> tuple[list[dict[str, object]], bool]:
         started = time.perf_counter()
         response = await self._request(
-            "GET", f"/recommendations/{user_id}", params=self.params
+            "GET",
+            f"/recommendations/{user_id}",
+            params=self.params,
+            headers=self.headers,
         )
         self.result.latencies_ms.append((time.perf_counter() - started) * 1000)
         body = response.json()
@@ -282,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--api-key",
         default=os.environ.get("SKIPREC_API_KEY"),
-        help="API key for writes (default: SKIPREC_API_KEY)",
+        help="API key (default: SKIPREC_API_KEY)",
     )
     # --- output ---
     parser.add_argument("--json", type=Path, help="write the report as JSON here")

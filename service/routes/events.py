@@ -8,7 +8,7 @@ import orjson
 from fastapi import APIRouter, Request, Response
 
 from service.body import parse_events, read_json
-from service.deps import ApiKeyDep, MetricsDep, SessionStoreDep, SettingsDep
+from service.deps import MetricsDep, SessionStoreDep, SettingsDep
 from service.ingest import EventTimeBounds, record_events
 from service.openapi import EVENTS_BODY, error_responses
 from service.schemas import EventsAccepted
@@ -19,9 +19,8 @@ router = APIRouter(tags=["events"])
 @router.post(
     "/events",
     status_code=202,
-    dependencies=[ApiKeyDep],
     response_model=EventsAccepted,
-    responses=error_responses(400, 401, 413, 415, 422, 503),
+    responses=error_responses(400, 408, 413, 415, 422, 503),
     openapi_extra=EVENTS_BODY,
 )
 async def post_events(
