@@ -18,6 +18,7 @@ import time
 import pytest
 import redis.asyncio as aioredis
 
+from service import keys
 from service.event_log import iter_log
 from service.session_store import APPEND_SCRIPT_SHA
 from tests.service.tcp_proxy import LossyProxy
@@ -90,6 +91,7 @@ async def test_lost_replies_never_lose_or_double_an_event(
             for user in sent
         }
         logged = [event async for event in iter_log(direct)]
+        entries = await direct.xlen(keys.STREAM_KEY)
     finally:
         await direct.aclose()
     total = sum(len(events) for events in sent.values())
@@ -108,12 +110,11 @@ async def test_lost_replies_never_lose_or_double_an_event(
     print(
         f"events={total} cuts={proxy.cuts_done} 503s={responses_503} "
         f"accepted={accepted} duplicates={duplicates} counted={counted:.0f} "
-        f"logged_once={len(logged)}"
+        f"log_entries={entries} exported={len(logged)}"
     )
 
 
 async def direct_session(client, user: str) -> list[dict]:
-    from service import keys
     from skiprec.events import StoredEvent, event_type
 
     raw = await client.lrange(keys.session_events_key(user), 0, -1)
