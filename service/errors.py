@@ -11,7 +11,11 @@ Hierarchy::
     │   ├── Unauthorized              401  missing or wrong API key
     │   └── BundleRejected            409  reload refused; the old bundle keeps serving
     ├── SessionStoreUnavailable       503 + Retry-After  Redis unreachable or timed out
-    └── ModelUnavailable              503 + Retry-After  no bundle loaded
+    ├── Overloaded                    503 + Retry-After  inference queue full (shed)
+    └── ModelUnavailable              503 + Retry-After  no bundle loaded, or the
+        │                                                inference worker restarting
+        └── InferenceFailed           503 + Retry-After  a batch's ONNX call raised
+                                                         (recommend falls back first)
 
 Responses carry ``{"error": {"code", "message", "field"}}``: never a stack trace or a
 server path. Unexpected exceptions become a bare 500 and are logged server-side.
@@ -88,6 +92,18 @@ class SessionStoreUnavailable(ServiceError):
 class ModelUnavailable(ServiceError):
     status_code = 503
     code = "model_unavailable"
+
+
+class InferenceFailed(ModelUnavailable):
+    """The ONNX call of a request's batch raised (a 503 only if nobody catches it)."""
+
+
+class Overloaded(ServiceError):
+    """More requests wait for inference than SKIPREC_MAX_INFERENCE_QUEUE: shed at
+    once, so a client retries elsewhere instead of queueing for seconds."""
+
+    status_code = 503
+    code = "overloaded"
 
 
 class BodyTimeout(ClientError):

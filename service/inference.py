@@ -15,6 +15,10 @@
   waits for nothing). Each request carries the model it was read for, so a reload
   between reading a session and ranking it never pairs one model's window with
   another's graph. Inference runs on one dedicated thread, never on the event loop.
+  The queue is bounded (past it, ``Overloaded``: shed, not queued for seconds); a
+  failing ONNX call fails its batch with ``InferenceFailed`` (the recommender falls
+  back); a worker that dies fails whatever waits, is not ``alive`` (readiness) and
+  restarts after ``restart_delay_s``.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +34,13 @@ from typing import Any
 
 import numpy as np
 
-from service.errors import BundleRejected, InvalidRequest, ModelUnavailable
+from service.errors import (
+    BundleRejected,
+    InferenceFailed,
+    ModelUnavailable,
+    Overloaded,
+)
+from service.metrics import Metrics
 from skiprec.bundle import Bundle, BundleError, load_bundle, open_inference_session
 from skiprec.encoding import (
     EncodingSpec,
@@ -49,6 +59,9 @@ from skiprec.policy import SessionPolicy
 from skiprec.vocab import NUM_SPECIAL
 
 logger = logging.getLogger(__name__)
+
+# A worker that keeps dying is restarted at most once a second (and logs each death).
+WORKER_RESTART_DELAY_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,34 +301,78 @@ class _Pending:
 class MicroBatcher:
     """Coalesce concurrent inference requests into one ONNX call at a time."""
 
-    def __init__(
-        self,
-        max_batch: int,
-        observe_batch: Callable[[int], None] | None = None,
-    ) -> None:
+    def __init__(self, max_batch: int, max_queue: int, metrics: Metrics) -> None:
         self.max_batch = max_batch
-        self._observe_batch = observe_batch
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self.max_queue = max_queue
+        self.restart_delay_s = WORKER_RESTART_DELAY_S
+        self._metrics = metrics
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=max_queue)
+        self._in_flight: list[_Pending] = []
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnx")
         self._task: asyncio.Task[None] | None = None
+        self._restart: asyncio.TimerHandle | None = None
+        self._stopping = False
+
+    @property
+    def alive(self) -> bool:
+        """Whether the worker task is running (false while it waits for a restart)."""
+        return self._task is not None and not self._task.done()
 
     def start(self) -> None:
+        self._restart = None
         self._task = asyncio.create_task(self._run(), name="skiprec-micro-batcher")
+        self._task.add_done_callback(self._worker_exited)
 
     async def stop(self) -> None:
+        self._stopping = True
+        if self._restart is not None:
+            self._restart.cancel()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         self._executor.shutdown(wait=True)
 
+    def _worker_exited(self, task: asyncio.Task[None]) -> None:
+        """The watchdog: the loop never returns, so anything but ``stop`` ending it
+        is a bug; fail what waits (nothing would answer it) and start again later."""
+        if self._stopping:
+            return
+        error = None if task.cancelled() else task.exception()
+        logger.error(
+            "inference worker died; restarting in %.1f s",
+            self.restart_delay_s,
+            exc_info=error,
+        )
+        self._metrics.inference_restarts.inc()
+        waiting = self._in_flight
+        self._in_flight = []
+        while not self._queue.empty():
+            waiting.append(self._queue.get_nowait())
+        for pending in waiting:
+            if not pending.future.done():
+                pending.future.set_exception(
+                    ModelUnavailable("inference worker restarting; retry")
+                )
+        self._restart = task.get_loop().call_later(self.restart_delay_s, self.start)
+
     async def rank(self, model: LoadedModel, request: InferenceRequest) -> RankedItems:
-        """The ranked items of one session, by ``model``."""
-        if not request.candidates and request.k > model.top_k:
-            raise InvalidRequest(
-                f"k: at most {model.top_k} for model {model.model_version}", "k"
-            )
+        """The ranked items of one session, by ``model``.
+
+        Raises:
+            Overloaded: ``max_queue`` requests are already waiting.
+            ModelUnavailable: the worker is dead (restarting).
+            InferenceFailed: the batch's ONNX call raised.
+        """
+        if not self.alive:
+            raise ModelUnavailable("inference worker restarting; retry")
         future: asyncio.Future[RankedItems] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(model, request, future))
+        try:
+            self._queue.put_nowait(_Pending(model, request, future))
+        except asyncio.QueueFull:
+            self._metrics.inference_shed.inc()
+            raise Overloaded(
+                f"{self.max_queue} requests already wait for inference; retry"
+            ) from None
         return await future
 
     async def _run(self) -> None:
@@ -324,12 +381,14 @@ class MicroBatcher:
             batch = [await self._queue.get()]
             while len(batch) < self.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            self._in_flight = batch
             by_model: dict[int, list[_Pending]] = {}
             for pending in batch:
                 if not pending.future.done():
                     by_model.setdefault(id(pending.model), []).append(pending)
             for group in by_model.values():  # more than one only across a reload
                 await self._infer(loop, group)
+            self._in_flight = []
 
     async def _infer(
         self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]
@@ -340,15 +399,16 @@ class MicroBatcher:
                 self._executor, model.infer, [p.request for p in batch]
             )
         except Exception as exc:
+            # Logged here, once per batch: each request only says it fell back.
             logger.exception("inference failed for a batch of %d", len(batch))
+            self._metrics.inference_errors.inc()
             for pending in batch:
                 if not pending.future.done():
                     pending.future.set_exception(
-                        ModelUnavailable(f"inference failed ({type(exc).__name__})")
+                        InferenceFailed(f"inference failed ({type(exc).__name__})")
                     )
             return
-        if self._observe_batch is not None:
-            self._observe_batch(len(batch))
+        self._metrics.inference_batch.observe(len(batch))
         for pending, ranked in zip(batch, results, strict=True):
             if not pending.future.done():
                 pending.future.set_result(ranked)

@@ -126,7 +126,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     await _register_with_retries(store)
     batcher = MicroBatcher(
-        settings.max_inference_batch, metrics.inference_batch.observe
+        settings.max_inference_batch, settings.max_inference_queue, metrics
     )
     batcher.start()
     recommender = Recommender(

@@ -68,6 +68,26 @@ class Metrics:
             ["model_version"],
             registry=self.registry,
         )
+        self.inference_shed = Counter(
+            "skiprec_inference_shed_total",
+            "Requests refused (503 overloaded): the inference queue was full",
+            registry=self.registry,
+        )
+        self.inference_errors = Counter(
+            "skiprec_inference_errors_total",
+            "ONNX calls that raised; each request of the batch got the fallback",
+            registry=self.registry,
+        )
+        self.inference_restarts = Counter(
+            "skiprec_inference_worker_restarts_total",
+            "Times the inference worker died and was restarted",
+            registry=self.registry,
+        )
+        self.redis_up = Gauge(
+            "skiprec_redis_up",
+            "1 when Redis answered the last probe (readyz, healthz, this scrape)",
+            registry=self.registry,
+        )
         self.reloads = Counter(
             "skiprec_model_reloads_total",
             "Bundle reload attempts by outcome",

@@ -4,8 +4,9 @@
 the serving model once (its window and its graph belong to the same bundle, even
 across a reload), reads that window of the current session from the store, applies
 the session policy (``skiprec.policy``) to the whole session, ranks through the
-micro-batcher, and falls back to popularity when there is no session or no
-reachable store.
+micro-batcher, and falls back to popularity when there is no session, no reachable
+store, or the batch's ONNX call failed. ``k`` is checked against the bundle's top-K
+before anything else, so the model and the fallback accept the same requests.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from service.errors import SessionStoreUnavailable
+from service.errors import InferenceFailed, InvalidRequest, SessionStoreUnavailable
 from service.inference import (
     InferenceRequest,
     LoadedModel,
@@ -102,20 +103,21 @@ class Recommender:
             return replace(policy, played="none")
         return policy
 
+    def _fallback(self, reason: FallbackReason) -> FallbackReason:
+        self.metrics.fallbacks.labels(reason=reason).inc()
+        return reason
+
     async def _window(
         self, model: LoadedModel, user_id: str, now: float
     ) -> tuple[SessionWindow, FallbackReason]:
         """The session window the model reads, or why there is none."""
-        reason: FallbackReason
         try:
             window = await self.store.read_window(user_id, now, model.spec.max_seq_len)
         except SessionStoreUnavailable:
-            window, reason = SessionWindow(), "store-unavailable"
-        else:
-            reason = "none" if window.track_ids else "cold-start"
-        if reason != "none":
-            self.metrics.fallbacks.labels(reason=reason).inc()
-        return window, reason
+            return SessionWindow(), self._fallback("store-unavailable")
+        if not window.track_ids:
+            return window, self._fallback("cold-start")
+        return window, "none"
 
     def _inference(
         self, window: SessionWindow, policy: SessionPolicy, k: int
@@ -134,15 +136,27 @@ class Recommender:
 
     async def recommend(self, request: RecommendRequest) -> Recommendation:
         model = self.models.current  # once: a reload mid-request changes nothing
+        if request.k > model.top_k:  # the graph ranks no more; the fallback neither
+            raise InvalidRequest(
+                f"k: at most {model.top_k} (the top_k of model "
+                f"{model.model_version}), got {request.k}",
+                "k",
+            )
         window, reason = await self._window(model, request.user_id, request.now)
-        if reason != "none":
-            popular = model.popular[: request.k]
-            return Recommendation(request.user_id, model.model_version, popular, reason)
-        policy = self.policy_for(request, model)
-        ranked = await self.batcher.rank(
-            model, self._inference(window, policy, request.k)
-        )
-        return Recommendation(request.user_id, model.model_version, ranked, reason)
+        if reason == "none":
+            policy = self.policy_for(request, model)
+            try:
+                ranked = await self.batcher.rank(
+                    model, self._inference(window, policy, request.k)
+                )
+            except InferenceFailed:  # the batcher logged it, once per batch
+                reason = self._fallback("model-error")
+            else:
+                return Recommendation(
+                    request.user_id, model.model_version, ranked, reason
+                )
+        popular = model.popular[: request.k]
+        return Recommendation(request.user_id, model.model_version, popular, reason)
 
     async def rank_candidates(self, request: RankRequest) -> RankedCandidates:
         """The client's candidate tracks for this listener, best first, and those
@@ -154,11 +168,7 @@ class Recommender:
         window, reason = await self._window(model, request.user_id, request.now)
         unranked = [Unranked(t, "unknown") for t in unknown]
         if reason != "none":
-            share = model.popularity_share
-            items = sorted(
-                (RankedTrack(t, share.get(t, 0.0)) for t in known),
-                key=lambda item: -item.score,
-            )
+            items = self._by_popularity(model, known)
             return RankedCandidates(
                 request.user_id, model.model_version, items, unranked, reason
             )
@@ -166,13 +176,25 @@ class Recommender:
         excluded = set(session.excluded)
         unranked += [Unranked(t, "excluded") for t in known if t in excluded]
         to_rank = tuple(t for t in known if t not in excluded)
-        items = (
-            await self.batcher.rank(
-                model, replace(session, k=len(to_rank), candidates=to_rank)
+        try:
+            items = (
+                await self.batcher.rank(
+                    model, replace(session, k=len(to_rank), candidates=to_rank)
+                )
+                if to_rank
+                else []
             )
-            if to_rank
-            else []
-        )
+        except InferenceFailed:  # the batcher logged it, once per batch
+            items = self._by_popularity(model, to_rank)
+            reason = self._fallback("model-error")
         return RankedCandidates(
             request.user_id, model.model_version, items, unranked, reason
+        )
+
+    @staticmethod
+    def _by_popularity(model: LoadedModel, tracks: tuple[str, ...]) -> RankedItems:
+        share = model.popularity_share
+        return sorted(
+            (RankedTrack(t, share.get(t, 0.0)) for t in tracks),
+            key=lambda item: -item.score,
         )

@@ -37,7 +37,7 @@ Identifier = Annotated[
     str,
     StringConstraints(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN),
 ]
-FallbackReason = Literal["none", "cold-start", "store-unavailable"]
+FallbackReason = Literal["none", "cold-start", "store-unavailable", "model-error"]
 
 
 class PlaybackEvent(BaseModel):
@@ -224,9 +224,15 @@ class ReloadResult(BaseModel):
 
 
 class Health(BaseModel):
-    status: str
-    model_version: str | None = None
-    redis: str | None = None
+    """``/readyz`` follows the model alone; Redis is reported, never a reason to
+    leave the load balancer (the popularity fallback answers without it)."""
+
+    status: Literal["ok", "ready", "unavailable"]
+    model_version: str | None = Field(description="null while no bundle is loaded")
+    redis: Literal["ok", "unreachable"]
+    inference: Literal["ok", "restarting"] = Field(
+        description="the inference worker; restarting after it died"
+    )
 
 
 class ErrorDetail(BaseModel):

@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     )
     onnx_threads: int = Field(default=1, ge=1, le=64)
     max_inference_batch: int = Field(default=64, ge=1, le=4096)
+    # About 0.2 s of batched inference on the benchmark catalogue (docs/BENCHMARKS.md:
+    # ~0.7 ms per request): past that, a 503 to retry elsewhere beats queueing.
+    max_inference_queue: int = Field(
+        default=256, ge=1, le=1_000_000, description="requests waiting for inference"
+    )
 
     # Redis
     redis_url: str | None = None

@@ -5,8 +5,8 @@
   (another system's candidates, as Metarank does).
 
 Each is parse, one call into ``service.recommend.Recommender``, answer. A fallback
-(no session, or no reachable Redis) is flagged in the body and the
-``X-Skiprec-Fallback`` header.
+(no session, no reachable Redis, or a failed ONNX call) is flagged in the body and
+the ``X-Skiprec-Fallback`` header.
 """
 
 from __future__ import annotations
@@ -73,7 +73,15 @@ def _response(answer: Recommendation | RankedCandidates) -> Response:
 async def get_recommendations(
     user_id: UserIdPath,
     recommender: RecommenderDep,
-    k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
+    k: Annotated[
+        int,
+        Query(
+            ge=1,
+            le=MAX_K,
+            description="at most the serving bundle's top_k (default export: "
+            f"{MAX_K}); more is a 422 whether the model or the fallback answers",
+        ),
+    ] = 10,
     exclude_played: Annotated[
         bool | None,
         Query(

@@ -301,21 +301,23 @@ async def test_concurrent_recommendations_match_one_by_one(client):
             assert a["score"] == pytest.approx(b["score"], abs=1e-4)
 
 
-async def test_k_above_the_models_top_k_is_refused(client):
+async def test_k_above_the_models_top_k_is_refused_by_model_and_fallback(client):
     await client.post("/events", json=event("k", "t1"))
-    response = await client.get("/recommendations/k?k=21")
-    assert response.status_code == 422
-    assert response.json()["error"]["field"] == "k"
+    for user in ("k", "nobody"):  # the model's path, then the cold-start fallback
+        response = await client.get(f"/recommendations/{user}?k=21")
+        assert response.status_code == 422
+        error = response.json()["error"]
+        assert error["field"] == "k" and "at most 20" in error["message"]
+        assert (await client.get(f"/recommendations/{user}?k=20")).status_code == 200
 
 
 async def test_health_readiness_and_metrics(client):
-    assert (await client.get("/healthz")).json() == {
-        "status": "ok",
-        "model_version": None,
-        "redis": None,
-    }
     ready = await client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["redis"] == "ok"
+    assert (await client.get("/healthz")).json() == {
+        **ready.json(),
+        "status": "ok",
+    }
     await client.post(
         "/events", json={"events": [event("m", "t1"), event("m", "t2", "skip")]}
     )
@@ -369,7 +371,8 @@ async def test_redis_down_gives_fallback_and_503(make_client, make_settings):
         write = await client.post("/events", json=event("u", "t1"))
         assert write.status_code == 503
         assert write.headers["Retry-After"] == "1"
-        assert (await client.get("/readyz")).status_code == 503
+        ready = await client.get("/readyz")  # the model serves: Redis is reported
+        assert ready.status_code == 200 and ready.json()["redis"] == "unreachable"
 
 
 async def test_redis_coming_back_recovers_without_restart(
