@@ -30,7 +30,8 @@ FALLBACK_TAG = "recommendations"
 FALLBACK_HEADER_SPEC: dict[str, Any] = {
     "description": "why the answer is not the model's: none (it is), cold-start "
     "(no session yet: popularity), store-unavailable (Redis did not answer in "
-    "time: popularity); the same as the body's fallback_reason",
+    "time: popularity), model-error (the ONNX call failed: popularity); the same as "
+    "the body's fallback_reason",
     "schema": {"type": "string", "enum": list(get_args(FallbackReason))},
 }
 
