@@ -10,7 +10,7 @@ Hierarchy::
     │   ├── BodyTooLarge              413  over SKIPREC_MAX_BODY_BYTES
     │   ├── Unauthorized              401  missing or wrong API key
     │   ├── BundleRejected            409  reload refused; the old bundle keeps serving
-    │   └── BodyTimeout               408  body not received within SKIPREC_BODY_TIMEOUT_S
+    │   └── BodyTimeout               408  body slower than SKIPREC_BODY_TIMEOUT_S
     ├── SessionStoreUnavailable       503 + Retry-After  Redis unreachable, timed out or
     │                                                    refusing (OOM, READONLY, ...)
     ├── Overloaded                    503 + Retry-After  inference queue full (shed)
