@@ -71,6 +71,7 @@ from skiprec.encoding import (
 )
 from skiprec.vocab import MASK_ID, NUM_SPECIAL, OOV_ID, PAD_ID, Vocabulary
 from training.config import LossConfig, TrainConfig
+from training.distributed import SINGLE, DistContext, shard_rows
 
 # Share of BERT4Rec windows trained with only their newest event masked (BERT4Rec,
 # Sun et al. 2019, sec. 3.6: "we also produce samples that only mask the last item").
@@ -209,11 +210,17 @@ def build_windows(
 
 
 def epoch_batches(
-    windows: TrainWindows, config: TrainConfig, generator: torch.Generator
+    windows: TrainWindows,
+    config: TrainConfig,
+    generator: torch.Generator,
+    context: DistContext = SINGLE,
 ) -> Iterator[Batch]:
     """Shuffle, (BERT4Rec: mask), then yield batches trimmed to their longest window.
 
     All per-epoch randomness is drawn once for the whole epoch; a batch is a slice.
+    Under torchrun every rank draws the same epoch and yields its share of each
+    global batch of ``batch_size`` rows; a last global batch smaller than the world
+    is dropped, so that every rank takes the same number of steps.
     """
     order = torch.randperm(len(windows), generator=generator)
     if config.model.graded_feedback:
@@ -229,9 +236,18 @@ def epoch_batches(
     width = windows.tracks.shape[1]
     for start in range(0, len(order), config.optim.batch_size):
         rows = order[start : start + config.optim.batch_size]
+        if len(rows) < context.world_size:
+            break
+        rows = shard_rows(rows, context)
         seq_len = int(windows.lengths[rows].max())
         cols = slice(width - seq_len, width)
         yield Batch(**{name: t[rows, cols] for name, t in vars(full).items()})
+
+
+def num_batches(num_windows: int, batch_size: int, world_size: int = 1) -> int:
+    """Steps per epoch of :func:`epoch_batches` (the same on every rank)."""
+    full, rest = divmod(num_windows, batch_size)
+    return full + (rest >= world_size)
 
 
 def _graded_inputs(

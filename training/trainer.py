@@ -37,10 +37,17 @@ from training.batching import (
     build_windows,
     contrastive_pairs,
     epoch_batches,
+    num_batches,
     session_skips,
 )
 from training.checkpoint import Run, save_run
 from training.config import LossConfig, OptimConfig, TrainConfig
+from training.distributed import (
+    SINGLE,
+    DistContext,
+    broadcast_flag,
+    mean_over_ranks,
+)
 from training.evaluation import evaluate
 from training.losses import (
     authors_code_contrastive_loss,
@@ -71,10 +78,18 @@ class TrainResult:
 
 
 def batch_loss(
-    model: SessionEncoder, batch: Batch, config: LossConfig, generator: torch.Generator
+    model: SessionEncoder,
+    batch: Batch,
+    config: LossConfig,
+    generator: torch.Generator,
+    encoder: torch.nn.Module | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
-    """Total loss of one batch and its parts (for the log)."""
-    hidden = model(batch.item_ids, batch.feedback)  # [B, T, D]
+    """Total loss of one batch and its parts (for the log).
+
+    ``encoder`` runs the forward pass when given: the DDP wrapper of ``model``, whose
+    forward is what arms the gradient all-reduce of the backward pass.
+    """
+    hidden = (encoder or model)(batch.item_ids, batch.feedback)  # [B, T, D]
     has_target = batch.targets != PAD_ID
     use_ul = config.unlikelihood_weight > 0
     has_negative = (batch.negative_targets != PAD_ID) & use_ul
@@ -166,12 +181,15 @@ def _train_epoch(
     batches: tqdm[Batch],
     config: TrainConfig,
     generator: torch.Generator,
+    device: torch.device,
+    encoder: torch.nn.Module | None = None,
 ) -> dict[str, float]:
     """One optimisation pass; the mean per batch of the loss and of each part."""
-    device = torch.device(config.optim.device)
     totals: dict[str, float] = {}
     for batch in batches:
-        loss, parts = batch_loss(model, batch.to(device), config.loss, generator)
+        loss, parts = batch_loss(
+            model, batch.to(device), config.loss, generator, encoder
+        )
         optimizer.zero_grad(set_to_none=True)
         torch.autograd.backward(loss)  # loss.backward(), which is untyped
         if config.optim.grad_clip > 0:
@@ -224,32 +242,49 @@ def train(
     data_fingerprint: str = "",
     quiet: bool = False,
     extra_metrics: dict[str, Any] | None = None,
+    context: DistContext = SINGLE,
 ) -> TrainResult:
     """Train on ``split.train``, early-stop on ``split.validation``, test the best.
 
     With a ``run_dir`` the run is saved there (checkpoint, vocab, popularity, metrics,
     curves, per-epoch log). Raises ValueError when the split has no validation examples.
+
+    Under torchrun (``context`` from ``training.distributed.from_environment``) every
+    rank trains its share of each global batch in DDP; rank 0 alone validates, decides
+    early stopping, tunes the serving choices and writes ``run_dir``, and the other
+    ranks return their final (not best) model with only ``world_size`` as metrics.
     """
     if not split.validation:
         raise ValueError("the split has no validation examples; need more sessions")
     torch.manual_seed(config.optim.seed)
     np.random.seed(config.optim.seed)
-    torch.set_num_threads(config.optim.num_threads or os.cpu_count() or 1)
+    # torchrun's processes share the machine's cores rather than each taking all.
+    cores = (os.cpu_count() or 1) // context.local_world_size
+    torch.set_num_threads(config.optim.num_threads or max(1, cores))
     generator = torch.Generator().manual_seed(config.optim.seed)
-    device = torch.device(config.optim.device)
+    device = context.device(config.optim.device)
 
     windows: TrainWindows = build_windows(split.train, vocab, config.model.max_seq_len)
     model = SessionEncoder(ModelConfig.for_vocab(config.model, vocab.size)).to(device)
+    encoder: torch.nn.Module | None = None
+    if context.is_distributed:
+        # DDP broadcasts rank 0's initial parameters; the seed makes them equal anyway.
+        encoder = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     optimizer = _optimizer(model, config.optim)
-    steps_per_epoch = math.ceil(len(windows) / config.optim.batch_size)
+    steps_per_epoch = num_batches(
+        len(windows), config.optim.batch_size, context.world_size
+    )
     total_steps = steps_per_epoch * config.optim.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: _lr_factor(step, total_steps, config.optim)
     )
     scorer = TorchScorer(model)
+    quiet = quiet or not context.is_main
     show = not quiet and sys.stderr.isatty()
     log_path = None
-    if run_dir is not None:
+    if run_dir is not None and context.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         log_path = run_dir / LOG_FILE
         log_path.write_text("")
@@ -266,15 +301,16 @@ def train(
             model.train()
             epoch_start = time.perf_counter()
             batches = tqdm(
-                epoch_batches(windows, config, generator),
+                epoch_batches(windows, config, generator, context),
                 total=steps_per_epoch,
                 desc=f"epoch {epoch}",
                 leave=False,
                 disable=not show,
             )
             means = _train_epoch(
-                model, optimizer, scheduler, batches, config, generator
+                model, optimizer, scheduler, batches, config, generator, device, encoder
             )
+            means = mean_over_ranks(means, context)
             step += steps_per_epoch
             row: dict[str, float] = {
                 "epoch": epoch,
@@ -283,7 +319,10 @@ def train(
                 **{f"train_{name}": value for name, value in means.items()},
                 "train_seconds": time.perf_counter() - epoch_start,
             }
-            if epoch % config.optim.eval_every == 0 or epoch == config.optim.epochs:
+            evaluates = (
+                epoch % config.optim.eval_every == 0 or epoch == config.optim.epochs
+            )
+            if evaluates and context.is_main:
                 validation = evaluate(scorer, split.validation, vocab)
                 row.update(_prefixed(validation, "val", ("ndcg@10", "hr@10", "mrr@10")))
                 if validation["ndcg@10"] > best_ndcg:
@@ -307,7 +346,7 @@ def train(
                     log.write(json.dumps(row) + "\n")
             if not quiet and not show:
                 print(_progress_line(row), file=sys.stderr, flush=True)
-            if stale >= config.optim.patience:
+            if broadcast_flag(stale >= config.optim.patience, context):
                 break
     except KeyboardInterrupt:
         # Ctrl-C ends training early; the best state so far is still tested and saved.
@@ -315,6 +354,12 @@ def train(
             raise
         print("interrupted: keeping the best state so far", file=sys.stderr)
     train_seconds = time.perf_counter() - started
+    if not context.is_main:
+        return TrainResult(
+            model=model.cpu().eval(),
+            metrics={"world_size": context.world_size},
+            history=history,
+        )
 
     model.load_state_dict(best_state)
     model.eval()
@@ -343,6 +388,7 @@ def train(
         "seconds_per_epoch": float(np.mean([r["train_seconds"] for r in history])),
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "num_train_windows": len(windows),
+        "world_size": context.world_size,
         **({"prior": prior_summary} if prior_summary else {}),
         **({"policy": policy_summary} if policy_summary else {}),
         **({"skip_weight": skip_weight_summary} if skip_weight_summary else {}),

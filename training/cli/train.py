@@ -5,6 +5,8 @@
         --data ../shared/data/mssd_sessions_derived/mssd_sessions_dev.csv.gz
     skiprec train --data demo.csv --out runs/demo --config training/configs/demo.toml
     skiprec train --data D --out R --backbone bert4rec --skip-cl-weight 0.5
+    # data-parallel over 2 processes (docs/TRAINING_SCALE.md):
+    torchrun --standalone --nproc-per-node 2 -m skiprec_cli train --data D --out R
 
 The preset and the flags become one ``TrainConfig`` here; the loop is
 ``training.trainer.train``.
@@ -19,6 +21,7 @@ from pathlib import Path
 
 from training.config import DEFAULT_CONFIG, ConfigError, TrainConfig
 from training.data import FORMATS, DataError, data_fingerprint, load_sessions
+from training.distributed import from_environment, shutdown
 from training.splits import PROTOCOLS, SPLIT_SEED, build_vocab, make_split
 from training.trainer import train
 
@@ -101,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.data.is_file():
         print(f"skiprec train: {args.data}: no such data file", file=sys.stderr)
         return 2
+    context = from_environment(config.optim.device)
     try:
         sessions = load_sessions(args.data, args.format)
         split = make_split(sessions, args.split)
@@ -115,11 +119,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             data_fingerprint=data_fingerprint(args.data),
             quiet=args.quiet,
             extra_metrics={"split": {"protocol": args.split, "seed": SPLIT_SEED}},
+            context=context,
         )
     except (DataError, ConfigError, ValueError) as exc:
         print(f"skiprec train: {exc}", file=sys.stderr)
         return 2
-    if not args.quiet:
+    finally:
+        shutdown()
+    if not args.quiet and context.is_main:
         val, test = result.metrics["validation"], result.metrics["test"]
         print(
             f"best epoch {result.metrics['best_epoch']}: "
