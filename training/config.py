@@ -194,7 +194,15 @@ class LossConfig(Table):
     TABLE: ClassVar[str] = "loss"
 
     loss: Literal["full_softmax", "sampled_softmax"] = "full_softmax"
-    num_negatives: Annotated[int, Bound(ge=1)] = 256  # uniform negatives (sampled)
+    num_negatives: Annotated[int, Bound(ge=1)] = 256  # shared negatives (sampled)
+    # sampled softmax: the N shared negatives are drawn uniformly over the tracks or
+    # in proportion to each track's training count (use with logq_correction);
+    # in_batch_negatives: the other rows' targets compete too; logq_correction:
+    # subtract log Q(c) (training.losses.sampled_softmax_loss) from the logits of
+    # every sampled candidate, in-batch ones included
+    negative_sampler: Literal["uniform", "popularity"] = "uniform"
+    in_batch_negatives: bool = True
+    logq_correction: bool = False
     # next: the next track; next_played: the first later track that was played;
     # played_only: the next track only where it was played (skipped next tracks
     # give no positive, and are the unlikelihood term's negatives)
@@ -233,6 +241,14 @@ class LossConfig(Table):
     def rules(self) -> Iterator[str]:
         if self.oov_share > 1:
             yield f"oov_share must be <= 1, got {self.oov_share!r}"
+        sampled_only = {
+            "negative_sampler": self.negative_sampler != "uniform",
+            "in_batch_negatives": not self.in_batch_negatives,
+            "logq_correction": self.logq_correction,
+        }
+        for name, changed in sampled_only.items():
+            if changed and self.loss != "sampled_softmax":
+                yield f"{name} is a setting of loss = 'sampled_softmax'"
         if self.skip_hard_negatives and self.loss != "sampled_softmax":
             yield (
                 "skip_hard_negatives needs loss = 'sampled_softmax' (the full softmax "

@@ -63,35 +63,55 @@ def sampled_softmax_loss(
     item_table: Tensor,
     negatives: Tensor,
     hard_negatives: Tensor | None = None,
+    *,
+    in_batch: bool = True,
+    log_q: Tensor | None = None,
 ) -> Tensor:
-    """Cross-entropy of each target against uniform, in-batch and hard negatives.
+    """Cross-entropy of each target against sampled, in-batch and hard negatives.
 
     For large catalogues where [M, V] logits do not fit. Row i competes its target
-    y_i against C = {the other rows' targets} U {N uniform tracks} U {its H hard
-    negatives}; a candidate equal to y_i (an accidental hit) is removed:
+    y_i against C_i = {the other rows' targets (``in_batch``)} U {N sampled tracks} U
+    {its H hard negatives}; a candidate equal to y_i (an accidental hit) is removed:
 
-        L = mean_i [ log( exp s(i, y_i) + sum_{c in C_i, c != y_i} exp s(i, c) )
-                     - s(i, y_i) ]
+        L = mean_i [ log( exp s'(i, y_i) + sum_{c in C_i, c != y_i} exp s'(i, c) )
+                     - s'(i, y_i) ]
         s(i, c) = h_i . e_c
+        s'(i, c) = s(i, c) - log Q(c)   for the target and the sampled candidates
+        s'(i, c) = s(i, c)              for the hard negatives (not sampled)
 
-    No logQ correction: uniform negatives have the same sampling probability for every
-    track, so the correction is a constant that cancels in the softmax. In-batch
-    targets are drawn in proportion to popularity and are left uncorrected on purpose:
-    they act as popularity-weighted hard negatives, which penalises a popularity bias.
+    Log-Q correction (Bengio & Senecal 2008; Yi et al., RecSys 2019, for in-batch
+    negatives): a candidate drawn in proportion to its popularity competes more often
+    than the full softmax would weigh it, which teaches the model to score popular
+    tracks down. Subtracting the log of its expected count Q(c) among a row's
+    candidates (``log_q``, from :func:`log_expected_counts`) makes the sampled softmax
+    a consistent estimate of the full one; the target is corrected too (it is one of
+    the sampled candidates of the other rows, and the softmax compares like with
+    like). A hard negative is in every row's set: its count is 1, its log 0, which is
+    why ``log_q`` is a log *count*, not a log probability; without hard negatives a
+    constant added to ``log_q`` cancels, so uniform negatives alone need no
+    correction (``log_q`` None). Without it, in-batch targets (drawn in proportion to
+    popularity) act as popularity-weighted hard negatives, which penalises a
+    popularity bias: the behaviour of every run trained before the correction.
 
     Args:
         hidden: [M, D] outputs at the positions that have a target.
         targets: int64 [M] track indices (no PAD; select positions first).
         item_table: [V, D] output embeddings (tied with the input table).
-        negatives: int64 [N] uniform track indices shared by the batch.
+        negatives: int64 [N] sampled track indices shared by the batch.
         hard_negatives: int64 [M, H] per-row extra negatives (e.g. the session's
             skipped tracks), ``PAD_ID`` where unused.
+        in_batch: the other rows' targets are negatives too.
+        log_q: [V] log expected count of each track among a row's sampled and
+            in-batch candidates; None = no correction.
     """
     if targets.numel() == 0:
         return hidden.sum() * 0.0
     positive = (hidden * item_table[targets]).sum(-1, keepdim=True)  # [M, 1]
-    shared = torch.cat([targets, negatives])  # [M + N]
-    shared_logits = hidden @ item_table[shared].T  # [M, D] @ [D, M+N] -> [M, M+N]
+    shared = torch.cat([targets, negatives]) if in_batch else negatives  # [M' + N]
+    shared_logits = hidden @ item_table[shared].T  # [M, D] @ [D, M'+N] -> [M, M'+N]
+    if log_q is not None:
+        positive = positive - log_q[targets][:, None]
+        shared_logits = shared_logits - log_q[shared][None, :]
     shared_logits = shared_logits.masked_fill(
         shared[None, :] == targets[:, None], -torch.inf
     )
@@ -103,6 +123,34 @@ def sampled_softmax_loss(
         parts.append(hard_logits.masked_fill(unused, -torch.inf))
     logits = torch.cat(parts, dim=1)
     return (torch.logsumexp(logits, dim=1) - positive.squeeze(1)).mean()
+
+
+def log_expected_counts(
+    negative_probs: Tensor,
+    num_negatives: int,
+    target_probs: Tensor | None = None,
+    num_other_targets: int = 0,
+) -> Tensor:
+    """log Q(c): the log of track c's expected count among a row's candidates.
+
+        Q(c) = N p(c) + (M - 1) q(c)
+
+    with N negatives drawn with replacement from p, and the M - 1 other rows' targets
+    (in-batch negatives), distributed as the training targets q. Tracks that can never
+    be drawn get log 0 = -inf; they are never candidates either.
+
+    Args:
+        negative_probs: [V] p, the negative sampler's distribution (sums to 1).
+        num_negatives: N.
+        target_probs: [V] q, the targets' distribution; None without in-batch
+            negatives.
+        num_other_targets: M - 1, the in-batch negatives of a row.
+    """
+    expected = num_negatives * negative_probs.double()
+    if target_probs is not None:
+        expected = expected + num_other_targets * target_probs.double()
+    # float64: a track drawn with probability 1e-9 still has a finite log.
+    return torch.log(expected).to(negative_probs.dtype)
 
 
 def skip_contrastive_loss(

@@ -30,7 +30,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from skiprec.policy import SessionPolicy
-from skiprec.vocab import NUM_SPECIAL, PAD_ID, Vocabulary
+from skiprec.vocab import PAD_ID, Vocabulary
 from training.batching import (
     Batch,
     TrainWindows,
@@ -58,6 +58,12 @@ from training.losses import (
     unlikelihood_loss,
 )
 from training.model import ModelConfig, SessionEncoder
+from training.negatives import (
+    candidate_log_q,
+    draw_negatives,
+    needs_distribution,
+    track_distribution,
+)
 from training.plots import plot_curves
 from training.prior import tune_prior
 from training.protocol import choose_policy
@@ -83,11 +89,14 @@ def batch_loss(
     config: LossConfig,
     generator: torch.Generator,
     encoder: torch.nn.Module | None = None,
+    track_probs: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Total loss of one batch and its parts (for the log).
 
     ``encoder`` runs the forward pass when given: the DDP wrapper of ``model``, whose
     forward is what arms the gradient all-reduce of the backward pass.
+    ``track_probs`` ([V], ``training.negatives.track_distribution``) is needed by the
+    popularity sampler and the log-Q correction.
     """
     hidden = (encoder or model)(batch.item_ids, batch.feedback)  # [B, T, D]
     has_target = batch.targets != PAD_ID
@@ -103,12 +112,15 @@ def batch_loss(
                 logits, batch.negative_targets[rows]
             )
     else:
-        negatives = torch.randint(
-            NUM_SPECIAL,
-            model.config.num_items,
-            (config.num_negatives,),
-            generator=generator,
+        negatives = draw_negatives(
+            config, model.config.num_items, track_probs, generator
         ).to(hidden.device)
+        log_q = None
+        if config.logq_correction:
+            if track_probs is None:
+                raise ValueError("the log-Q correction needs the track distribution")
+            num_targets = int(has_target.sum())
+            log_q = candidate_log_q(config, track_probs, num_targets)
         hard = None
         if config.skip_hard_negatives:
             skip_ids, _ = session_skips(batch.tracks, batch.skipped)  # [B, S]
@@ -120,6 +132,8 @@ def batch_loss(
             model.item_emb.weight,
             negatives,
             hard,
+            in_batch=config.in_batch_negatives,
+            log_q=log_q,
         )
         if use_ul:
             parts["unlikelihood"] = unlikelihood_loss(
@@ -183,12 +197,13 @@ def _train_epoch(
     generator: torch.Generator,
     device: torch.device,
     encoder: torch.nn.Module | None = None,
+    track_probs: Tensor | None = None,
 ) -> dict[str, float]:
     """One optimisation pass; the mean per batch of the loss and of each part."""
     totals: dict[str, float] = {}
     for batch in batches:
         loss, parts = batch_loss(
-            model, batch.to(device), config.loss, generator, encoder
+            model, batch.to(device), config.loss, generator, encoder, track_probs
         )
         optimizer.zero_grad(set_to_none=True)
         torch.autograd.backward(loss)  # loss.backward(), which is untyped
@@ -266,6 +281,9 @@ def train(
 
     windows: TrainWindows = build_windows(split.train, vocab, config.model.max_seq_len)
     model = SessionEncoder(ModelConfig.for_vocab(config.model, vocab.size)).to(device)
+    track_probs = None
+    if needs_distribution(config.loss):
+        track_probs = track_distribution(windows.tracks, vocab.size).to(device)
     encoder: torch.nn.Module | None = None
     if context.is_distributed:
         # DDP broadcasts rank 0's initial parameters; the seed makes them equal anyway.
@@ -308,7 +326,15 @@ def train(
                 disable=not show,
             )
             means = _train_epoch(
-                model, optimizer, scheduler, batches, config, generator, device, encoder
+                model,
+                optimizer,
+                scheduler,
+                batches,
+                config,
+                generator,
+                device,
+                encoder,
+                track_probs,
             )
             means = mean_over_ranks(means, context)
             step += steps_per_epoch

@@ -140,6 +140,14 @@ def test_a_flat_checkpoint_config_of_an_older_run_loads():
         ),
         ("[loss]\nskip_hard_negatives = true\n", r"\[loss\] skip_hard_negatives needs"),
         (
+            "[loss]\nlogq_correction = true\n",
+            r"\[loss\] logq_correction is a setting of loss = 'sampled_softmax'",
+        ),
+        (
+            "[loss]\nnegative_sampler = 'popularity'\n",
+            r"\[loss\] negative_sampler is a setting of loss = 'sampled_softmax'",
+        ),
+        (
             "[model]\ngraded_feedback = true\nfeedback_input = false\n",
             r"\[model\] graded_feedback needs feedback_input = true",
         ),

@@ -9,6 +9,7 @@ from skiprec.vocab import OOV_ID, PAD_ID
 from training.losses import (
     authors_code_contrastive_loss,
     full_softmax_loss,
+    log_expected_counts,
     sampled_softmax_loss,
     skip_bce_loss,
     skip_contrastive_loss,
@@ -54,6 +55,67 @@ def test_sampled_softmax_loss_by_hand_removes_accidental_hits():
     # Row 1: target 4 (s=4); candidates 3 (2), 5 (-2), 3 (2) from the negatives.
     row1 = math.log(math.exp(4) + 2 * math.exp(2) + math.exp(-2)) - 4
     assert loss.item() == pytest.approx((row0 + row1) / 2, rel=1e-6)
+
+
+def _sampled_toy():
+    """The accidental-hit example above: tracks 3..6 with embeddings 1, 2, -1, 0."""
+    table = torch.tensor([[0.0], [0.0], [0.0], [1.0], [2.0], [-1.0], [0.0]])
+    hidden = torch.tensor([[1.0], [2.0]])
+    targets = torch.tensor([3, 4])
+    negatives = torch.tensor([5, 3])
+    hard = torch.tensor([[6, PAD_ID], [PAD_ID, PAD_ID]])
+    return hidden, targets, table, negatives, hard
+
+
+def test_sampled_softmax_loss_with_log_q_by_hand():
+    # Expected counts Q of tracks 3..6: 0.5, 2, 1, 4 (specials: never candidates).
+    log_q = torch.log(torch.tensor([1.0, 1.0, 1.0, 0.5, 2.0, 1.0, 4.0]))
+    loss = sampled_softmax_loss(*_sampled_toy(), log_q=log_q)
+    lq = {3: math.log(0.5), 4: math.log(2.0), 5: 0.0}
+    # Row 0: target 3 (1 - log 0.5); in-batch 4 (2 - log 2); sampled 5 (-1 - 0);
+    # sampled 3 is an accidental hit; hard 6 (0, not sampled: never corrected).
+    pos0 = 1 - lq[3]
+    row0 = math.log(math.exp(pos0) + math.exp(2 - lq[4]) + math.exp(-1) + 1) - pos0
+    # Row 1: target 4 (4 - log 2); in-batch 3 (2 - log 0.5); sampled 5 (-2), 3 again.
+    pos1 = 4 - lq[4]
+    row1 = (
+        math.log(math.exp(pos1) + 2 * math.exp(2 - lq[3]) + math.exp(-2 - lq[5])) - pos1
+    )
+    assert loss.item() == pytest.approx((row0 + row1) / 2, rel=1e-6)
+
+
+def test_sampled_softmax_loss_without_in_batch_negatives_by_hand():
+    loss = sampled_softmax_loss(*_sampled_toy(), in_batch=False)
+    # Row 0: target 3 (1); sampled 5 (-1), 3 removed; hard 6 (0).
+    row0 = math.log(math.exp(1) + math.exp(-1) + math.exp(0)) - 1
+    # Row 1: target 4 (4); sampled 5 (-2) and 3 (2); no hard negative.
+    row1 = math.log(math.exp(4) + math.exp(-2) + math.exp(2)) - 4
+    assert loss.item() == pytest.approx((row0 + row1) / 2, rel=1e-6)
+
+
+def test_sampled_softmax_loss_ignores_a_constant_log_q_without_hard_negatives():
+    # Uniform negatives without in-batch ones have log Q = log(N / V'): a constant,
+    # which cancels, so they need no correction.
+    args = _sampled_toy()[:4]
+    plain = sampled_softmax_loss(*args)
+    shifted = sampled_softmax_loss(*args, log_q=torch.full((7,), 3.7))
+    assert shifted.item() == pytest.approx(plain.item(), rel=1e-6)
+    # Hard negatives are in every row's set (count 1): there the scale matters.
+    hard = sampled_softmax_loss(*_sampled_toy(), log_q=torch.full((7,), 3.7))
+    assert hard.item() != pytest.approx(sampled_softmax_loss(*_sampled_toy()).item())
+
+
+def test_log_expected_counts_by_hand():
+    # N = 4 negatives from p, and M - 1 = 3 other rows' targets distributed as q.
+    p = torch.tensor([0.0, 0.0, 0.0, 0.5, 0.25, 0.25])
+    q = torch.tensor([0.0, 0.0, 0.0, 0.2, 0.8, 0.0])
+    expected = [4 * 0.5 + 3 * 0.2, 4 * 0.25 + 3 * 0.8, 4 * 0.25]
+    got = log_expected_counts(p, 4, q, 3)
+    assert got[3:].tolist() == pytest.approx([math.log(v) for v in expected])
+    assert torch.isneginf(got[:3]).all()  # never drawn
+    assert log_expected_counts(p, 4)[3:].tolist() == pytest.approx(
+        [math.log(2.0), 0.0, 0.0], abs=1e-7
+    )
 
 
 def test_unlikelihood_loss_by_hand():

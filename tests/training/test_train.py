@@ -90,6 +90,35 @@ def test_tiny_model_learns_synthetic_sessions(synthetic_split):
         },
         {"skip_head": True, "skip_head_weight": 1.0, "graded_feedback": True},
         {"backbone": "bert4rec", "skip_head": True, "skip_head_weight": 0.5},
+        # Log-Q corrected popularity negatives (in-batch ones too), every skip term on
+        {
+            "loss": "sampled_softmax",
+            "num_negatives": 20,
+            "negative_sampler": "popularity",
+            "logq_correction": True,
+            "skip_hard_negatives": True,
+            "unlikelihood_weight": 0.2,
+            "skip_cl_weight": 0.2,
+            "skip_head": True,
+            "skip_head_weight": 0.5,
+        },
+        # In-batch negatives only (as in Yi et al. 2019), log-Q corrected; BERT4Rec
+        {
+            "backbone": "bert4rec",
+            "loss": "sampled_softmax",
+            "num_negatives": 1,
+            "logq_correction": True,
+            "skip_hard_negatives": True,
+            "skip_cl_weight": 0.2,
+        },
+        # Uniform negatives alone, no in-batch ones
+        {
+            "loss": "sampled_softmax",
+            "num_negatives": 30,
+            "in_batch_negatives": False,
+            "skip_hard_negatives": True,
+            "skip_cl_weight": 0.2,
+        },
     ],
 )
 def test_every_loss_variant_trains(synthetic_split, changes):
