@@ -12,16 +12,22 @@ A run directory holds:
     metrics.json      validation/test metrics of the best checkpoint
     prior.npz         only in a run with a transition prior (training/prior.py); a run
                       without one (every run trained before it) has ``Run.prior`` None
+    resume.pt         only while a run with ``[optim] checkpoint_every`` trains: the
+                      loop's whole state (:class:`ResumeState`), from which
+                      ``skiprec train --resume`` continues a killed run; removed once
+                      the run is saved
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from skiprec.vocab import Vocabulary
 from training.model import ModelConfig, SessionEncoder
@@ -31,6 +37,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 VOCAB_FILE = "vocab.json"
 POPULARITY_FILE = "popularity.json"
 METRICS_FILE = "metrics.json"
+RESUME_FILE = "resume.pt"
 
 
 @dataclass
@@ -93,3 +100,52 @@ def load_run(run_dir: Path) -> Run:
         step=payload["step"],
         prior=prior,
     )
+
+
+@dataclass
+class ResumeState:
+    """The training loop's whole state between two steps: what it needs to go on as
+    if it had never stopped (the same batches, negatives and dropout masks).
+
+    ``epoch`` is the epoch in progress (1-based) and ``batch`` how many of its
+    batches are done (0: the epoch has not started); ``epoch_generator_state`` is the
+    batching generator's state when that epoch began (its permutation and masks are
+    drawn from it again), ``generator_state`` and ``torch_rng_state`` the states
+    after the last step done (the negatives and dropout of the next one).
+    """
+
+    train_config: dict[str, Any]
+    epoch: int
+    batch: int
+    step: int  # optimisation steps done in all
+    totals: dict[str, float]  # sums over the epoch's done batches of each loss part
+    model_state: dict[str, Tensor]
+    optimizer_state: dict[str, Any]
+    scheduler_state: dict[str, Any]
+    generator_state: Tensor
+    epoch_generator_state: Tensor
+    torch_rng_state: Tensor
+    history: list[dict[str, float]]
+    best_ndcg: float
+    best_epoch: int
+    best_step: int
+    stale: int
+    best_state: dict[str, Tensor]
+    best_validation: dict[str, float]
+    train_seconds: float
+
+
+def save_resume(state: ResumeState, run_dir: Path) -> None:
+    """Write ``run_dir/resume.pt`` atomically: a kill mid-write keeps the last one."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    partial = run_dir / (RESUME_FILE + ".partial")
+    torch.save({f.name: getattr(state, f.name) for f in fields(state)}, partial)
+    os.replace(partial, run_dir / RESUME_FILE)
+
+
+def load_resume(run_dir: Path) -> ResumeState | None:
+    """The state ``save_resume`` left in ``run_dir``; None when there is none."""
+    path = run_dir / RESUME_FILE
+    if not path.is_file():
+        return None
+    return ResumeState(**torch.load(path, map_location="cpu", weights_only=True))

@@ -185,6 +185,9 @@ class OptimConfig(Table):
     seed: int = 0
     device: str = "cpu"
     num_threads: Annotated[int, Bound(ge=0)] = 0  # torch.set_num_threads; 0 = all cores
+    # Steps between two writes of the run's resume.pt (and one at each epoch's end),
+    # from which `skiprec train --resume` continues a killed run; 0 = none.
+    checkpoint_every: Annotated[int, Bound(ge=0)] = 0
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,9 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,14 @@ from training.batching import (
     num_batches,
     session_skips,
 )
-from training.checkpoint import Run, save_run
+from training.checkpoint import (
+    RESUME_FILE,
+    ResumeState,
+    Run,
+    load_resume,
+    save_resume,
+    save_run,
+)
 from training.config import LossConfig, OptimConfig, TrainConfig
 from training.distributed import (
     SINGLE,
@@ -198,10 +206,17 @@ def _train_epoch(
     device: torch.device,
     encoder: torch.nn.Module | None = None,
     track_probs: Tensor | None = None,
+    totals: dict[str, float] | None = None,
+    after_step: Callable[[int, dict[str, float]], None] | None = None,
 ) -> dict[str, float]:
-    """One optimisation pass; the mean per batch of the loss and of each part."""
-    totals: dict[str, float] = {}
-    for batch in batches:
+    """One optimisation pass; the mean per batch of the loss and of each part.
+
+    ``totals``: the sums of the batches a resumed epoch already did (``batches``
+    then yields the rest); ``after_step(steps done by this call, sums)`` runs after
+    every step.
+    """
+    totals = dict(totals or {})
+    for steps, batch in enumerate(batches, start=1):
         loss, parts = batch_loss(
             model, batch.to(device), config.loss, generator, encoder, track_probs
         )
@@ -215,6 +230,8 @@ def _train_epoch(
         for name, value in {"loss": loss_value, **parts}.items():
             totals[name] = totals.get(name, 0.0) + value
         batches.set_postfix(loss=f"{loss_value:.4f}")
+        if after_step is not None:
+            after_step(steps, totals)
     return {name: total / len(batches) for name, total in totals.items()}
 
 
@@ -258,6 +275,7 @@ def train(
     quiet: bool = False,
     extra_metrics: dict[str, Any] | None = None,
     context: DistContext = SINGLE,
+    resume: bool = False,
 ) -> TrainResult:
     """Train on ``split.train``, early-stop on ``split.validation``, test the best.
 
@@ -268,6 +286,11 @@ def train(
     rank trains its share of each global batch in DDP; rank 0 alone validates, decides
     early stopping, tunes the serving choices and writes ``run_dir``, and the other
     ranks return their final (not best) model with only ``world_size`` as metrics.
+
+    ``[optim] checkpoint_every`` > 0 writes ``run_dir/resume.pt`` every that many
+    steps and at each epoch's end; ``resume`` continues from it when it is there
+    (every rank reads it: a shared file system under torchrun), with the same
+    batches and random draws as the run that was killed had it gone on.
     """
     if not split.validation:
         raise ValueError("the split has no validation examples; need more sessions")
@@ -312,19 +335,102 @@ def train(
     best_state = copy.deepcopy(model.state_dict())
     best_validation: dict[str, float] = {}
     step = 0
+    first_epoch, done_batches, done_totals, earlier_seconds = 1, 0, {}, 0.0
+    saved = load_resume(run_dir) if resume and run_dir is not None else None
+    if saved is not None:
+        if saved.train_config != config.to_dict():
+            raise ValueError(
+                f"{RESUME_FILE} in {run_dir} was written by another configuration; "
+                "resume with the same preset and flags, or train afresh"
+            )
+        model.load_state_dict(saved.model_state)
+        optimizer.load_state_dict(saved.optimizer_state)
+        scheduler.load_state_dict(saved.scheduler_state)
+        torch.set_rng_state(saved.torch_rng_state)
+        # ``step`` counts the steps of finished epochs here; the file counts all.
+        history, step, stale = saved.history, saved.step - saved.batch, saved.stale
+        best_ndcg, best_epoch, best_step = (
+            saved.best_ndcg,
+            saved.best_epoch,
+            saved.best_step,
+        )
+        best_state, best_validation = saved.best_state, saved.best_validation
+        first_epoch, done_batches, done_totals = saved.epoch, saved.batch, saved.totals
+        earlier_seconds = saved.train_seconds
+        generator.set_state(saved.generator_state)
+        if log_path is not None:
+            log_path.write_text("".join(json.dumps(row) + "\n" for row in history))
+    checkpointing = run_dir is not None and config.optim.checkpoint_every > 0
+
+    def checkpoint(epoch: int, batch: int, totals: dict[str, float]) -> None:
+        """rank 0 writes the loop's state: ``batch`` batches of ``epoch`` done."""
+        if not (checkpointing and context.is_main and run_dir is not None):
+            return
+        state = ResumeState(
+            train_config=config.to_dict(),
+            epoch=epoch,
+            batch=batch,
+            step=step + batch,
+            totals=totals,
+            model_state=model.state_dict(),
+            optimizer_state=optimizer.state_dict(),
+            scheduler_state=scheduler.state_dict(),
+            generator_state=generator.get_state(),
+            epoch_generator_state=epoch_generator_state,
+            torch_rng_state=torch.get_rng_state(),
+            history=history,
+            best_ndcg=best_ndcg,
+            best_epoch=best_epoch,
+            best_step=best_step,
+            stale=stale,
+            best_state=best_state,
+            best_validation=best_validation,
+            train_seconds=earlier_seconds + time.perf_counter() - started,
+        )
+        save_resume(state, run_dir)
+
     started = time.perf_counter()
-    epochs = tqdm(range(1, config.optim.epochs + 1), desc="epochs", disable=not show)
+    epochs = tqdm(
+        range(first_epoch, config.optim.epochs + 1), desc="epochs", disable=not show
+    )
     try:
         for epoch in epochs:
             model.train()
             epoch_start = time.perf_counter()
+            epoch_generator_state = generator.get_state()
+            epoch_iter = epoch_batches(windows, config, generator, context)
+            totals: dict[str, float] = {}
+            if done_batches and saved is not None:
+                # Draw the killed epoch again from its starting state, skip what it
+                # had done, and go on with the draws of its next step.
+                epoch_generator_state = saved.epoch_generator_state
+                generator.set_state(epoch_generator_state)
+                epoch_iter = epoch_batches(windows, config, generator, context)
+                for _ in islice(epoch_iter, done_batches):
+                    pass
+                generator.set_state(saved.generator_state)
+                totals = done_totals
             batches = tqdm(
-                epoch_batches(windows, config, generator, context),
+                epoch_iter,
                 total=steps_per_epoch,
+                initial=done_batches,
                 desc=f"epoch {epoch}",
                 leave=False,
                 disable=not show,
             )
+
+            def after_step(
+                steps: int,
+                sums: dict[str, float],
+                epoch: int = epoch,
+                done_before: int = done_batches,
+                steps_before: int = step,
+            ) -> None:
+                done = done_before + steps
+                every = config.optim.checkpoint_every
+                if every and (steps_before + done) % every == 0:
+                    checkpoint(epoch, done, sums)
+
             means = _train_epoch(
                 model,
                 optimizer,
@@ -335,7 +441,10 @@ def train(
                 device,
                 encoder,
                 track_probs,
+                totals,
+                after_step,
             )
+            done_batches = 0
             means = mean_over_ranks(means, context)
             step += steps_per_epoch
             row: dict[str, float] = {
@@ -372,14 +481,17 @@ def train(
                     log.write(json.dumps(row) + "\n")
             if not quiet and not show:
                 print(_progress_line(row), file=sys.stderr, flush=True)
-            if broadcast_flag(stale >= config.optim.patience, context):
+            stop = broadcast_flag(stale >= config.optim.patience, context)
+            # An early stop is written as "no epoch left", so a resume ends too.
+            checkpoint(config.optim.epochs + 1 if stop else epoch + 1, 0, {})
+            if stop:
                 break
     except KeyboardInterrupt:
         # Ctrl-C ends training early; the best state so far is still tested and saved.
         if not any("val_ndcg@10" in row for row in history):
             raise
         print("interrupted: keeping the best state so far", file=sys.stderr)
-    train_seconds = time.perf_counter() - started
+    train_seconds = earlier_seconds + time.perf_counter() - started
     if not context.is_main:
         return TrainResult(
             model=model.cpu().eval(),
@@ -436,6 +548,7 @@ def train(
             run_dir,
         )
         plot_curves(history, run_dir / CURVES_FILE, title=run_dir.name)
+        (run_dir / RESUME_FILE).unlink(missing_ok=True)  # the run is complete
     return TrainResult(model=model, metrics=metrics, history=history)
 
 

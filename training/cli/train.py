@@ -7,6 +7,8 @@
     skiprec train --data D --out R --backbone bert4rec --skip-cl-weight 0.5
     # data-parallel over 2 processes (docs/TRAINING_SCALE.md):
     torchrun --standalone --nproc-per-node 2 -m skiprec_cli train --data D --out R
+    # preemptible: a resume file every 500 steps; rerun the same command to go on
+    skiprec train --data D --out R --checkpoint-every 500 --resume
 
 The preset and the flags become one ``TrainConfig`` here; the loop is
 ``training.trainer.train``.
@@ -80,6 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--epochs", type=int, help="maximum epochs")
     parser.add_argument("--device", help="torch device, e.g. cpu or cuda")
+    # --- fault tolerance ---
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        help="steps between two resume checkpoints (OUT/resume.pt); 0 = none",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUT/resume.pt when it is there (same preset and flags)",
+    )
     # --- output ---
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     return parser
@@ -97,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             transition_prior=args.transition_prior,
             epochs=args.epochs,
             device=args.device,
+            checkpoint_every=args.checkpoint_every,
         )
     except ConfigError as exc:
         print(f"skiprec train: {exc}", file=sys.stderr)
@@ -120,6 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             quiet=args.quiet,
             extra_metrics={"split": {"protocol": args.split, "seed": SPLIT_SEED}},
             context=context,
+            resume=args.resume,
         )
     except (DataError, ConfigError, ValueError) as exc:
         print(f"skiprec train: {exc}", file=sys.stderr)
