@@ -17,8 +17,9 @@
 -- return {accepted, duplicates, accepted skips, accepted late}, summed over the users
 --
 -- The list stays ordered by event time (the stored event's last field), ties in
--- arrival order: an event older than the newest is inserted before the newer ones
--- (skiprec.sessions.time_order is the Python twin, under an equality test).
+-- arrival order: a user's new events are appended when they come in order (the
+-- common case), else merged into the list once per call (skiprec.sessions.time_order
+-- is the Python twin, under equality tests).
 -- An id already stored with this very call's receive time was stored by this call's
 -- first delivery (a resend after a lost reply): it counts as accepted, not twice.
 -- A repeated id within the call counts as a duplicate like any earlier one.
@@ -36,26 +37,61 @@ local function stamp(entry)
   return tonumber(string.match(entry, "|([^|]*)$"))
 end
 
-local function insert(events_key, entry)
-  local ts = stamp(entry)
-  local last = redis.call("LINDEX", events_key, -1)
-  if not last or stamp(last) <= ts then
-    redis.call("RPUSH", events_key, entry)
-    return
+-- RPUSH in chunks: unpack() of a long list would overflow Lua's C stack.
+local function push_all(events_key, entries, first)
+  for i = first, #entries, 1000 do
+    redis.call("RPUSH", events_key, unpack(entries, i, math.min(i + 999, #entries)))
   end
-  local all = redis.call("LRANGE", events_key, 0, -1)
-  local newer = 0
-  while newer < #all and stamp(all[#all - newer]) > ts do
-    newer = newer + 1
-  end
-  local tail = redis.call("LRANGE", events_key, -newer, -1)
-  redis.call("LTRIM", events_key, 0, -(newer + 1))
-  redis.call("RPUSH", events_key, entry, unpack(tail))
 end
 
-local function finish(events_key, dedup_key, appended, used_dedup)
-  if appended then
-    redis.call("LTRIM", events_key, -max_events, -1)
+-- Store a user's new events (arrival order) in the time-ordered list, newest
+-- max_events kept. In order (the common case): one RPUSH. Otherwise one merge of the
+-- list with the new events, sorted stably (ties: stored first, then arrival order).
+local function store(events_key, fresh)
+  local last = redis.call("LINDEX", events_key, -1)
+  local previous = last and stamp(last) or -math.huge
+  local in_order = true
+  for _, entry in ipairs(fresh) do
+    local ts = stamp(entry)
+    if ts < previous then
+      in_order = false
+      break
+    end
+    previous = ts
+  end
+  if in_order then
+    push_all(events_key, fresh, 1)
+  else
+    local order = {}
+    for i, entry in ipairs(fresh) do
+      order[i] = {stamp(entry), i, entry}
+    end
+    table.sort(order, function(a, b)
+      return a[1] < b[1] or (a[1] == b[1] and a[2] < b[2])
+    end)
+    local stored = redis.call("LRANGE", events_key, 0, -1)
+    local merged = {}
+    local j = 1
+    for _, entry in ipairs(stored) do
+      local ts = stamp(entry)
+      while j <= #order and order[j][1] < ts do
+        merged[#merged + 1] = order[j][3]
+        j = j + 1
+      end
+      merged[#merged + 1] = entry
+    end
+    for k = j, #order do
+      merged[#merged + 1] = order[k][3]
+    end
+    redis.call("DEL", events_key)
+    push_all(events_key, merged, math.max(1, #merged - max_events + 1))
+  end
+  redis.call("LTRIM", events_key, -max_events, -1)
+end
+
+local function finish(events_key, dedup_key, fresh, used_dedup)
+  if #fresh > 0 then
+    store(events_key, fresh)
   end
   if redis.call("EXISTS", events_key) == 1 then
     redis.call("EXPIRE", events_key, session_ttl)
@@ -68,15 +104,15 @@ end
 
 local in_call = {} -- ids met earlier in this call: a repeat is a duplicate
 local user = 1
-local appended = false
+local fresh_events = {} -- this user's new events for the live session, arrival order
 local used_dedup = false
 local i = 5
 while i <= #ARGV do
   local event_id = ARGV[i]
   if event_id == "|" then
-    finish(KEYS[2 * user - 1], KEYS[2 * user], appended, used_dedup)
+    finish(KEYS[2 * user - 1], KEYS[2 * user], fresh_events, used_dedup)
     user = user + 1
-    appended = false
+    fresh_events = {}
     used_dedup = false
     i = i + 1
   else
@@ -94,8 +130,7 @@ while i <= #ARGV do
     in_call[here] = true
     if fresh or resent then
       if fresh and not is_late then
-        insert(KEYS[2 * user - 1], entry)
-        appended = true
+        fresh_events[#fresh_events + 1] = entry
       end
       accepted = accepted + 1
       if is_late then
@@ -112,5 +147,5 @@ while i <= #ARGV do
     i = i + 2
   end
 end
-finish(KEYS[2 * user - 1], KEYS[2 * user], appended, used_dedup)
+finish(KEYS[2 * user - 1], KEYS[2 * user], fresh_events, used_dedup)
 return {accepted, duplicates, skips, late}
