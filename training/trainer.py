@@ -128,7 +128,7 @@ def batch_loss(
             if track_probs is None:
                 raise ValueError("the log-Q correction needs the track distribution")
             num_targets = int(has_target.sum())
-            log_q = candidate_log_q(config, track_probs, num_targets)
+            log_q = candidate_log_q(config, track_probs, num_targets).to(hidden.device)
         hard = None
         if config.skip_hard_negatives:
             skip_ids, _ = session_skips(batch.tracks, batch.skipped)  # [B, S]
@@ -306,7 +306,8 @@ def train(
     model = SessionEncoder(ModelConfig.for_vocab(config.model, vocab.size)).to(device)
     track_probs = None
     if needs_distribution(config.loss):
-        track_probs = track_distribution(windows.tracks, vocab.size).to(device)
+        # On the CPU, as the batching generator that samples from it.
+        track_probs = track_distribution(windows.tracks, vocab.size)
     encoder: torch.nn.Module | None = None
     if context.is_distributed:
         # DDP broadcasts rank 0's initial parameters; the seed makes them equal anyway.
