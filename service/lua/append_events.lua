@@ -123,7 +123,15 @@ while i <= #ARGV do
       entry = string.sub(entry, 2)
     end
     -- ZADD NX returns 1 only when the id was not present yet.
-    local fresh = redis.call("ZADD", KEYS[2 * user], "NX", now, event_id) == 1
+    local added = redis.pcall("ZADD", KEYS[2 * user], "NX", now, event_id)
+    if type(added) == "table" and added.err then
+      -- A refusal (OOM, READONLY) comes at the first write, before any effect:
+      -- returned as the server's own error ("OOM ..."), which Redis 6 would wrap
+      -- in a generic script error ("@user_script: N: -OOM ...") clients cannot
+      -- tell from a bug.
+      return redis.error_reply(string.match(added.err, "%-(%u+ .*)$") or added.err)
+    end
+    local fresh = added == 1
     local here = user .. "|" .. event_id
     local resent = not fresh and not in_call[here]
       and tonumber(redis.call("ZSCORE", KEYS[2 * user], event_id)) == now

@@ -14,7 +14,11 @@
 local maxlen = ARGV[1]
 local seq = 0
 for i = 2, #ARGV do
-  seq = redis.call("INCR", KEYS[2])
+  seq = redis.pcall("INCR", KEYS[2])
+  if type(seq) == "table" and seq.err then
+    -- a refusal at the first write, unwrapped (see append_events.lua)
+    return redis.error_reply(string.match(seq.err, "%-(%u+ .*)$") or seq.err)
+  end
   redis.call("XADD", KEYS[1], "MAXLEN", "~", maxlen, "*", "e", ARGV[i], "q", seq)
 end
 return seq

