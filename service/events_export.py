@@ -54,13 +54,12 @@ from service.event_log import (
     load_cursor,
 )
 from service.redis_client import EmbeddedRedis
+from service.settings import cluster_node_url
 from skiprec.events import EVENT_LOG_HEADER, ID_PATTERN, event_log_row
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_READER = "export"
-# The service's Cluster URL convention (service.settings._cluster_flag_from_url).
-CLUSTER_SCHEME = "redis+cluster://"
 
 
 class ExportError(Exception):
@@ -151,8 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def connect(url: str) -> Any:
     """A decode_responses async client of ``url`` (a Cluster for its scheme)."""
-    if url.startswith(CLUSTER_SCHEME):
-        node = "redis://" + url.removeprefix(CLUSTER_SCHEME)
+    node = cluster_node_url(url)
+    if node is not None:
         return RedisCluster.from_url(node, decode_responses=True)
     return aioredis.Redis.from_url(url, decode_responses=True)
 

@@ -15,7 +15,15 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from skiprec.policy import Rule, SessionPolicy
 
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://")
+CLUSTER_SCHEME = "redis+cluster://"  # our spelling of "this URL is a Cluster node"
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", CLUSTER_SCHEME)
+
+
+def cluster_node_url(url: str) -> str | None:
+    """``redis+cluster://host:port`` -> ``redis://host:port``; None for other URLs."""
+    if url.startswith(CLUSTER_SCHEME):
+        return "redis://" + url.removeprefix(CLUSTER_SCHEME)
+    return None
 
 
 def split_origins(value: object) -> object:
@@ -127,11 +135,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _cluster_flag_from_url(self) -> Settings:
-        if self.redis_url and self.redis_url.startswith("redis+cluster://"):
+        node = cluster_node_url(self.redis_url) if self.redis_url else None
+        if node is not None:
             self.redis_cluster = True
-            self.redis_url = "redis://" + self.redis_url.removeprefix(
-                "redis+cluster://"
-            )
+            self.redis_url = node
         return self
 
 
