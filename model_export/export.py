@@ -40,8 +40,15 @@ from model_export.parity import (
     synthetic_sessions,
 )
 from model_export.quantize import measure_drift, quantize_item_table
+from model_export.retrieval import DEFAULT_MIN_TRACKS, export_retrieval
 from model_export.wrapper import ServingModule
-from skiprec.bundle import BundleError, load_bundle, open_inference_session, sha256_file
+from skiprec.bundle import (
+    BundleError,
+    load_bundle,
+    open_inference_session,
+    open_retrieval,
+    sha256_file,
+)
 from skiprec.encoding import (
     FEEDBACK_PLAY,
     EncodingSpec,
@@ -54,11 +61,13 @@ from skiprec.manifest import (
     MODEL_FILE,
     OUTPUT_NAMES,
     POPULARITY_FILE,
+    RETRIEVAL_FILES,
     SCHEMA_VERSION,
     VOCAB_FILE,
     Manifest,
 )
-from skiprec.vocab import SPECIAL_IDS, Vocabulary
+from skiprec.retrieval import NUM_CANDIDATES
+from skiprec.vocab import NUM_SPECIAL, SPECIAL_IDS, Vocabulary
 from training.checkpoint import load_run
 
 logger = logging.getLogger(__name__)
@@ -79,6 +88,8 @@ def export_bundle(
     model_version: str | None = None,
     precision: str = "fp32",
     overwrite: bool = False,
+    ann_min_tracks: int = DEFAULT_MIN_TRACKS,
+    ann_candidates: int = NUM_CANDIDATES,
 ) -> Manifest:
     """Export ``run_dir`` to the bundle directory ``out_dir`` and return its manifest.
 
@@ -90,9 +101,14 @@ def export_bundle(
         precision: "fp32", or "int8" for the quantised scoring MatMul
             (model_export/quantize.py); parity is checked on the fp32 graph first.
         overwrite: replace an existing non-empty ``out_dir``.
+        ann_min_tracks: a catalogue of at least this many tracks also gets the
+            two-stage files (model_export/retrieval.py), checked against the full
+            graph; 0 builds them for any catalogue.
+        ann_candidates: ANN hits per session in the two-stage path.
 
     Raises:
-        ParityError: ONNX Runtime disagrees with torch; nothing is written.
+        ParityError: ONNX Runtime disagrees with torch (or the two-stage path with
+            the full graph); nothing is written.
         FileExistsError: ``out_dir`` exists, is not empty and ``overwrite`` is False.
     """
     if precision not in PRECISIONS:
@@ -132,6 +148,19 @@ def export_bundle(
         # Parity is always torch vs the fp32 graph; int8 is then held to its drift
         # from that graph (no atol of 1e-4 can hold for int8 weights).
         parity = check_parity(module, fp32_path, sessions, spec, PARITY_ATOL)
+        retrieval = None
+        if config.num_items - NUM_SPECIAL >= ann_min_tracks:
+            # Checked against the fp32 graph, as parity is.
+            retrieval = export_retrieval(
+                module,
+                staging,
+                fp32_path,
+                sessions,
+                spec,
+                OPSET,
+                min_tracks=ann_min_tracks,
+                num_candidates=ann_candidates,
+            )
         if precision == "int8":
             quantize_item_table(fp32_path, staging / MODEL_FILE)
             drift = measure_drift(
@@ -141,9 +170,10 @@ def export_bundle(
             fp32_path.unlink()
         run.vocab.save(staging / VOCAB_FILE)
         (staging / POPULARITY_FILE).write_text(json.dumps(run.popularity))
+        listed = (MODEL_FILE, VOCAB_FILE, POPULARITY_FILE)
         files = {
             name: sha256_file(staging / name)
-            for name in (MODEL_FILE, VOCAB_FILE, POPULARITY_FILE)
+            for name in listed + (RETRIEVAL_FILES if retrieval else ())
         }
         created_at = datetime.now(UTC).replace(microsecond=0)
         inputs, outputs = expected_signature(module.top_k)
@@ -177,13 +207,16 @@ def export_bundle(
                 "skip_head": module.skip_head,
                 "skip_weight": module.skip_weight,
                 "policy": run.metrics.get("policy", {}).get("chosen"),
+                "retrieval": retrieval,
             }
         )
         (staging / MANIFEST_FILE).write_text(
             manifest.model_dump_json(by_alias=True, indent=2)
         )
         # Read it back exactly as the service will, before anyone can see it.
-        open_inference_session(load_bundle(staging))
+        bundle = load_bundle(staging)
+        open_inference_session(bundle)
+        open_retrieval(bundle)
         _move_into_place(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -325,6 +358,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="int8: quantise the catalogue-scoring MatMul (faster, small ranking "
         "drift recorded in the manifest); default fp32",
     )
+    # Two-stage retrieval
+    parser.add_argument(
+        "--ann-min-tracks",
+        type=int,
+        default=DEFAULT_MIN_TRACKS,
+        help="build the ANN index and retrieval graphs for catalogues of at least "
+        f"this many tracks (default {DEFAULT_MIN_TRACKS}; 0 = always)",
+    )
+    parser.add_argument(
+        "--ann-candidates",
+        type=int,
+        default=NUM_CANDIDATES,
+        help=f"ANN hits per session (default {NUM_CANDIDATES})",
+    )
     # Provenance and parity
     parser.add_argument(
         "--data",
@@ -349,6 +396,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             model_version=args.model_version,
             precision=args.precision,
             overwrite=args.force,
+            ann_min_tracks=args.ann_min_tracks,
+            ann_candidates=args.ann_candidates,
         )
     except (ParityError, BundleError, FileExistsError, FileNotFoundError) as exc:
         logger.error("export failed, nothing written: %s", exc)

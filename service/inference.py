@@ -41,7 +41,13 @@ from service.errors import (
     Overloaded,
 )
 from service.metrics import Metrics
-from skiprec.bundle import Bundle, BundleError, load_bundle, open_inference_session
+from skiprec.bundle import (
+    Bundle,
+    BundleError,
+    load_bundle,
+    open_inference_session,
+    open_retrieval,
+)
 from skiprec.encoding import (
     EncodingSpec,
     encode_exclusions,
@@ -56,6 +62,7 @@ from skiprec.manifest import (
     OUTPUT_NAMES,
 )
 from skiprec.policy import SessionPolicy
+from skiprec.retrieval import Retrieval
 from skiprec.vocab import NUM_SPECIAL
 
 logger = logging.getLogger(__name__)
@@ -95,9 +102,14 @@ class InferenceRequest:
 class LoadedModel:
     """A validated bundle with its open ONNX Runtime session."""
 
-    def __init__(self, bundle: Bundle, session: Any) -> None:
+    def __init__(
+        self, bundle: Bundle, session: Any, retrieval: Retrieval | None = None
+    ) -> None:
         # The bundle itself is not kept: its model bytes are now ORT's.
         self.session = session
+        # Two-stage path (ANN candidates, exact scoring of them) when the bundle
+        # has one: the exporter built it because the catalogue is large.
+        self.retrieval = retrieval
         self.vocab = bundle.vocab
         self.spec: EncodingSpec = bundle.manifest.encoding_spec()
         self.model_version = bundle.manifest.model_version
@@ -117,7 +129,8 @@ class LoadedModel:
         """Load, verify and smoke-test a bundle; raises ``BundleError``."""
         bundle = load_bundle(path)
         session = open_inference_session(bundle, intra_op_threads=onnx_threads)
-        model = cls(bundle, session)
+        retrieval = open_retrieval(bundle, intra_op_threads=onnx_threads)
+        model = cls(bundle, session, retrieval)
         model.smoke_test()
         return model
 
@@ -126,8 +139,10 @@ class LoadedModel:
         first = self.vocab.track_ids[0] if self.vocab.num_tracks else "?"
         k = min(self.top_k, max(1, self.vocab.num_tracks - 1))
         outputs = self._run([InferenceRequest((first,), (True,), k, (first,))])
-        indices, scores = outputs[0], outputs[1]
-        if indices.shape != (1, self.top_k) or scores.shape != (1, self.top_k):
+        indices, scores = np.asarray(outputs[0]), np.asarray(outputs[1])
+        if self.retrieval is None and (
+            indices.shape != (1, self.top_k) or scores.shape != (1, self.top_k)
+        ):
             raise BundleRejected(
                 f"smoke inference returned shapes {indices.shape}/{scores.shape}, "
                 f"expected (1, {self.top_k})"
@@ -137,7 +152,9 @@ class LoadedModel:
             raise BundleRejected("smoke inference ranked a special or unknown index")
 
     def _run(self, requests: Sequence[InferenceRequest]) -> list[Any]:
-        """The graph's five outputs (``OUTPUT_NAMES`` order) for a batch."""
+        """The graph's five outputs (``OUTPUT_NAMES`` order) for a batch; through
+        the two-stage path, per row: the ANN candidates best first (for the first
+        three) and the request's candidates in its order (for the last two)."""
         histories: list[list[tuple[int, int]]] = []
         exclusions: list[list[int]] = []
         indices_of = self.vocab.indices
@@ -154,16 +171,54 @@ class LoadedModel:
         item_ids, feedback = encode_sessions(histories, self.spec)
         # Candidates (PAD-filled; an unknown track is OOV, which scores -inf).
         candidates = [indices_of(request.candidates) for request in requests]
+        exclude_ids = encode_exclusions(exclusions)
+        if self.retrieval is not None:
+            return self._two_stage(
+                requests, item_ids, feedback, exclude_ids, candidates
+            )
         outputs: list[Any] = self.session.run(
             list(OUTPUT_NAMES),
             {
                 INPUT_ITEM_IDS: item_ids,
                 INPUT_FEEDBACK: feedback,
-                INPUT_EXCLUDE: encode_exclusions(exclusions),
+                INPUT_EXCLUDE: exclude_ids,
                 INPUT_CANDIDATES: encode_exclusions(candidates),
             },
         )
         return outputs
+
+    def _two_stage(
+        self,
+        requests: Sequence[InferenceRequest],
+        item_ids: np.ndarray,
+        feedback: np.ndarray,
+        exclude_ids: np.ndarray,
+        candidates: list[list[int]],
+    ) -> list[Any]:
+        """``_run`` through ``skiprec.retrieval``: one query graph, one ANN search
+        and one candidates graph for the whole batch."""
+        retrieval = self.retrieval
+        assert retrieval is not None
+        query, successors = retrieval.encode(item_ids, feedback)
+        found = retrieval.candidates(query, item_ids, successors, exclude_ids)
+        rows = [
+            given if request.candidates else [i for i in found[row].tolist() if i]
+            for row, (request, given) in enumerate(
+                zip(requests, candidates, strict=True)
+            )
+        ]
+        candidate_ids = encode_exclusions(rows)
+        scores, p_skip = retrieval.score(
+            query, item_ids, feedback, exclude_ids, candidate_ids
+        )
+        order = np.argsort(-scores, axis=1, kind="stable")  # best first; PAD last
+        return [
+            np.take_along_axis(candidate_ids, order, axis=1),
+            np.take_along_axis(scores, order, axis=1),
+            np.take_along_axis(p_skip, order, axis=1),
+            scores,
+            p_skip,
+        ]
 
     def infer(self, requests: Sequence[InferenceRequest]) -> list[RankedItems]:
         """Per request, best first (sync; CPU-bound): the top-k of the catalogue, or
@@ -171,7 +226,8 @@ class LoadedModel:
 
         Penalties re-rank the graph's top-K: a penalised track only moves down, so
         the top-k is exact whenever at most K - k penalised tracks were in the top-K.
-        Candidates are exact: each has its own score.
+        Candidates are exact: each has its own score. Through the two-stage path
+        every retrieved candidate is scored, so penalties re-rank all of them.
         """
         indices, scores, p_skip, candidate_scores, candidate_p_skip = self._run(
             requests

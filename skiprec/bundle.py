@@ -7,10 +7,15 @@ A bundle is a directory written by ``skiprec export`` (``model_export/export.py`
                       indices, scores and p_skip, and the candidates' scores and p_skip
     vocab.json        skiprec.vocab.Vocabulary
     popularity.json   {track_id: play count} for the cold-start fallback
+    query.onnx        optional, with the next two (manifest field ``retrieval``):
+                      sessions -> query vectors and the prior's successors
+    candidates.onnx   query vectors + candidate tracks -> model.onnx's scores of them
+    tracks.index      the ANN index over the tracks' embeddings (skiprec.retrieval)
 
 Nothing is trusted before it is checked: ``load_bundle`` validates the manifest schema
 and version and the presence and sha256 of every listed file;
-``open_inference_session`` checks the graph's inputs and outputs against the manifest.
+``open_inference_session`` checks the graph's inputs and outputs against the manifest,
+and ``open_retrieval`` does the same for the two retrieval graphs and opens the index.
 Each file is read once, into memory, and hashed and parsed from those bytes (the graph
 too: ONNX Runtime gets the bytes, not the path), so a directory replaced while it is
 being loaded can only fail the hash check, never pair one manifest with another graph.
@@ -38,6 +43,8 @@ from pydantic import ValidationError
 
 from skiprec.encoding import BINARY_FEEDBACK_CODES, FEEDBACK_CODES
 from skiprec.manifest import (
+    CANDIDATES_MODEL_FILE,
+    INDEX_FILE,
     INPUT_CANDIDATES,
     MANIFEST_FILE,
     MODEL_FILE,
@@ -45,12 +52,15 @@ from skiprec.manifest import (
     OUTPUT_CANDIDATE_SCORES,
     OUTPUT_P_SKIP,
     POPULARITY_FILE,
+    QUERY_MODEL_FILE,
+    RETRIEVAL_FILES,
     SCHEMA_VERSION,
     VOCAB_FILE,
     Manifest,
     TensorSpec,
 )
-from skiprec.vocab import SPECIAL_IDS, Vocabulary
+from skiprec.retrieval import Retrieval, load_index
+from skiprec.vocab import NUM_SPECIAL, SPECIAL_IDS, Vocabulary
 
 REQUIRED_FILES = (MODEL_FILE, VOCAB_FILE, POPULARITY_FILE)
 _REEXPORT = "re-export the run with `skiprec export --run RUN_DIR --out BUNDLE_DIR`"
@@ -99,6 +109,8 @@ class Bundle:
     popularity: dict[str, int]
     # The graph as hashed; ``open_inference_session`` builds the session from these.
     model_bytes: bytes = field(repr=False)
+    # query.onnx, candidates.onnx, tracks.index as hashed; empty without retrieval.
+    retrieval_bytes: dict[str, bytes] = field(default_factory=dict, repr=False)
 
     @property
     def model_path(self) -> Path:
@@ -117,7 +129,8 @@ def load_bundle(path: Path) -> Bundle:
     """Read and verify the bundle directory ``path`` (see the module docstring)."""
     path = Path(path)
     manifest = _read_manifest(path)
-    for name in REQUIRED_FILES:
+    required = REQUIRED_FILES + (RETRIEVAL_FILES if manifest.retrieval else ())
+    for name in required:
         if name not in manifest.files:
             raise BundleManifestInvalid(
                 path / MANIFEST_FILE,
@@ -138,7 +151,7 @@ def load_bundle(path: Path) -> Bundle:
                 f"sha256 {actual} differs from {expected} in {MANIFEST_FILE}; the file "
                 f"was modified or truncated after export; {_REEXPORT}",
             )
-        if name in REQUIRED_FILES:  # other listed files are only verified
+        if name in required:  # other listed files are only verified
             contents[name] = data
     vocab = _read_vocab(path / VOCAB_FILE, contents[VOCAB_FILE], manifest)
     popularity = _read_popularity(path / POPULARITY_FILE, contents[POPULARITY_FILE])
@@ -148,6 +161,9 @@ def load_bundle(path: Path) -> Bundle:
         vocab=vocab,
         popularity=popularity,
         model_bytes=contents[MODEL_FILE],
+        retrieval_bytes={
+            name: contents[name] for name in RETRIEVAL_FILES if name in contents
+        },
     )
 
 
@@ -278,23 +294,84 @@ def open_inference_session(
     Raises:
         BundleSignatureMismatch: names, dtypes, ranks or fixed dimensions differ.
     """
+    return _open_graph(
+        bundle.model_path,
+        bundle.model_bytes,
+        bundle.manifest.inputs,
+        bundle.manifest.outputs,
+        session_options(intra_op_threads, inter_op_threads),
+    )
+
+
+def open_retrieval(
+    bundle: Bundle, intra_op_threads: int = 1, inter_op_threads: int = 1
+) -> Retrieval | None:
+    """The bundle's two-stage path (its graphs checked like ``model.onnx``), or None
+    for a bundle without one.
+
+    Raises:
+        BundleSignatureMismatch: a retrieval graph's signature differs, or the index
+            cannot be read or does not match the item table.
+    """
+    spec = bundle.manifest.retrieval
+    if spec is None:
+        return None
+    options = session_options(intra_op_threads, inter_op_threads)
+    data = bundle.retrieval_bytes
+    query = _open_graph(
+        bundle.path / QUERY_MODEL_FILE,
+        data[QUERY_MODEL_FILE],
+        spec.query_inputs,
+        spec.query_outputs,
+        options,
+    )
+    candidates = _open_graph(
+        bundle.path / CANDIDATES_MODEL_FILE,
+        data[CANDIDATES_MODEL_FILE],
+        spec.candidates_inputs,
+        spec.candidates_outputs,
+        options,
+    )
+    index_path = bundle.path / INDEX_FILE
+    try:
+        index = load_index(data[INDEX_FILE], spec)
+    except Exception as exc:  # usearch raises untyped errors for unreadable files
+        raise BundleSignatureMismatch(
+            index_path, f"the index cannot be read ({exc}); {_REEXPORT}"
+        ) from exc
+    num_tracks = bundle.manifest.num_items - NUM_SPECIAL
+    query_dim = spec.query_outputs[0].shape[-1]
+    if len(index) != num_tracks or index.ndim != query_dim:
+        raise BundleSignatureMismatch(
+            index_path,
+            f"the index holds {len(index)} vectors of {index.ndim} dimensions, the "
+            f"model {num_tracks} tracks and queries of {query_dim}; {_REEXPORT}",
+        )
+    return Retrieval(query, candidates, index, spec)
+
+
+def _open_graph(
+    path: Path,
+    data: bytes,
+    inputs: list[TensorSpec],
+    outputs: list[TensorSpec],
+    options: ort.SessionOptions,
+) -> ort.InferenceSession:
+    """An ONNX Runtime session on ``data`` whose signature matches the manifest."""
     try:
         session = ort.InferenceSession(
-            bundle.model_bytes,
-            sess_options=session_options(intra_op_threads, inter_op_threads),
-            providers=["CPUExecutionProvider"],
+            data, sess_options=options, providers=["CPUExecutionProvider"]
         )
     except Exception as exc:  # ORT raises its own untyped errors for unreadable graphs
         raise BundleSignatureMismatch(
-            bundle.model_path,
-            f"ONNX Runtime cannot load the graph ({exc}); {_REEXPORT}",
+            path, f"ONNX Runtime cannot load the graph ({exc}); {_REEXPORT}"
         ) from exc
     problems = signature_problems(
-        session.get_inputs(), bundle.manifest.inputs, "input"
-    ) + signature_problems(session.get_outputs(), bundle.manifest.outputs, "output")
+        session.get_inputs(), inputs, "input"
+    ) + signature_problems(session.get_outputs(), outputs, "output")
     if problems:
         raise BundleSignatureMismatch(
-            bundle.model_path,
+            path,
             f"graph signature differs from {MANIFEST_FILE}: "
             f"{'; '.join(problems)}; {_REEXPORT}",
         )

@@ -1,8 +1,10 @@
 """The bundle manifest: the one contract between training/export and serving.
 
 A bundle directory holds ``manifest.json`` plus the files it lists (``model.onnx``,
-``vocab.json``, ``popularity.json``). The exporter writes it; the service validates it
-(schema version, sha256 of each file, ONNX signature) before a single request is served.
+``vocab.json``, ``popularity.json`` and, in a bundle built for two-stage retrieval,
+``query.onnx``, ``candidates.onnx`` and ``tracks.index``). The exporter writes it; the
+service validates it (schema version, sha256 of each file, ONNX signature) before a
+single request is served.
 Torch-free.
 """
 
@@ -24,6 +26,11 @@ MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
 VOCAB_FILE = "vocab.json"
 POPULARITY_FILE = "popularity.json"
+# Two-stage retrieval (optional): session -> query vector, ANN index, exact candidates.
+QUERY_MODEL_FILE = "query.onnx"
+CANDIDATES_MODEL_FILE = "candidates.onnx"
+INDEX_FILE = "tracks.index"
+RETRIEVAL_FILES = (QUERY_MODEL_FILE, CANDIDATES_MODEL_FILE, INDEX_FILE)
 
 # Graph I/O names, fixed for every bundle of this schema version.
 INPUT_ITEM_IDS = "item_ids"  # int64 [batch_size, sequence_length]
@@ -35,6 +42,10 @@ OUTPUT_SCORES = "top_scores"  # float32 [batch_size, top_k]
 OUTPUT_P_SKIP = "top_p_skip"  # float32 [batch_size, top_k]; NaN without a skip head
 OUTPUT_CANDIDATE_SCORES = "candidate_scores"  # float32 [batch_size, num_candidates]
 OUTPUT_CANDIDATE_P_SKIP = "candidate_p_skip"  # float32 [batch_size, num_candidates]
+# The retrieval graphs' own names (the others are shared with model.onnx).
+OUTPUT_QUERY = "query"  # float32 [batch_size, hidden_dim]: the last hidden state
+OUTPUT_PRIOR_CANDIDATES = "prior_candidates"  # int64 [batch_size, num_successors]
+INPUT_QUERY = OUTPUT_QUERY
 # The ranking score of a track is log p(next = track) (+ the transition prior when the
 # model has one) + skip_weight * log(1 - p_skip); PAD candidates score -inf.
 INPUT_NAMES = (INPUT_ITEM_IDS, INPUT_FEEDBACK, INPUT_EXCLUDE, INPUT_CANDIDATES)
@@ -45,6 +56,16 @@ OUTPUT_NAMES = (
     OUTPUT_CANDIDATE_SCORES,
     OUTPUT_CANDIDATE_P_SKIP,
 )
+QUERY_INPUT_NAMES = (INPUT_ITEM_IDS, INPUT_FEEDBACK)
+QUERY_OUTPUT_NAMES = (OUTPUT_QUERY, OUTPUT_PRIOR_CANDIDATES)
+CANDIDATES_INPUT_NAMES = (
+    INPUT_QUERY,
+    INPUT_ITEM_IDS,
+    INPUT_FEEDBACK,
+    INPUT_EXCLUDE,
+    INPUT_CANDIDATES,
+)
+CANDIDATES_OUTPUT_NAMES = (OUTPUT_CANDIDATE_SCORES, OUTPUT_CANDIDATE_P_SKIP)
 
 
 class TensorSpec(BaseModel):
@@ -62,6 +83,58 @@ class ParityReport(BaseModel):
     num_sessions: int
     max_abs_diff: float
     top10_agreement: float
+
+
+def _check_names(kind: str, specs: list[TensorSpec], names: tuple[str, ...]) -> None:
+    got = tuple(spec.name for spec in specs)
+    if got != names:
+        raise ValueError(f"{kind} must be named {list(names)}, got {list(got)}")
+
+
+class RetrievalRecall(BaseModel):
+    """Two-stage top-k against exact scoring of the whole catalogue, measured at
+    export on the parity sessions (share of the exact top-k the ANN path returns)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    num_sessions: int
+    recall_at_10: float
+    recall_at_100: float
+
+
+class RetrievalSpec(BaseModel):
+    """How the bundle's two-stage path is built: the ANN index over the tracks'
+    embeddings (keys = vocabulary indices) and the two graphs around it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    library: Literal["usearch"]
+    library_version: str
+    metric: Literal["ip"]
+    connectivity: int = Field(ge=2)
+    expansion_add: int = Field(ge=1)
+    expansion_search: int = Field(ge=1)
+    num_candidates: int = Field(ge=1, description="C: ANN hits per session")
+    min_tracks: int = Field(
+        ge=0, description="the export threshold: an index is built from this size"
+    )
+    query_inputs: list[TensorSpec]
+    query_outputs: list[TensorSpec]
+    candidates_inputs: list[TensorSpec]
+    candidates_outputs: list[TensorSpec]
+    recall: RetrievalRecall
+
+    @model_validator(mode="after")
+    def _graph_names(self) -> RetrievalSpec:
+        _check_names("query_inputs", self.query_inputs, QUERY_INPUT_NAMES)
+        _check_names("query_outputs", self.query_outputs, QUERY_OUTPUT_NAMES)
+        _check_names(
+            "candidates_inputs", self.candidates_inputs, CANDIDATES_INPUT_NAMES
+        )
+        _check_names(
+            "candidates_outputs", self.candidates_outputs, CANDIDATES_OUTPUT_NAMES
+        )
+        return self
 
 
 class PolicySpec(BaseModel):
@@ -118,18 +191,17 @@ class Manifest(BaseModel):
         description="the serving policy the run chose on validation; None: none "
         "recorded (the service then applies skiprec.policy.SessionPolicy())",
     )
+    retrieval: RetrievalSpec | None = Field(
+        default=None,
+        description="the two-stage path (ANN candidates, exact scoring); None: the "
+        "service scores the whole catalogue with model.onnx",
+    )
 
     @model_validator(mode="after")
     def _schema_2_contract(self) -> Manifest:
         """The graph I/O of this schema version, and a skip weight only with a head."""
-        inputs = tuple(spec.name for spec in self.inputs)
-        outputs = tuple(spec.name for spec in self.outputs)
-        if inputs != INPUT_NAMES:
-            raise ValueError(f"inputs must be named {list(INPUT_NAMES)}, got {inputs}")
-        if outputs != OUTPUT_NAMES:
-            raise ValueError(
-                f"outputs must be named {list(OUTPUT_NAMES)}, got {list(outputs)}"
-            )
+        _check_names("inputs", self.inputs, INPUT_NAMES)
+        _check_names("outputs", self.outputs, OUTPUT_NAMES)
         if not math.isfinite(self.skip_weight):
             raise ValueError(f"skip_weight must be finite, got {self.skip_weight}")
         if self.skip_weight and not self.skip_head:

@@ -1,0 +1,406 @@
+"""The two-stage path of a bundle: its two graphs, its ANN index, and their checks.
+
+Dimension legend: B batch, T sequence length, D hidden dim, V item vocabulary, E
+excluded ids per row, N candidates (or successors) per row.
+
+``QueryModule`` is ``model.onnx``'s encoder up to the last hidden state (the query
+vector of the ANN search) plus the transition prior's successors of the last real
+track; ``CandidatesModule`` scores given tracks exactly as ``ServingModule`` scores
+them, reading only their rows of the item table. ``export_retrieval`` exports both,
+builds the index (``skiprec.retrieval.build_index``), and refuses the bundle unless
+(1) ``candidates.onnx`` gives ``model.onnx``'s candidate scores and p_skip within
+``PARITY_ATOL`` and (2) the two-stage top-10 keeps ``RECALL_FLOOR`` of the full
+graph's top-10 on the parity sessions; both recalls go into the manifest.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+import usearch
+from torch import Tensor, nn
+
+from model_export.parity import (
+    PARITY_ATOL,
+    ParityError,
+    ParityValueError,
+    parity_batches,
+)
+from model_export.wrapper import ServingModule
+from skiprec.bundle import session_options
+from skiprec.encoding import (
+    FEEDBACK_MASK,
+    FEEDBACK_PAD,
+    FEEDBACK_PLAY,
+    EncodingSpec,
+    Session,
+)
+from skiprec.manifest import (
+    CANDIDATES_INPUT_NAMES,
+    CANDIDATES_MODEL_FILE,
+    CANDIDATES_OUTPUT_NAMES,
+    INDEX_FILE,
+    INPUT_CANDIDATES,
+    INPUT_EXCLUDE,
+    INPUT_FEEDBACK,
+    INPUT_ITEM_IDS,
+    INPUT_QUERY,
+    OUTPUT_NAMES,
+    OUTPUT_PRIOR_CANDIDATES,
+    OUTPUT_QUERY,
+    QUERY_INPUT_NAMES,
+    QUERY_MODEL_FILE,
+    QUERY_OUTPUT_NAMES,
+    RetrievalRecall,
+    RetrievalSpec,
+    TensorSpec,
+)
+from skiprec.retrieval import (
+    CONNECTIVITY,
+    EXPANSION_ADD,
+    EXPANSION_SEARCH,
+    LIBRARY,
+    METRIC,
+    NUM_CANDIDATES,
+    Retrieval,
+    build_index,
+    load_index,
+)
+from skiprec.vocab import NUM_SPECIAL, PAD_ID
+from training.prior import prior_scores
+
+# Catalogues from this size get an index at export (docs/BENCHMARKS.md: provisional
+# until the idle-machine benchmark places the crossing of exact and two-stage cost).
+DEFAULT_MIN_TRACKS = 50_000
+RECALL_FLOOR = 0.95  # two-stage top-10 vs the full graph's, on the parity sessions
+
+
+class ParityRecallError(ParityError):
+    """The two-stage top-10 misses too much of the full graph's top-10."""
+
+
+class QueryModule(nn.Module):
+    """Encoded windows -> (query [B, D], prior successors of the last track [B, N])."""
+
+    prior_successors: Tensor
+
+    def __init__(self, serving: ServingModule) -> None:
+        super().__init__()
+        self.encoder = serving.encoder
+        self.has_prior = serving.prior_weights is not None
+        if self.has_prior:
+            self.register_buffer("prior_successors", serving.prior_successors.clone())
+        self.train(False)
+
+    def forward(self, item_ids: Tensor, feedback: Tensor) -> tuple[Tensor, Tensor]:
+        query = self.encoder(item_ids, feedback)[:, -1, :]  # [B, T, D] -> [B, D]
+        if not self.has_prior:
+            return query, torch.zeros_like(item_ids[:, :1])  # [B, 1] of PAD
+        # The last real track, as training.prior.prior_scores finds it.
+        real = (
+            (item_ids >= NUM_SPECIAL)
+            & (feedback != FEEDBACK_PAD)
+            & (feedback != FEEDBACK_MASK)
+        )  # [B, T]
+        positions = torch.arange(item_ids.shape[1], device=item_ids.device)  # [T]
+        last = torch.where(real, positions, -1).amax(dim=1, keepdim=True)  # [B, 1]
+        track = item_ids.gather(1, last.clamp(min=0))  # [B, 1]
+        track = torch.where(last >= 0, track, PAD_ID)[:, 0]  # [B]
+        return query, self.prior_successors.index_select(0, track)  # [B, N]
+
+
+class CandidatesModule(nn.Module):
+    """``ServingModule``'s candidate_scores and candidate_p_skip from a query vector,
+    computed on the candidates' rows only."""
+
+    def __init__(self, serving: ServingModule) -> None:
+        super().__init__()
+        self.serving = serving
+        self.train(False)
+
+    def forward(
+        self,
+        query: Tensor,
+        item_ids: Tensor,
+        feedback: Tensor,
+        exclude_ids: Tensor,
+        candidate_ids: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        serving = self.serving
+        encoder = serving.encoder
+        embeddings = encoder.item_embeddings(candidate_ids)  # [B, N, D]
+        # [B, N, D] @ [B, D, 1] -> [B, N]
+        scores = (embeddings @ query[:, :, None])[:, :, 0]
+        scores = scores + serving.special_bias[candidate_ids]
+        if serving.prior_weights is not None:
+            # The prior over the whole vocabulary, then gathered: the same function
+            # as model.onnx (a [B, V] scatter, no MatMul).
+            alpha, gamma = serving.prior_weights
+            prior = prior_scores(
+                item_ids,
+                feedback,
+                serving.prior_successors,
+                serving.prior_table,
+                alpha,
+                gamma,
+            )  # [B, V]
+            scores = scores + prior.gather(1, candidate_ids)
+        skip_logits = None
+        if serving.skip_head:
+            skip_logits = encoder.skip_logits(query, candidate_ids)  # [B, N]
+            if serving.skip_weight:
+                scores = scores + serving.skip_weight * F.logsigmoid(-skip_logits)
+        # [B, N, 1] == [B, 1, E] -> [B, N]
+        excluded = (candidate_ids[:, :, None] == exclude_ids[:, None, :]).any(dim=2)
+        scores = scores.masked_fill(excluded, float("-inf"))
+        if skip_logits is None:
+            return scores, torch.full_like(scores, float("nan"))
+        p_skip = torch.sigmoid(skip_logits).masked_fill(
+            candidate_ids < NUM_SPECIAL, float("nan")
+        )
+        return scores, p_skip
+
+
+def signatures(hidden_dim: int, num_successors: int) -> dict[str, list[TensorSpec]]:
+    """The two graphs' I/O as the manifest declares it."""
+    sequence: list[int | str] = ["batch_size", "sequence_length"]
+    query: list[int | str] = ["batch_size", hidden_dim]
+    candidates: list[int | str] = ["batch_size", "num_candidates"]
+    window = [
+        TensorSpec(name=INPUT_ITEM_IDS, dtype="int64", shape=sequence),
+        TensorSpec(name=INPUT_FEEDBACK, dtype="int64", shape=sequence),
+    ]
+    return {
+        "query_inputs": window,
+        "query_outputs": [
+            TensorSpec(name=OUTPUT_QUERY, dtype="float32", shape=query),
+            TensorSpec(
+                name=OUTPUT_PRIOR_CANDIDATES,
+                dtype="int64",
+                shape=["batch_size", num_successors],
+            ),
+        ],
+        "candidates_inputs": [
+            TensorSpec(name=INPUT_QUERY, dtype="float32", shape=query),
+            *window,
+            TensorSpec(
+                name=INPUT_EXCLUDE, dtype="int64", shape=["batch_size", "num_excluded"]
+            ),
+            TensorSpec(name=INPUT_CANDIDATES, dtype="int64", shape=candidates),
+        ],
+        "candidates_outputs": [
+            TensorSpec(name=name, dtype="float32", shape=candidates)
+            for name in CANDIDATES_OUTPUT_NAMES
+        ],
+    }
+
+
+def _export(
+    module: nn.Module,
+    example: tuple[Tensor, ...],
+    names: tuple[Sequence[str], Sequence[str]],
+    dynamic: dict[str, dict[int, Any]],
+    path: Path,
+    opset: int,
+) -> None:
+    with warnings.catch_warnings():
+        # The exporter noise model_export.export.export_onnx also silences.
+        warnings.filterwarnings(
+            "ignore", message=r"# The axis name", category=UserWarning
+        )
+        warnings.filterwarnings("ignore", message=r".*LeafSpec", category=FutureWarning)
+        torch.onnx.export(
+            module,
+            example,
+            str(path),
+            dynamo=True,
+            external_data=False,
+            opset_version=opset,
+            input_names=list(names[0]),
+            output_names=list(names[1]),
+            dynamic_shapes=dynamic,
+            verbose=False,
+        )
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def export_graphs(serving: ServingModule, out_dir: Path, opset: int) -> None:
+    """Write query.onnx and candidates.onnx (dynamic axes as model.onnx's)."""
+    config = serving.encoder.config
+    batch = torch.export.Dim("batch_size", min=1)
+    sequence = torch.export.Dim("sequence_length", min=1, max=config.max_seq_len)
+    excluded = torch.export.Dim("num_excluded", min=1)
+    candidates = torch.export.Dim("num_candidates", min=1)
+    seq_len = min(3, config.max_seq_len)
+    window = (
+        torch.full((2, seq_len), config.num_items - 1),
+        torch.full((2, seq_len), FEEDBACK_PLAY),
+    )
+    window_axes = {0: batch, 1: sequence}
+    _export(
+        QueryModule(serving),
+        window,
+        (QUERY_INPUT_NAMES, QUERY_OUTPUT_NAMES),
+        {INPUT_ITEM_IDS: window_axes, INPUT_FEEDBACK: window_axes},
+        out_dir / QUERY_MODEL_FILE,
+        opset,
+    )
+    _export(
+        CandidatesModule(serving),
+        (
+            torch.zeros((2, config.hidden_dim)),
+            *window,
+            torch.zeros((2, 2), dtype=torch.int64),
+            torch.zeros((2, 3), dtype=torch.int64),
+        ),
+        (CANDIDATES_INPUT_NAMES, CANDIDATES_OUTPUT_NAMES),
+        {
+            INPUT_QUERY: {0: batch},
+            INPUT_ITEM_IDS: window_axes,
+            INPUT_FEEDBACK: window_axes,
+            INPUT_EXCLUDE: {0: batch, 1: excluded},
+            INPUT_CANDIDATES: {0: batch, 1: candidates},
+        },
+        out_dir / CANDIDATES_MODEL_FILE,
+        opset,
+    )
+
+
+def export_retrieval(
+    serving: ServingModule,
+    out_dir: Path,
+    model_path: Path,
+    sessions: Sequence[Session],
+    spec: EncodingSpec,
+    opset: int,
+    min_tracks: int = DEFAULT_MIN_TRACKS,
+    num_candidates: int = NUM_CANDIDATES,
+) -> RetrievalSpec:
+    """Write the retrieval files into ``out_dir``, check them against the full graph
+    at ``model_path`` and return the manifest's ``retrieval`` field.
+
+    Raises:
+        ParityValueError: candidates.onnx disagrees with model.onnx.
+        ParityRecallError: the two-stage top-10 keeps less than ``RECALL_FLOOR``.
+    """
+    import onnxruntime as ort
+
+    export_graphs(serving, out_dir, opset)
+    table = serving.encoder.item_emb.weight.detach().numpy().astype(np.float32)
+    (out_dir / INDEX_FILE).write_bytes(build_index(table))
+    num_successors = (
+        serving.prior_successors.shape[1] if serving.prior_weights is not None else 1
+    )
+    partial = {
+        "library": LIBRARY,
+        "library_version": usearch.__version__,
+        "metric": METRIC,
+        "connectivity": CONNECTIVITY,
+        "expansion_add": EXPANSION_ADD,
+        "expansion_search": EXPANSION_SEARCH,
+        "num_candidates": num_candidates,
+        "min_tracks": min_tracks,
+        **signatures(serving.encoder.config.hidden_dim, num_successors),
+        "recall": {"num_sessions": 0, "recall_at_10": 0.0, "recall_at_100": 0.0},
+    }
+    draft = RetrievalSpec.model_validate(partial)
+    options = session_options()
+    providers = ["CPUExecutionProvider"]
+
+    def open_graph(name: str) -> Any:
+        return ort.InferenceSession(
+            str(out_dir / name), sess_options=options, providers=providers
+        )
+
+    retrieval = Retrieval(
+        open_graph(QUERY_MODEL_FILE),
+        open_graph(CANDIDATES_MODEL_FILE),
+        load_index((out_dir / INDEX_FILE).read_bytes(), draft),
+        draft,
+    )
+    full = ort.InferenceSession(
+        str(model_path), sess_options=options, providers=providers
+    )
+    recall = check_retrieval(
+        full, retrieval, sessions, spec, serving.encoder.config.num_items
+    )
+    return draft.model_copy(update={"recall": RetrievalRecall.model_validate(recall)})
+
+
+def check_retrieval(
+    full: Any,
+    retrieval: Retrieval,
+    sessions: Sequence[Session],
+    spec: EncodingSpec,
+    num_items: int,
+) -> dict[str, Any]:
+    """Candidate parity and two-stage recall against ``full`` (see the module
+    docstring); returns the recall report."""
+    failures: list[str] = []
+    hits = {10: 0, 100: 0}
+    totals = {10: 0, 100: 0}
+    for batch in parity_batches(sessions, spec, num_items):
+        _, top_scores, _, want_scores, want_p_skip = full.run(
+            list(OUTPUT_NAMES), batch.feeds()
+        )
+        query, _ = retrieval.encode(batch.item_ids, batch.feedback)
+        got_scores, got_p_skip = retrieval.score(
+            query,
+            batch.item_ids,
+            batch.feedback,
+            batch.exclude_ids,
+            batch.candidate_ids,
+        )
+        for name, want, got in (
+            ("candidate_scores", want_scores, got_scores),
+            ("candidate_p_skip", want_p_skip, got_p_skip),
+        ):
+            with np.errstate(invalid="ignore"):  # -inf - -inf: ``same`` holds those
+                same = (want == got) | (np.isnan(want) & np.isnan(got))
+                close = np.abs(want - got) <= PARITY_ATOL
+            for row, position in zip(*np.nonzero(~(same | close)), strict=True):
+                failures.append(
+                    f"session {batch.first_session + row} {name}[{position}]: "
+                    f"model.onnx {want[row, position]}, candidates.onnx "
+                    f"{got[row, position]}"
+                )
+        _, ranked_scores, _ = retrieval.rank(
+            batch.item_ids, batch.feedback, batch.exclude_ids
+        )
+        for row in range(len(top_scores)):
+            exact = top_scores[row][np.isfinite(top_scores[row])]
+            found = ranked_scores[row][np.isfinite(ranked_scores[row])]
+            for k in hits:
+                width = min(k, len(exact))
+                if not width:
+                    continue
+                # Tie-aware: a track scoring at least the exact k-th score (within
+                # atol) is a hit; which of equal-scored tracks TopK keeps is arbitrary.
+                threshold = exact[width - 1] - PARITY_ATOL
+                hits[k] += int((found[:width] >= threshold).sum())
+                totals[k] += width
+    if failures:
+        raise ParityValueError(
+            f"candidates.onnx differs from model.onnx beyond atol {PARITY_ATOL}",
+            failures,
+        )
+    recall = {k: hits[k] / totals[k] if totals[k] else 1.0 for k in hits}
+    report = {
+        "num_sessions": len(sessions),
+        "recall_at_10": round(recall[10], 6),
+        "recall_at_100": round(recall[100], 6),
+    }
+    if recall[10] < RECALL_FLOOR:
+        raise ParityRecallError(
+            f"two-stage recall@10 {recall[10]:.4f} < {RECALL_FLOOR} against the full "
+            f"graph; raise the candidate count or the index's search depth",
+            [],
+        )
+    return report

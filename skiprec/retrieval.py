@@ -1,0 +1,173 @@
+"""Two-stage retrieval: ANN candidates, then exact scoring of those candidates only.
+
+Torch-free; the exporter builds the index and measures recall with this module, and
+the service ranks with it, so both run the same candidate rule:
+
+1. ``query.onnx``: the encoded window -> the session's query vector (the last hidden
+   state, whose inner product with a track's embedding is the model's logit) and the
+   transition prior's successors of the last real track (PAD without a prior).
+2. The usearch index (inner product over the tracks' embeddings, keys = vocabulary
+   indices) -> the ``num_candidates`` tracks with the highest logits, approximately.
+3. Candidates = those hits + the window's own tracks (a policy other than "exclude"
+   may recommend them again) + the prior's successors (the prior can lift a track
+   the logits alone rank low).
+4. ``candidates.onnx``: the same scores ``model.onnx`` gives these tracks (logits,
+   prior, skip term, exclusions at -inf, p_skip), computed for them alone.
+
+Dimension legend: B batch, T sequence length, D hidden dim, C candidates per row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from usearch.index import BatchMatches, Index
+
+from skiprec.manifest import (
+    CANDIDATES_OUTPUT_NAMES,
+    INPUT_CANDIDATES,
+    INPUT_EXCLUDE,
+    INPUT_FEEDBACK,
+    INPUT_ITEM_IDS,
+    INPUT_QUERY,
+    QUERY_OUTPUT_NAMES,
+    RetrievalSpec,
+)
+from skiprec.vocab import NUM_SPECIAL, PAD_ID
+
+IntArray = NDArray[np.int64]
+FloatArray = NDArray[np.float32]
+LIBRARY = "usearch"
+METRIC = "ip"
+# HNSW parameters (docs/BENCHMARKS.md, "ANN candidate generation", measured them).
+CONNECTIVITY = 16
+EXPANSION_ADD = 200
+EXPANSION_SEARCH = 256
+NUM_CANDIDATES = 200
+
+
+def build_index(
+    embeddings: FloatArray,
+    connectivity: int = CONNECTIVITY,
+    expansion_add: int = EXPANSION_ADD,
+    expansion_search: int = EXPANSION_SEARCH,
+) -> bytes:
+    """The serialised index over the tracks' rows of the item table [V, D] (the
+    special rows are left out: they are never recommended)."""
+    index = Index(
+        ndim=embeddings.shape[1],
+        metric=METRIC,
+        dtype="f32",
+        connectivity=connectivity,
+        expansion_add=expansion_add,
+        expansion_search=expansion_search,
+    )
+    keys = np.arange(NUM_SPECIAL, embeddings.shape[0], dtype=np.uint64)
+    # One thread: the build is then the same on every machine.
+    index.add(keys, np.ascontiguousarray(embeddings[NUM_SPECIAL:]), threads=1)
+    data = index.save()  # no path: the bytes
+    assert data is not None
+    return bytes(data)
+
+
+def load_index(data: bytes, spec: RetrievalSpec) -> Index:
+    """The index from its bundle bytes, with the manifest's search depth."""
+    index = Index.restore(data)
+    if index is None:
+        raise ValueError("not a usearch index")
+    # The setter exists; usearch declares it in an order mypy reads as read-only.
+    index.expansion_search = spec.expansion_search  # type: ignore[misc]
+    return index
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    """A bundle's two-stage path: its two graphs (ONNX Runtime sessions) and index."""
+
+    query_session: Any
+    candidates_session: Any
+    index: Index
+    spec: RetrievalSpec
+
+    def encode(
+        self, item_ids: IntArray, feedback: IntArray
+    ) -> tuple[FloatArray, IntArray]:
+        """Query vectors [B, D] and the prior's successors [B, N] of the windows."""
+        query, successors = self.query_session.run(
+            list(QUERY_OUTPUT_NAMES),
+            {INPUT_ITEM_IDS: item_ids, INPUT_FEEDBACK: feedback},
+        )
+        return query, successors
+
+    def candidates(
+        self,
+        query: FloatArray,
+        item_ids: IntArray,
+        successors: IntArray,
+        exclude_ids: IntArray,
+    ) -> IntArray:
+        """Per row: ANN hits, window tracks and successors, distinct, PAD-filled to
+        the widest row: [B, C]."""
+        # Excluded tracks will score -inf: search deeper by as many, so that they do
+        # not take the places of rankable ones.
+        excluded = int((exclude_ids >= NUM_SPECIAL).sum(axis=1).max(initial=0))
+        count = min(self.spec.num_candidates + excluded, len(self.index))
+        matches = self.index.search(query, count, threads=1)
+        if isinstance(matches, BatchMatches):
+            hits = np.asarray(matches.keys, dtype=np.int64)  # [B, count]
+            found = np.asarray(matches.counts).tolist()
+        else:  # one query: a flat result
+            hits = np.asarray(matches.keys, dtype=np.int64)[None, :]
+            found = [hits.shape[1]]
+        rows = []
+        for row in range(len(query)):
+            ids = np.concatenate(
+                [hits[row, : found[row]], item_ids[row], successors[row]]
+            )
+            rows.append(np.unique(ids[ids >= NUM_SPECIAL]))
+        width = max(1, max(len(r) for r in rows))
+        out = np.full((len(rows), width), PAD_ID, dtype=np.int64)
+        for row, ids in enumerate(rows):
+            out[row, : len(ids)] = ids
+        return out
+
+    def score(
+        self,
+        query: FloatArray,
+        item_ids: IntArray,
+        feedback: IntArray,
+        exclude_ids: IntArray,
+        candidate_ids: IntArray,
+    ) -> tuple[FloatArray, FloatArray]:
+        """``model.onnx``'s candidate_scores and candidate_p_skip of the candidates."""
+        scores, p_skip = self.candidates_session.run(
+            list(CANDIDATES_OUTPUT_NAMES),
+            {
+                INPUT_QUERY: query,
+                INPUT_ITEM_IDS: item_ids,
+                INPUT_FEEDBACK: feedback,
+                INPUT_EXCLUDE: exclude_ids,
+                INPUT_CANDIDATES: candidate_ids,
+            },
+        )
+        return scores, p_skip
+
+    def rank(
+        self, item_ids: IntArray, feedback: IntArray, exclude_ids: IntArray
+    ) -> tuple[IntArray, FloatArray, FloatArray]:
+        """Both stages: (candidate ids [B, C], their scores, their p_skip), each row
+        best first; PAD fill and excluded tracks score -inf at the end."""
+        query, successors = self.encode(item_ids, feedback)
+        candidate_ids = self.candidates(query, item_ids, successors, exclude_ids)
+        scores, p_skip = self.score(
+            query, item_ids, feedback, exclude_ids, candidate_ids
+        )
+        order = np.argsort(-scores, axis=1, kind="stable")  # [B, C]
+        return (
+            np.take_along_axis(candidate_ids, order, axis=1),
+            np.take_along_axis(scores, order, axis=1),
+            np.take_along_axis(p_skip, order, axis=1),
+        )

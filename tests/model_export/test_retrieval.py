@@ -1,0 +1,64 @@
+"""model_export.retrieval: the two-stage files are exported, checked and refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from model_export.export import export_bundle
+from model_export.retrieval import ParityRecallError
+from skiprec.bundle import load_bundle, open_retrieval
+from skiprec.manifest import RETRIEVAL_FILES
+from tests.conftest import TINY_NUM_TRACKS, TINY_TOP_K
+
+
+@pytest.fixture(scope="module")
+def retrieval_export(make_run, tmp_path_factory):
+    """A skip-ranked tiny run exported with the two-stage files, every track a
+    possible candidate."""
+    run_dir = make_run(skip_head=True, skip_weight=0.5)
+    out_dir = tmp_path_factory.mktemp("retrieval") / "bundle"
+    manifest = export_bundle(
+        run_dir,
+        out_dir,
+        top_k=TINY_TOP_K,
+        ann_min_tracks=0,
+        ann_candidates=TINY_NUM_TRACKS,
+    )
+    return run_dir, out_dir, manifest
+
+
+def test_export_writes_lists_and_checks_the_retrieval_files(retrieval_export):
+    _, out_dir, manifest = retrieval_export
+    assert manifest.retrieval is not None
+    for name in RETRIEVAL_FILES:
+        assert (out_dir / name).is_file()
+        assert name in manifest.files
+    # All tracks are candidates: the two-stage top-k is the full graph's.
+    assert manifest.retrieval.recall.recall_at_10 == 1.0
+    assert manifest.retrieval.recall.recall_at_100 == 1.0
+    assert manifest.retrieval.recall.num_sessions >= 1000
+    assert manifest.retrieval.min_tracks == 0
+    assert open_retrieval(load_bundle(out_dir)) is not None
+
+
+def test_small_catalogue_gets_no_retrieval_files(tiny_bundle_dir: Path) -> None:
+    bundle = load_bundle(tiny_bundle_dir)
+    assert bundle.manifest.retrieval is None
+    assert not any((tiny_bundle_dir / name).exists() for name in RETRIEVAL_FILES)
+    assert open_retrieval(bundle) is None
+
+
+def test_export_refuses_a_two_stage_path_below_the_recall_floor(
+    retrieval_export, tmp_path: Path
+) -> None:
+    run_dir, _, _ = retrieval_export
+    out_dir = tmp_path / "bundle"
+    # One ANN hit per session cannot hold 95% of a skip-reordered top-10.
+    with pytest.raises(ParityRecallError, match="recall@10"):
+        export_bundle(
+            run_dir, out_dir, top_k=TINY_TOP_K, ann_min_tracks=0, ann_candidates=1
+        )
+    assert not out_dir.exists()
+    assert not list(tmp_path.iterdir())

@@ -1,0 +1,95 @@
+"""The two-stage path: a bundle with an ANN index ranks as exact scoring does, and
+a tampered index is refused by its hash."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.inference import InferenceRequest, LoadedModel
+from skiprec.bundle import BundleHashMismatch, load_bundle, open_inference_session
+from skiprec.manifest import INDEX_FILE, MANIFEST_FILE
+from tests.conftest import TINY_NUM_TRACKS, TINY_TOP_K
+
+
+@pytest.fixture(scope="module")
+def retrieval_bundle(make_run, tmp_path_factory) -> Path:
+    from model_export.export import export_bundle
+
+    out_dir = tmp_path_factory.mktemp("retrieval") / "bundle"
+    export_bundle(
+        make_run(skip_head=True, skip_weight=0.5),
+        out_dir,
+        top_k=TINY_TOP_K,
+        ann_min_tracks=0,
+        ann_candidates=TINY_NUM_TRACKS,  # generous: every track
+    )
+    return out_dir
+
+
+def _requests(model: LoadedModel, count: int) -> list[InferenceRequest]:
+    rng = np.random.default_rng(0)
+    tracks = model.vocab.track_ids
+    requests = []
+    for i in range(count):
+        length = int(rng.integers(1, 12))
+        picked = tuple(tracks[j] for j in rng.integers(0, len(tracks), size=length))
+        skipped = tuple(bool(s) for s in rng.random(length) < 0.4)
+        excluded = tuple(t for t, s in zip(picked, skipped, strict=True) if s)
+        penalties = ((picked[0], 0.7),) if i % 3 == 0 else ()
+        candidates = tuple(dict.fromkeys(tracks[:9])) if i % 4 == 0 else ()
+        k = len(candidates) if candidates else int(rng.integers(1, TINY_TOP_K + 1))
+        requests.append(
+            InferenceRequest(
+                picked, skipped, k, excluded, penalties, candidates=candidates
+            )
+        )
+    return requests
+
+
+def test_two_stage_top_k_equals_exact_top_k(retrieval_bundle: Path) -> None:
+    two_stage = LoadedModel.load(retrieval_bundle, onnx_threads=1)
+    assert two_stage.retrieval is not None
+    bundle = load_bundle(retrieval_bundle)
+    exact = LoadedModel(bundle, open_inference_session(bundle))  # no retrieval
+    requests = _requests(exact, 60)
+    for got, want in zip(
+        two_stage.infer(requests), exact.infer(requests), strict=True
+    ):
+        assert [t.track_id for t in got] == [t.track_id for t in want]
+        assert [t.score for t in got] == pytest.approx(
+            [t.score for t in want], abs=1e-4
+        )
+        assert [t.p_skip for t in got] == pytest.approx(
+            [t.p_skip for t in want], abs=1e-4
+        )
+
+
+def test_a_tampered_index_is_refused_by_its_hash(
+    retrieval_bundle: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / "bundle"
+    shutil.copytree(retrieval_bundle, copy)
+    data = bytearray((copy / INDEX_FILE).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / INDEX_FILE).write_bytes(bytes(data))
+    with pytest.raises(BundleHashMismatch, match=INDEX_FILE):
+        LoadedModel.load(copy, onnx_threads=1)
+
+
+def test_a_manifest_that_drops_the_index_from_its_files_is_refused(
+    retrieval_bundle: Path, tmp_path: Path
+) -> None:
+    from skiprec.bundle import BundleManifestInvalid
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(retrieval_bundle, copy)
+    manifest = json.loads((copy / MANIFEST_FILE).read_text())
+    del manifest["files"][INDEX_FILE]
+    (copy / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(BundleManifestInvalid, match=INDEX_FILE):
+        load_bundle(copy)
