@@ -57,9 +57,7 @@ def test_two_stage_top_k_equals_exact_top_k(retrieval_bundle: Path) -> None:
     bundle = load_bundle(retrieval_bundle)
     exact = LoadedModel(bundle, open_inference_session(bundle))  # no retrieval
     requests = _requests(exact, 60)
-    for got, want in zip(
-        two_stage.infer(requests), exact.infer(requests), strict=True
-    ):
+    for got, want in zip(two_stage.infer(requests), exact.infer(requests), strict=True):
         assert [t.track_id for t in got] == [t.track_id for t in want]
         assert [t.score for t in got] == pytest.approx(
             [t.score for t in want], abs=1e-4
