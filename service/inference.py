@@ -125,11 +125,17 @@ class LoadedModel:
         self.popularity_share = {t.track_id: t.score for t in self.popular}
 
     @classmethod
-    def load(cls, path: Path, onnx_threads: int) -> LoadedModel:
-        """Load, verify and smoke-test a bundle; raises ``BundleError``."""
+    def load(cls, path: Path, onnx_threads: int, two_stage: bool = True) -> LoadedModel:
+        """Load, verify and smoke-test a bundle; raises ``BundleError``.
+
+        ``two_stage=False`` scores the whole catalogue even when the bundle has an
+        ANN index (``SKIPREC_RETRIEVAL=exact``); the index files are still verified.
+        """
         bundle = load_bundle(path)
         session = open_inference_session(bundle, intra_op_threads=onnx_threads)
-        retrieval = open_retrieval(bundle, intra_op_threads=onnx_threads)
+        retrieval = (
+            open_retrieval(bundle, intra_op_threads=onnx_threads) if two_stage else None
+        )
         model = cls(bundle, session, retrieval)
         model.smoke_test()
         return model
@@ -289,11 +295,16 @@ class ModelHolder:
     """The serving model and its atomic replacement."""
 
     def __init__(
-        self, bundle_dir: Path, onnx_threads: int, session_max_events: int
+        self,
+        bundle_dir: Path,
+        onnx_threads: int,
+        session_max_events: int,
+        two_stage: bool = True,
     ) -> None:
         self.bundle_dir = bundle_dir
         self.onnx_threads = onnx_threads
         self.session_max_events = session_max_events
+        self.two_stage = two_stage
         self._model: LoadedModel | None = None
         self._lock = asyncio.Lock()
 
@@ -316,7 +327,7 @@ class ModelHolder:
         async with self._lock:
             try:
                 model = await asyncio.to_thread(
-                    LoadedModel.load, path, self.onnx_threads
+                    LoadedModel.load, path, self.onnx_threads, self.two_stage
                 )
             except BundleError as exc:
                 logger.warning("bundle rejected: %s", exc)

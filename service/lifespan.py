@@ -105,7 +105,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = getattr(app.state, "settings", None) or get_settings()
     metrics: Metrics = app.state.metrics
     models = ModelHolder(
-        settings.bundle_dir, settings.onnx_threads, settings.session_max_events
+        settings.bundle_dir,
+        settings.onnx_threads,
+        settings.session_max_events,
+        two_stage=settings.retrieval == "auto",
     )
     signature = bundle_signature(settings.bundle_dir)
     version, _ = await models.reload()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -54,6 +54,11 @@ class Settings(BaseSettings):
         default=0.0, ge=0.0, description="poll seconds for hot reload; 0 = off"
     )
     onnx_threads: int = Field(default=1, ge=1, le=64)
+    retrieval: Literal["auto", "exact"] = Field(
+        default="auto",
+        description="auto: two-stage (ANN + exact re-scoring) when the bundle has an "
+        "index; exact: always score the whole catalogue",
+    )
     max_inference_batch: int = Field(default=64, ge=1, le=4096)
     # About 0.2 s of batched inference on the benchmark catalogue (docs/BENCHMARKS.md:
     # ~0.7 ms per request): past that, a 503 to retry elsewhere beats queueing.

@@ -91,3 +91,16 @@ def test_a_manifest_that_drops_the_index_from_its_files_is_refused(
     (copy / MANIFEST_FILE).write_text(json.dumps(manifest))
     with pytest.raises(BundleManifestInvalid, match=INDEX_FILE):
         load_bundle(copy)
+
+
+async def test_the_exact_setting_scores_the_whole_catalogue(
+    retrieval_bundle: Path, make_settings
+) -> None:
+    from tests.service.test_readiness import serving
+
+    for setting, two_stage in (("auto", True), ("exact", False)):
+        settings = make_settings(bundle_dir=retrieval_bundle, retrieval=setting)
+        async with serving(settings) as (state, client):
+            assert (state.models.current.retrieval is not None) is two_stage
+            answer = await client.get("/recommendations/nobody")
+            assert answer.status_code == 200
