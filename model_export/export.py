@@ -40,7 +40,7 @@ from model_export.parity import (
     synthetic_sessions,
 )
 from model_export.quantize import measure_drift, quantize_item_table
-from model_export.retrieval import DEFAULT_MIN_TRACKS, export_retrieval
+from model_export.retrieval import export_retrieval
 from model_export.wrapper import ServingModule
 from skiprec.bundle import (
     BundleError,
@@ -88,7 +88,7 @@ def export_bundle(
     model_version: str | None = None,
     precision: str = "fp32",
     overwrite: bool = False,
-    ann_min_tracks: int = DEFAULT_MIN_TRACKS,
+    ann_min_tracks: int | None = None,
     ann_candidates: int = NUM_CANDIDATES,
 ) -> Manifest:
     """Export ``run_dir`` to the bundle directory ``out_dir`` and return its manifest.
@@ -103,7 +103,8 @@ def export_bundle(
         overwrite: replace an existing non-empty ``out_dir``.
         ann_min_tracks: a catalogue of at least this many tracks also gets the
             two-stage files (model_export/retrieval.py), checked against the full
-            graph; 0 builds them for any catalogue.
+            graph; 0 builds them for any catalogue; None (the default) never,
+            until the two-stage path is shown to be faster (it is not measured).
         ann_candidates: ANN hits per session in the two-stage path.
 
     Raises:
@@ -149,7 +150,9 @@ def export_bundle(
         # from that graph (no atol of 1e-4 can hold for int8 weights).
         parity = check_parity(module, fp32_path, sessions, spec, PARITY_ATOL)
         retrieval = None
-        if config.num_items - NUM_SPECIAL >= ann_min_tracks:
+        if ann_min_tracks is not None and (
+            config.num_items - NUM_SPECIAL >= ann_min_tracks
+        ):
             # Checked against the fp32 graph, as parity is.
             retrieval = export_retrieval(
                 module,
@@ -362,9 +365,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--ann-min-tracks",
         type=int,
-        default=DEFAULT_MIN_TRACKS,
+        default=None,
         help="build the ANN index and retrieval graphs for catalogues of at least "
-        f"this many tracks (default {DEFAULT_MIN_TRACKS}; 0 = always)",
+        "this many tracks (0 = always); default: never, exact scoring, until the "
+        "two-stage latency is measured (docs/BENCHMARKS.md)",
     )
     parser.add_argument(
         "--ann-candidates",

@@ -76,9 +76,6 @@ from skiprec.retrieval import (
 from skiprec.vocab import NUM_SPECIAL, PAD_ID
 from training.prior import prior_scores
 
-# Catalogues from this size get an index at export (docs/BENCHMARKS.md: provisional
-# until the idle-machine benchmark places the crossing of exact and two-stage cost).
-DEFAULT_MIN_TRACKS = 50_000
 RECALL_FLOOR = 0.95  # two-stage top-10 vs the full graph's, on the parity sessions
 
 
@@ -280,7 +277,7 @@ def export_retrieval(
     sessions: Sequence[Session],
     spec: EncodingSpec,
     opset: int,
-    min_tracks: int = DEFAULT_MIN_TRACKS,
+    min_tracks: int,
     num_candidates: int = NUM_CANDIDATES,
 ) -> RetrievalSpec:
     """Write the retrieval files into ``out_dir``, check them against the full graph
