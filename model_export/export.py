@@ -21,16 +21,15 @@ import os
 import shutil
 import time
 import uuid
-import warnings
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import torch
 
+from model_export.graph import export_graph
 from model_export.parity import (
     MIN_PARITY_SESSIONS,
     PARITY_ATOL,
@@ -244,11 +243,7 @@ def default_model_version(
 
 
 def export_onnx(module: ServingModule, path: Path) -> None:
-    """torch.onnx.export with named dynamic axes, then ``onnx.checker``.
-
-    The dynamo exporter is used: the legacy TorchScript one emits ``EyeLike`` on bool
-    for the attention mask, which ONNX Runtime's CPU provider does not implement.
-    """
+    """The serving graph (model.onnx) with named dynamic axes, checked."""
     max_seq_len = module.encoder.config.max_seq_len
     batch = torch.export.Dim("batch_size", min=1)
     sequence = torch.export.Dim("sequence_length", min=1, max=max_seq_len)
@@ -263,31 +258,20 @@ def export_onnx(module: ServingModule, path: Path) -> None:
         torch.zeros((2, 2), dtype=torch.int64),
         torch.zeros((2, 3), dtype=torch.int64),
     )
-    with warnings.catch_warnings():
-        # Known noise of torch 2.13's exporter: axes sharing a constraint keep the
-        # first name (they all keep ours here) and a pytree deprecation inside torch.
-        warnings.filterwarnings(
-            "ignore", message=r"# The axis name", category=UserWarning
-        )
-        warnings.filterwarnings("ignore", message=r".*LeafSpec", category=FutureWarning)
-        torch.onnx.export(
-            module,
-            example,
-            str(path),
-            dynamo=True,
-            external_data=False,
-            opset_version=OPSET,
-            input_names=list(INPUT_NAMES),
-            output_names=list(OUTPUT_NAMES),
-            dynamic_shapes={
-                "item_ids": {0: batch, 1: sequence},
-                "feedback": {0: batch, 1: sequence},
-                "exclude_ids": {0: batch, 1: excluded},
-                "candidate_ids": {0: batch, 1: candidates},
-            },
-            verbose=False,
-        )
-    onnx.checker.check_model(str(path), full_check=True)
+    export_graph(
+        module,
+        example,
+        INPUT_NAMES,
+        OUTPUT_NAMES,
+        {
+            "item_ids": {0: batch, 1: sequence},
+            "feedback": {0: batch, 1: sequence},
+            "exclude_ids": {0: batch, 1: excluded},
+            "candidate_ids": {0: batch, 1: candidates},
+        },
+        path,
+        OPSET,
+    )
 
 
 def sessions_from_data(

@@ -15,18 +15,17 @@ graph's top-10 on the parity sessions; both recalls go into the manifest.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import torch
 import torch.nn.functional as F
 import usearch
 from torch import Tensor, nn
 
+from model_export.graph import export_graph
 from model_export.parity import (
     PARITY_ATOL,
     ParityError,
@@ -199,35 +198,6 @@ def signatures(hidden_dim: int, num_successors: int) -> dict[str, list[TensorSpe
     }
 
 
-def _export(
-    module: nn.Module,
-    example: tuple[Tensor, ...],
-    names: tuple[Sequence[str], Sequence[str]],
-    dynamic: dict[str, dict[int, Any]],
-    path: Path,
-    opset: int,
-) -> None:
-    with warnings.catch_warnings():
-        # The exporter noise model_export.export.export_onnx also silences.
-        warnings.filterwarnings(
-            "ignore", message=r"# The axis name", category=UserWarning
-        )
-        warnings.filterwarnings("ignore", message=r".*LeafSpec", category=FutureWarning)
-        torch.onnx.export(
-            module,
-            example,
-            str(path),
-            dynamo=True,
-            external_data=False,
-            opset_version=opset,
-            input_names=list(names[0]),
-            output_names=list(names[1]),
-            dynamic_shapes=dynamic,
-            verbose=False,
-        )
-    onnx.checker.check_model(str(path), full_check=True)
-
-
 def export_graphs(serving: ServingModule, out_dir: Path, opset: int) -> None:
     """Write query.onnx and candidates.onnx (dynamic axes as model.onnx's)."""
     config = serving.encoder.config
@@ -241,15 +211,16 @@ def export_graphs(serving: ServingModule, out_dir: Path, opset: int) -> None:
         torch.full((2, seq_len), FEEDBACK_PLAY),
     )
     window_axes = {0: batch, 1: sequence}
-    _export(
+    export_graph(
         QueryModule(serving),
         window,
-        (QUERY_INPUT_NAMES, QUERY_OUTPUT_NAMES),
+        QUERY_INPUT_NAMES,
+        QUERY_OUTPUT_NAMES,
         {INPUT_ITEM_IDS: window_axes, INPUT_FEEDBACK: window_axes},
         out_dir / QUERY_MODEL_FILE,
         opset,
     )
-    _export(
+    export_graph(
         CandidatesModule(serving),
         (
             torch.zeros((2, config.hidden_dim)),
@@ -257,7 +228,8 @@ def export_graphs(serving: ServingModule, out_dir: Path, opset: int) -> None:
             torch.zeros((2, 2), dtype=torch.int64),
             torch.zeros((2, 3), dtype=torch.int64),
         ),
-        (CANDIDATES_INPUT_NAMES, CANDIDATES_OUTPUT_NAMES),
+        CANDIDATES_INPUT_NAMES,
+        CANDIDATES_OUTPUT_NAMES,
         {
             INPUT_QUERY: {0: batch},
             INPUT_ITEM_IDS: window_axes,
