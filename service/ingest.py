@@ -24,7 +24,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from service.errors import InvalidRequest
+from service.errors import InvalidRequest, format_location
 from service.metrics import Metrics
 from service.schemas import PlaybackEvent
 from service.session_store import AppendResult, SessionStore
@@ -70,10 +70,6 @@ def stored_event(event: PlaybackEvent, now: float, position: int) -> StoredEvent
     )
 
 
-def _field(batch: bool, position: int, name: str) -> str:
-    return f"events[{position}].{name}" if batch else name
-
-
 def check_times(
     stored: Sequence[StoredEvent], now: float, bounds: EventTimeBounds, batch: bool
 ) -> set[int]:
@@ -82,7 +78,9 @@ def check_times(
     for position, event in enumerate(stored):
         ahead = event.timestamp - now
         if ahead > bounds.max_clock_skew_s:
-            field = _field(batch, position, "timestamp")
+            field = format_location(
+                ("events", position, "timestamp") if batch else ("timestamp",)
+            )
             raise InvalidRequest(
                 f"{field}: {ahead:.0f} s ahead of the server clock (at most "
                 f"{bounds.max_clock_skew_s:g} s); fix the device clock, send sent_at "
