@@ -9,6 +9,8 @@ and in-process app clients. The processes come from ``benchmarks.processes``.
 ``make_client``   ``async with make_client(settings) as client``: the app with its
                   lifespan running, behind an httpx AsyncClient (ASGI transport).
 ``client``        ``make_client(make_settings())``.
+``serving``       ``async with serving(settings) as (state, client)``: the same, with
+                  the app's state (a plain function; test modules import it).
 
 Factories for tests that stop, kill and restart real processes (session scope, so
 module-scoped fixtures can use them; each skips when its binaries are absent):
@@ -36,11 +38,12 @@ import redis
 
 from benchmarks import processes
 from benchmarks.processes import free_port, wait_for_ping
+from service.lifespan import ServiceState
 from service.main import create_app
 from service.settings import Settings
 
-# Test modules import these two from here to point at a port nothing listens on.
-__all__ = ["free_port", "wait_for_ping"]
+# Test modules import these from here (a free port nothing listens on; the app).
+__all__ = ["free_port", "serving", "wait_for_ping"]
 
 
 def _require(*binaries: str) -> None:
@@ -116,19 +119,28 @@ def make_settings(
     return factory
 
 
+@contextlib.asynccontextmanager
+async def serving(
+    settings: Settings,
+) -> AsyncIterator[tuple[ServiceState, httpx.AsyncClient]]:
+    """The app with its lifespan running: its state and an httpx client."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://skiprec.test"
+        ) as client:
+            yield app.state.skiprec, client
+
+
 @pytest.fixture
 def make_client() -> Callable[
     [Settings], AbstractAsyncContextManager[httpx.AsyncClient]
 ]:
     @contextlib.asynccontextmanager
     async def factory(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-        app = create_app(settings)
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(
-                transport=transport, base_url="http://skiprec.test"
-            ) as client:
-                yield client
+        async with serving(settings) as (_, client):
+            yield client
 
     return factory
 

@@ -7,7 +7,8 @@ import asyncio
 import logging
 import threading
 
-from tests.service.test_readiness import metric, serving
+from tests.service.conftest import serving
+from tests.service.test_readiness import metric
 
 
 def play(user_id: str, track_id: str = "t1") -> dict:

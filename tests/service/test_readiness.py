@@ -9,24 +9,8 @@ the watchdog has restarted it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
-import httpx
-
-from service.main import create_app
-from tests.service.conftest import free_port
-
-
-@contextlib.asynccontextmanager
-async def serving(settings):
-    """The app with its lifespan running: its state and an httpx client."""
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://skiprec.test"
-        ) as client:
-            yield app.state.skiprec, client
+from tests.service.conftest import free_port, serving
 
 
 def metric(text: str, name: str) -> float:

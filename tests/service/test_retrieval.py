@@ -96,7 +96,7 @@ def test_a_manifest_that_drops_the_index_from_its_files_is_refused(
 async def test_the_exact_setting_scores_the_whole_catalogue(
     retrieval_bundle: Path, make_settings
 ) -> None:
-    from tests.service.test_readiness import serving
+    from tests.service.conftest import serving
 
     for setting, two_stage in (("auto", True), ("exact", False)):
         settings = make_settings(bundle_dir=retrieval_bundle, retrieval=setting)
