@@ -15,6 +15,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from service.admission import LoadShedder
 from service.body import BodyDeadline
 from service.deps import ApiKeyDep
 from service.errors import register_error_handlers
@@ -63,6 +64,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(BodyDeadline, timeout_s=lambda: _settings(app).body_timeout_s)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    # Outermost: a shed request costs no routing, metrics or body handling.
+    app.add_middleware(
+        LoadShedder,
+        limit=lambda: _settings(app).max_in_flight,
+        shed=app.state.metrics.requests_shed,
+    )
     return app
 
 

@@ -73,6 +73,11 @@ class Metrics:
             "Requests refused (503 overloaded): the inference queue was full",
             registry=self.registry,
         )
+        self.requests_shed = Counter(
+            "skiprec_requests_shed_total",
+            "Requests refused (503 overloaded) past SKIPREC_MAX_IN_FLIGHT in a worker",
+            registry=self.registry,
+        )
         self.inference_errors = Counter(
             "skiprec_inference_errors_total",
             "ONNX calls that raised; each request of the batch got the fallback",

@@ -65,6 +65,12 @@ class Settings(BaseSettings):
     max_inference_queue: int = Field(
         default=256, ge=1, le=1_000_000, description="requests waiting for inference"
     )
+    # Per worker, every route but the probes and /metrics (service/admission.py):
+    # at ~0.5-2 ms per request, 32 in flight bound an admitted request's wait to
+    # tens of ms; past it a 503 in microseconds. 0 = no bound.
+    max_in_flight: int = Field(
+        default=32, ge=0, le=1_000_000, description="requests in flight per worker"
+    )
 
     # Redis
     redis_url: str | None = None
