@@ -209,7 +209,7 @@ class AsyncEventBuffer:
 
     @property
     def pending(self) -> tuple[Event, ...]:
-        """The events not sent yet, with their ids."""
+        """The events not acknowledged yet (``len()`` of them), with their ids."""
         return self._pending.snapshot()
 
     @property
@@ -236,8 +236,9 @@ class AsyncEventBuffer:
             try:
                 result = await self._client.send_events(batch)
             except BaseException:  # cancelled too: the events must not be lost
-                self._pending.put_back(batch, time.monotonic())
+                self._pending.put_back(time.monotonic())
                 raise
+            self._pending.sent()
             self._sent += result
             return result
 
@@ -245,14 +246,13 @@ class AsyncEventBuffer:
         """Stop the background task and send what is left (raises if that fails)."""
         self._closed = True
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            self._added.set()  # the task ends after the batch it may be sending
+            await self._task
             self._task = None
         await self.flush()
 
     async def _send_overdue(self) -> None:
-        while True:
+        while not self._closed:
             delay = self._pending.delay(time.monotonic())
             if delay is None or delay > 0:
                 self._added.clear()  # no await since the delay was read: no lost wake

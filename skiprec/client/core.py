@@ -413,7 +413,7 @@ def experiments_call() -> Call[dict[str, Any]]:
 
 
 class PendingEvents:
-    """Events waiting to be sent, and when the oldest must go.
+    """Events not acknowledged yet: waiting, or in the batch in flight.
 
     Not thread-safe by itself: the sync buffer guards it with a lock, the async one
     runs on one event loop. Events get their ids on ``add``, so a batch that fails
@@ -425,35 +425,42 @@ class PendingEvents:
             raise ValueError("max_events: at least 1; max_delay_s: more than 0")
         self.max_events = max_events
         self.max_delay_s = max_delay_s
-        self._events: list[Event] = []
-        self._since: float | None = None  # monotonic time the oldest was added
+        self._waiting: list[Event] = []
+        self._in_flight: list[Event] = []
+        self._since: float | None = None  # monotonic time the oldest waiting came
 
     def __len__(self) -> int:
-        return len(self._events)
+        return len(self._in_flight) + len(self._waiting)
+
+    def snapshot(self) -> tuple[Event, ...]:
+        """Every event not acknowledged, oldest first, with its id."""
+        return (*self._in_flight, *self._waiting)
 
     def add(self, event: Event, now: float) -> bool:
         """Queue ``event``; True when the buffer is full (flush now)."""
-        self._events.append(event.with_id())
+        self._waiting.append(event.with_id())
         if self._since is None:
             self._since = now
-        return len(self._events) >= self.max_events
-
-    def snapshot(self) -> tuple[Event, ...]:
-        return tuple(self._events)
+        return len(self._waiting) >= self.max_events
 
     def take(self) -> list[Event]:
-        events, self._events, self._since = self._events, [], None
-        return events
+        """The waiting events, now in flight until ``sent`` or ``put_back``."""
+        self._in_flight, self._waiting, self._since = self._waiting, [], None
+        return self._in_flight
 
-    def put_back(self, events: Sequence[Event], now: float) -> None:
-        """Return a batch that failed, ahead of newer events; its wait starts over
-        (a down service is not hammered by a buffer whose oldest event is overdue)."""
-        self._events[:0] = events
-        if self._events:
+    def sent(self) -> None:
+        self._in_flight = []
+
+    def put_back(self, now: float) -> None:
+        """Return the batch in flight, which failed, ahead of newer events; its wait
+        starts over (a down service is not hammered by an overdue buffer)."""
+        self._waiting[:0] = self._in_flight
+        self._in_flight = []
+        if self._waiting:
             self._since = now
 
     def delay(self, now: float) -> float | None:
-        """Seconds until the oldest event is due (0: now), None when empty."""
+        """Seconds until the oldest waiting event is due (0: now), None for none."""
         if self._since is None:
             return None
         return max(0.0, self._since + self.max_delay_s - now)

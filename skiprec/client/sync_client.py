@@ -234,7 +234,7 @@ class EventBuffer:
 
     @property
     def pending(self) -> tuple[Event, ...]:
-        """The events not sent yet, with their ids."""
+        """The events not acknowledged yet (``len()`` of them), with their ids."""
         with self._state:
             return self._pending.snapshot()
 
@@ -264,9 +264,10 @@ class EventBuffer:
                 result = self._client.send_events(batch)
             except BaseException:
                 with self._state:
-                    self._pending.put_back(batch, time.monotonic())
+                    self._pending.put_back(time.monotonic())
                 raise
             with self._state:
+                self._pending.sent()
                 self._sent += result
             return result
 
