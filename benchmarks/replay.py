@@ -4,7 +4,8 @@ of record.
     skiprec replay --data SESSIONS --url http://127.0.0.1:8000 [--json OUT]
 
 It lives with the other live-service tools (``benchmarks.load``, ``benchmarks.soak``)
-because it is an HTTP client of a running service; the data, splits and metrics it
+because it is an HTTP client of a running service (through ``skiprec.client``, whose
+retries are safe: every event carries an id); the data, splits and metrics it
 scores with come from ``training``, so its numbers equal the offline evaluation's.
 
 For each session (default: the test sessions of ``session_disjoint_split(seed=0)``,
@@ -35,12 +36,14 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from skiprec.client import AsyncSkiprecClient, Event, RetryPolicy, SkiprecError
 from skiprec.events import event_type
 from training.data import DataError, load_sessions
 from training.metrics import summarize
 from training.splits import EvalExample, leave_one_out_split, session_disjoint_split
 
-RETRIES = 4
+RETRY = RetryPolicy(max_attempts=5)  # 0.1, 0.2, 0.4, 0.8 s apart (less jitter)
+TIMEOUT_S = 30.0
 K = 20  # the largest cut-off summarize reports; deeper ranks change no metric
 
 
@@ -99,78 +102,51 @@ def loo_sessions(examples: Sequence[EvalExample]) -> list[ReplaySession]:
     ]
 
 
-def rank_of(target: str, items: Sequence[dict[str, object]]) -> float:
-    for position, item in enumerate(items):
-        if item["track_id"] == target:
+def rank_of(target: str, track_ids: Sequence[str]) -> float:
+    for position, track_id in enumerate(track_ids):
+        if track_id == target:
             return float(position)
     return math.inf
 
 
 class Replayer:
+    """Replays sessions through ``skiprec.client``: its retries (transport errors,
+    503) are safe because every event carries an id, so a retried POST is a
+    duplicate for the service, never a second play."""
+
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: AsyncSkiprecClient,
         concurrency: int = 32,
         exclude_played: bool | None = None,
-        api_key: str | None = None,
     ) -> None:
         self.client = client
         self.semaphore = asyncio.Semaphore(concurrency)
-        self.params: dict[str, str | int] = {"k": K}
-        if exclude_played is not None:
-            self.params["exclude_played"] = str(exclude_played).lower()
-        self.headers = {"X-API-Key": api_key} if api_key else {}
+        self.exclude_played = exclude_played
         self.run_id = uuid.uuid4().hex[:8]
         self.result = ReplayResult()
 
-    async def _request(self, method: str, url: str, **kwargs: object) -> httpx.Response:
-        """One request, retried on transport errors and 503 (events carry ids, so a
-        retried POST is deduplicated by the service, never double-counted)."""
-        for attempt in range(RETRIES + 1):
-            try:
-                response = await self.client.request(method, url, **kwargs)  # type: ignore[arg-type]
-            except httpx.TransportError:
-                if attempt == RETRIES:
-                    raise
-            else:
-                if response.status_code != 503 or attempt == RETRIES:
-                    response.raise_for_status()
-                    return response
-            await asyncio.sleep(0.1 * 2**attempt)
-        raise AssertionError("unreachable")
-
-    async def _recommend(self, user_id: str) -> tuple[list[dict[str, object]], bool]:
+    async def _recommend(self, user_id: str) -> tuple[list[str], bool]:
         started = time.perf_counter()
-        response = await self._request(
-            "GET",
-            f"/recommendations/{user_id}",
-            params=self.params,
-            headers=self.headers,
+        answer = await self.client.recommendations(
+            user_id, K, exclude_played=self.exclude_played
         )
         self.result.latencies_ms.append((time.perf_counter() - started) * 1000)
-        body = response.json()
-        self.result.model_versions.add(body["model_version"])
-        return body["items"], bool(body["fallback"])
-
-    async def _post(self, events: list[dict[str, object]]) -> None:
-        await self._request(
-            "POST", "/events", json={"events": events}, headers=self.headers
-        )
+        self.result.model_versions.add(answer.model_version)
+        return answer.track_ids, answer.fallback
 
     async def replay_session(self, index: int, session: ReplaySession) -> None:
         user_id = f"replay-{self.run_id}-{index}"
         async with self.semaphore:
-            await self._request(
-                "DELETE", f"/users/{user_id}/session", headers=self.headers
-            )
-            pending: list[dict[str, object]] = []
+            await self.client.delete_session(user_id)
+            pending: list[Event] = []
             for t, (track_id, skipped) in enumerate(session.events):
                 if t == 0 or t >= session.scored_from:
                     if pending:
-                        await self._post(pending)
+                        await self.client.send_events(pending)
                         pending = []
-                    items, fallback = await self._recommend(user_id)
-                    rank = rank_of(track_id, items)
+                    track_ids, fallback = await self._recommend(user_id)
+                    rank = rank_of(track_id, track_ids)
                     if t == 0:
                         self.result.cold_ranks.append(rank)
                         self.result.cold_skipped.append(skipped)
@@ -178,17 +154,17 @@ class Replayer:
                         self.result.ranks.append(rank)
                         self.result.skipped.append(skipped)
                         self.result.fallbacks += fallback
-                event: dict[str, object] = {
-                    "event_id": f"e{t}",
-                    "user_id": user_id,
-                    "track_id": track_id,
-                    "type": event_type(skipped),
-                }
                 level = session.levels[t] if session.levels is not None else None
-                if level is not None:
-                    event["skip_level"] = level
-                pending.append(event)
-            await self._post(pending)
+                pending.append(
+                    Event(
+                        user_id,
+                        track_id,
+                        event_type(skipped),
+                        skip_level=level,
+                        event_id=f"e{t}",
+                    )
+                )
+            await self.client.send_events(pending)
 
     async def run(self, sessions: Sequence[ReplaySession]) -> ReplayResult:
         await asyncio.gather(
@@ -215,22 +191,23 @@ def report(result: ReplayResult) -> dict[str, object]:
 
 
 async def replay(
-    url: str | httpx.AsyncClient,
+    url: str | AsyncSkiprecClient,
     sessions: Sequence[ReplaySession],
     concurrency: int = 32,
     exclude_played: bool | None = None,
     api_key: str | None = None,
 ) -> dict[str, object]:
-    """Replay ``sessions`` against a base URL (or a ready client); the report dict."""
-    if isinstance(url, httpx.AsyncClient):
-        replayer = Replayer(url, concurrency, exclude_played, api_key)
-        return report(await replayer.run(sessions))
+    """Replay ``sessions`` against a base URL (or a ready client, which has its own
+    API key); the report dict."""
+    if isinstance(url, AsyncSkiprecClient):
+        return report(await Replayer(url, concurrency, exclude_played).run(sessions))
     limits = httpx.Limits(
         max_connections=concurrency, max_keepalive_connections=concurrency
     )
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
-        replayer = Replayer(client, concurrency, exclude_played, api_key)
-        return report(await replayer.run(sessions))
+    async with AsyncSkiprecClient(
+        url, api_key=api_key, timeout=TIMEOUT_S, retry=RETRY, limits=limits
+    ) as client:
+        return report(await Replayer(client, concurrency, exclude_played).run(sessions))
 
 
 def select_sessions(
@@ -309,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = asyncio.run(
             replay(args.url, sessions, args.concurrency, exclude, args.api_key)
         )
-    except httpx.HTTPError as exc:
+    except SkiprecError as exc:
         print(f"skiprec replay: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     elapsed = time.perf_counter() - started

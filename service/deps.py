@@ -19,6 +19,7 @@ from service.metrics import Metrics
 from service.recommend import Recommender
 from service.session_store import SessionStore
 from service.settings import Settings
+from service.variants import Variants
 
 
 async def get_state(request: Request) -> ServiceState:
@@ -49,11 +50,16 @@ async def get_metrics(state: StateDep) -> Metrics:
     return state.metrics
 
 
+async def get_variants(state: StateDep) -> Variants:
+    return state.variants
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 SessionStoreDep = Annotated[SessionStore, Depends(get_store)]
 ModelsDep = Annotated[ModelHolder, Depends(get_models)]
 RecommenderDep = Annotated[Recommender, Depends(get_recommender)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+VariantsDep = Annotated[Variants, Depends(get_variants)]
 
 
 def presented_key(request: Request) -> str | None:

@@ -15,7 +15,9 @@
   call, not a client retry, is recognised). A retry is then a duplicate, not a
   second play.
 - The batch goes to the store in one call, which returns only once Redis holds every
-  event; the metrics count what the store accepted, not what was sent.
+  event (and has counted the served lists they answer, ``service.outcomes``; an
+  event's ``request_id`` names its list); the metrics count what the store
+  accepted, not what was sent.
 """
 
 from __future__ import annotations
@@ -103,7 +105,8 @@ async def record_events(
 ) -> AppendResult:
     stored = [stored_event(e, now, i) for i, e in enumerate(events)]
     late = check_times(stored, now, bounds, batch)
-    result = await store.append(stored, now, late)
+    named = {i: e.request_id for i, e in enumerate(events) if e.request_id}
+    result = await store.append(stored, now, late, named)
     if result.duplicates:
         metrics.duplicates.inc(result.duplicates)
     if result.late:

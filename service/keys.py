@@ -36,6 +36,20 @@ def dedup_key(user_id: str) -> str:
     return f"{KEY_PREFIX}{user_tag(user_id)}:dedup"
 
 
-def user_keys(user_id: str) -> tuple[str, str]:
+def served_key(user_id: str) -> str:
+    """List of the lists recently served to the user, newest first (LPUSH + LTRIM):
+    each waits for the listener's next event (``service/lua/keep_served.lua``)."""
+    return f"{KEY_PREFIX}{user_tag(user_id)}:served"
+
+
+def user_keys(user_id: str) -> tuple[str, str, str]:
     """All per-user keys, in the order the append script takes them."""
-    return session_events_key(user_id), dedup_key(user_id)
+    return session_events_key(user_id), dedup_key(user_id), served_key(user_id)
+
+
+# The experiment counters of every worker and replica, in one slot of their own.
+_OUTCOMES_TAG = "{" + KEY_PREFIX + "outcomes}"
+OUTCOME_COUNTS_KEY = _OUTCOMES_TAG + ":counts"
+"""Hash: ``variant|model_version|counter`` -> count (``service.outcomes``)."""
+COUNTED_KEY = _OUTCOMES_TAG + ":counted"
+"""Sorted set: request id -> count time of each outcome counted (counted once)."""

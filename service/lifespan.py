@@ -1,8 +1,10 @@
 """Startup and shutdown: open every long-lived resource before serving, close it after.
 
-Startup refuses a bad bundle (the process exits with the bundle's error) but not an
-unreachable Redis: it warns with a countdown, and the store loads its script on the
-first request that reaches Redis, so the API recovers when Redis comes back.
+Startup refuses a bad bundle, of any variant (the process exits with the bundle's
+error), but not an unreachable Redis: it warns with a countdown, and the store loads
+its script on the first request that reaches Redis, so the API recovers when Redis
+comes back. Each variant has its own ``ModelHolder`` and, with
+``SKIPREC_WATCH_BUNDLE``, its own watcher.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from service.recommend import Recommender
 from service.redis_client import RedisHandle, open_redis
 from service.session_store import SessionStore, StoreConfig
 from service.settings import Settings, get_settings, session_policy
+from service.variants import Variant, Variants
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +41,11 @@ class ServiceState:
     settings: Settings
     metrics: Metrics
     store: SessionStore
-    models: ModelHolder
+    models: ModelHolder  # the primary variant's (probes report it)
     batcher: MicroBatcher
     recommender: Recommender
     redis: RedisHandle
+    variants: Variants
 
 
 async def _register_with_retries(store: SessionStore) -> None:
@@ -79,40 +83,62 @@ def bundle_signature(bundle_dir: Path) -> BundleSignature | None:
 
 
 async def watch_bundle(
-    state: ServiceState, interval_s: float, seen: BundleSignature | None
+    metrics: Metrics,
+    variant: str,
+    models: ModelHolder,
+    interval_s: float,
+    seen: BundleSignature | None,
 ) -> None:
     """Reload when any file of the bundle directory changes on disk (``seen``: the
     signature taken before the serving bundle was loaded); keep serving on refusal."""
     while True:
         await asyncio.sleep(interval_s)
-        current = bundle_signature(state.models.bundle_dir)
+        current = bundle_signature(models.bundle_dir)
         if current is None or current == seen:
             continue
         # Taken before the load: a file changing while it loads is seen next poll.
         seen = current
         try:
-            version, _ = await state.models.reload(state.models.bundle_dir)
+            version, _ = await models.reload(models.bundle_dir)
         except BundleRejected as exc:
-            state.metrics.reloads.labels(outcome="rejected").inc()
-            logger.warning("watched bundle refused: %s", exc.message)
+            metrics.reloads.labels(outcome="rejected").inc()
+            logger.warning("watched bundle of %s refused: %s", variant, exc.message)
             continue
-        state.metrics.reloads.labels(outcome="ok").inc()
-        state.metrics.set_model_version(version)
+        metrics.reloads.labels(outcome="ok").inc()
+        metrics.set_model_version(version, variant)
+
+
+async def _load_variants(
+    settings: Settings, metrics: Metrics
+) -> tuple[Variants, dict[str, BundleSignature | None]]:
+    """Every variant's bundle loaded (a refusal stops startup), and the signatures
+    its watcher starts from."""
+    variants: list[Variant] = []
+    signatures: dict[str, BundleSignature | None] = {}
+    for spec in settings.variant_specs():
+        if spec.bundle_dir is None:
+            variants.append(Variant(spec, None))
+            continue
+        models = ModelHolder(
+            spec.bundle_dir,
+            settings.onnx_threads,
+            settings.session_max_events,
+            two_stage=settings.retrieval == "auto",
+        )
+        signatures[spec.name] = bundle_signature(spec.bundle_dir)
+        version, _ = await models.reload()
+        metrics.set_model_version(version, spec.name)
+        variants.append(Variant(spec, models))
+    return Variants(variants, settings.variant_salt), signatures
 
 
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = getattr(app.state, "settings", None) or get_settings()
     metrics: Metrics = app.state.metrics
-    models = ModelHolder(
-        settings.bundle_dir,
-        settings.onnx_threads,
-        settings.session_max_events,
-        two_stage=settings.retrieval == "auto",
-    )
-    signature = bundle_signature(settings.bundle_dir)
-    version, _ = await models.reload()
-    metrics.set_model_version(version)
+    variants, signatures = await _load_variants(settings, metrics)
+    models = variants.primary.models
+    assert models is not None
 
     redis = open_redis(settings)
     store = SessionStore(
@@ -124,6 +150,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             dedup_ttl_s=settings.dedup_ttl_s,
             stream_maxlen=settings.stream_maxlen,
             read_timeout_s=settings.redis_timeout_s,
+            served_ttl_s=settings.served_ttl_s,
         ),
         read_client=redis.read_client,
     )
@@ -133,22 +160,35 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     batcher.start()
     recommender = Recommender(
-        store, models, batcher, metrics, partial(session_policy, settings)
+        store, variants, batcher, metrics, partial(session_policy, settings)
     )
-    state = ServiceState(settings, metrics, store, models, batcher, recommender, redis)
+    state = ServiceState(
+        settings, metrics, store, models, batcher, recommender, redis, variants
+    )
     app.state.skiprec = state
-    watcher = (
-        asyncio.create_task(watch_bundle(state, settings.watch_bundle, signature))
-        if settings.watch_bundle > 0
-        else None
+    watchers = [
+        asyncio.create_task(
+            watch_bundle(
+                metrics,
+                variant.name,
+                variant.models,
+                settings.watch_bundle,
+                signatures[variant.name],
+            )
+        )
+        for variant in variants
+        if variant.models is not None and settings.watch_bundle > 0
+    ]
+    logger.info(
+        "service ready",
+        extra={"model_version": models.current.model_version},
     )
-    logger.info("service ready", extra={"model_version": version})
     try:
         yield
     finally:
-        if watcher is not None:
+        for watcher in watchers:
             watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
+        await asyncio.gather(*watchers, return_exceptions=True)
         await batcher.stop()
         await redis.close()
         logger.info("service stopped")

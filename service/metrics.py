@@ -2,12 +2,15 @@
 
 Per-route latency comes from ``MetricsMiddleware`` (a plain ASGI middleware: no
 per-request task or body copy), labelled by the route template, not the raw path.
-With ``--workers N`` each worker exports its own numbers.
+With ``--workers N`` each worker exports its own numbers, except the experiment
+counters (``outcome_families``): those live in Redis, so every worker and replica
+exports the same totals (sum them over one instance, not over all).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import (
@@ -17,7 +20,11 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.outcomes import ArmCounts
 
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0
@@ -64,10 +71,11 @@ class Metrics:
         )
         self.model_info = Gauge(
             "skiprec_model_info",
-            "The serving model (value 1 for the current version)",
-            ["model_version"],
+            "The serving model of each variant (value 1 for the current version)",
+            ["model_version", "variant"],
             registry=self.registry,
         )
+        self._versions: dict[str, str] = {}
         self.inference_shed = Counter(
             "skiprec_inference_shed_total",
             "Requests refused (503 overloaded): the inference queue was full",
@@ -99,13 +107,79 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.served_list_errors = Counter(
+            "skiprec_served_list_errors_total",
+            "Served lists not kept for their outcome (Redis unavailable)",
+            registry=self.registry,
+        )
 
-    def set_model_version(self, version: str) -> None:
-        self.model_info.clear()
-        self.model_info.labels(model_version=version).set(1)
+    def set_model_version(self, version: str, variant: str) -> None:
+        previous = self._versions.get(variant)
+        if previous is not None:
+            self.model_info.remove(previous, variant)
+        self._versions[variant] = version
+        self.model_info.labels(model_version=version, variant=variant).set(1)
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(
+        self, counts: Mapping[tuple[str, str], ArmCounts] | None = None
+    ) -> bytes:
+        """This worker's metrics, then the shared experiment counters."""
+        text = generate_latest(self.registry)
+        if counts:
+            registry = CollectorRegistry()
+            registry.register(_Families(outcome_families(counts)))
+            text += generate_latest(registry)
+        return text
+
+
+# The cut-offs exported as label k of skiprec_recommendation_hits_total; the
+# counters hold every rank, GET /admin/experiments takes any k.
+EXPORTED_K = (1, 5, 10, 20)
+
+
+def outcome_families(counts: Mapping[tuple[str, str], ArmCounts]) -> list[Metric]:
+    """The experiment counters (Redis) as Prometheus counters."""
+    arm = ["variant", "model_version"]
+    served = CounterMetricFamily(
+        "skiprec_served_lists", "Recommendation lists served", labels=arm
+    )
+    fallbacks = CounterMetricFamily(
+        "skiprec_served_fallbacks",
+        "Served lists that were popularity fallbacks",
+        labels=arm,
+    )
+    answered = CounterMetricFamily(
+        "skiprec_answered_lists",
+        "Served lists followed by the listener's next event, by what it was",
+        labels=[*arm, "answer", "next"],
+    )
+    hits = CounterMetricFamily(
+        "skiprec_recommendation_hits",
+        "Served lists whose next track was in their top k, by what it was",
+        labels=[*arm, "answer", "next", "k"],
+    )
+    for (variant, version), arm_counts in counts.items():
+        served.add_metric([variant, version], arm_counts.served)
+        fallbacks.add_metric([variant, version], arm_counts.fallbacks)
+        for answer, tally in sorted(arm_counts.tallies.items()):
+            for next_event, skipped in (("played", False), ("skipped", True)):
+                labels = [variant, version, answer, next_event]
+                answered.add_metric(labels, tally.skipped if skipped else tally.played)
+                for k in EXPORTED_K:
+                    hits.add_metric(
+                        [*labels, str(k)], tally.hits_within(k, skipped=skipped)
+                    )
+    return [served, fallbacks, answered, hits]
+
+
+class _Families(Collector):
+    """Metric families read beforehand (from Redis) for one scrape."""
+
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self.families = list(families)
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
 
 
 class MetricsMiddleware:

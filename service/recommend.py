@@ -1,18 +1,25 @@
 """The recommendation domain: one call from a listener to a ranked list.
 
-``Recommender.recommend`` owns every decision of ``GET /recommendations``: it takes
-the serving model once (its window and its graph belong to the same bundle, even
-across a reload), reads that window of the current session from the store, applies
-the session policy (``skiprec.policy``) to the whole session, ranks through the
-micro-batcher, and falls back to popularity when there is no session, no reachable
-store, or the batch's ONNX call failed. ``k`` is checked against the bundle's top-K
-before anything else, so the model and the fallback accept the same requests.
+``Recommender.recommend`` owns every decision of ``GET /recommendations``: it finds
+the listener's variant (``service.variants``), takes that variant's serving model
+once (its window and its graph belong to the same bundle, even across a reload),
+reads that window of the current session from the store, applies the session
+policy (``skiprec.policy``) to the whole session, ranks through the micro-batcher,
+and falls back to popularity when there is no session, no reachable store, or the
+batch's ONNX call failed. A holdout variant gets the popularity list without
+reading the session. ``k`` is checked against the bundle's top-K before anything
+else, so the model and the fallback accept the same requests. Every answer gets a
+``request_id``; ``keep`` stores it for its outcome once the answer is sent
+(``service.outcomes``).
 """
 
 from __future__ import annotations
 
+import logging
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Literal
 
 from service.errors import InferenceFailed, InvalidRequest, SessionStoreUnavailable
@@ -20,14 +27,17 @@ from service.inference import (
     InferenceRequest,
     LoadedModel,
     MicroBatcher,
-    ModelHolder,
     RankedItems,
     RankedTrack,
 )
 from service.metrics import Metrics
+from service.outcomes import ServedList
 from service.schemas import FallbackReason
 from service.session_store import SessionStore, SessionWindow
+from service.variants import Variants
 from skiprec.policy import SessionPolicy
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +71,7 @@ class Unranked:
 class RankedCandidates:
     user_id: str
     model_version: str
+    variant: str
     items: RankedItems
     unranked: list[Unranked]
     fallback_reason: FallbackReason
@@ -70,8 +81,22 @@ class RankedCandidates:
 class Recommendation:
     user_id: str
     model_version: str
+    variant: str
+    request_id: str
+    served_at: float  # the request's clock, when the session was read
     items: RankedItems
     fallback_reason: FallbackReason
+
+    def served(self) -> ServedList:
+        return ServedList(
+            self.request_id,
+            self.user_id,
+            self.variant,
+            self.model_version,
+            "model" if self.fallback_reason == "none" else "fallback",
+            self.served_at,
+            tuple(item.track_id for item in self.items),
+        )
 
 
 class Recommender:
@@ -80,13 +105,13 @@ class Recommender:
     def __init__(
         self,
         store: SessionStore,
-        models: ModelHolder,
+        variants: Variants,
         batcher: MicroBatcher,
         metrics: Metrics,
         policy: Callable[[SessionPolicy], SessionPolicy],
     ) -> None:
         self.store = store
-        self.models = models
+        self.variants = variants
         self.batcher = batcher
         self.metrics = metrics
         self.policy = policy  # the bundle's policy -> the one served (settings)
@@ -135,13 +160,25 @@ class Recommender:
         )
 
     async def recommend(self, request: RecommendRequest) -> Recommendation:
-        model = self.models.current  # once: a reload mid-request changes nothing
+        variant = self.variants.for_user(request.user_id)
+        # Once: a reload mid-request changes nothing.
+        model = self.variants.model(variant)
         if request.k > model.top_k:  # the graph ranks no more; the fallback neither
             raise InvalidRequest(
                 f"k: at most {model.top_k} (the top_k of model "
                 f"{model.model_version}), got {request.k}",
                 "k",
             )
+        answer = partial(
+            Recommendation,
+            request.user_id,
+            model.model_version,
+            variant.name,
+            uuid.uuid4().hex,
+            request.now,
+        )
+        if variant.models is None:  # the holdout: popularity is its "model"
+            return answer(model.popular[: request.k], "none")
         window, reason = await self._window(model, request.user_id, request.now)
         if reason == "none":
             policy = self.policy_for(request, model)
@@ -152,25 +189,40 @@ class Recommender:
             except InferenceFailed:  # the batcher logged it, once per batch
                 reason = self._fallback("model-error")
             else:
-                return Recommendation(
-                    request.user_id, model.model_version, ranked, reason
-                )
-        popular = model.popular[: request.k]
-        return Recommendation(request.user_id, model.model_version, popular, reason)
+                return answer(ranked, reason)
+        return answer(model.popular[: request.k], reason)
+
+    async def keep(self, answer: Recommendation) -> None:
+        """Keep a sent answer for its outcome; runs after the response is sent, so
+        a failure costs one outcome, never the answer."""
+        try:
+            await self.store.keep_served(answer.served())
+        except SessionStoreUnavailable as exc:
+            self.metrics.served_list_errors.inc()
+            logger.debug("served list not kept: %s", exc.message)
 
     async def rank_candidates(self, request: RankRequest) -> RankedCandidates:
         """The client's candidate tracks for this listener, best first, and those
         that cannot be ranked (unknown to the model, or excluded by the policy)."""
-        model = self.models.current
+        variant = self.variants.for_user(request.user_id)
+        model = self.variants.model(variant)
         candidates = tuple(dict.fromkeys(request.candidates))  # first occurrences
         unknown = [t for t in candidates if t not in model.vocab]
         known = tuple(t for t in candidates if t in model.vocab)
-        window, reason = await self._window(model, request.user_id, request.now)
         unranked = [Unranked(t, "unknown") for t in unknown]
-        if reason != "none":
+        window = SessionWindow()
+        reason: FallbackReason = "none"  # the holdout: by popularity
+        if variant.models is not None:
+            window, reason = await self._window(model, request.user_id, request.now)
+        if reason != "none" or variant.models is None:
             items = self._by_popularity(model, known)
             return RankedCandidates(
-                request.user_id, model.model_version, items, unranked, reason
+                request.user_id,
+                model.model_version,
+                variant.name,
+                items,
+                unranked,
+                reason,
             )
         session = self._inference(window, self.policy_for(request, model), 0)
         excluded = set(session.excluded)
@@ -188,7 +240,7 @@ class Recommender:
             items = self._by_popularity(model, to_rank)
             reason = self._fallback("model-error")
         return RankedCandidates(
-            request.user_id, model.model_version, items, unranked, reason
+            request.user_id, model.model_version, variant.name, items, unranked, reason
         )
 
     @staticmethod

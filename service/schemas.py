@@ -80,6 +80,12 @@ class PlaybackEvent(BaseModel):
         "timestamp): the service shifts timestamp by (receive time - sent_at), which "
         "cancels a device clock that runs fast or slow",
     )
+    request_id: Identifier | None = Field(
+        default=None,
+        description="the request_id of the recommendations this event answers "
+        "(the listener played or skipped from that list); default: the newest list "
+        "served to this user, if it still waits for its next event",
+    )
 
     @field_validator("skip_level")
     @classmethod
@@ -178,6 +184,7 @@ class UnrankedTrack(BaseModel):
 class RankedCandidates(BaseModel):
     user_id: str
     model_version: str
+    variant: str = Field(description="the experiment variant that ranked them")
     items: list[RankedTrack]
     unranked: list[UnrankedTrack] = Field(
         description="candidates left out: unknown to the model, or excluded by the "
@@ -190,6 +197,14 @@ class RankedCandidates(BaseModel):
 class Recommendations(BaseModel):
     user_id: str
     model_version: str
+    request_id: str = Field(
+        description="names this list: send it as the request_id of the event that "
+        "answers it (opaque)"
+    )
+    variant: str = Field(
+        description="the experiment variant that served it (SKIPREC_VARIANTS; "
+        "'default' without)"
+    )
     items: list[RankedTrack]
     fallback: bool
     fallback_reason: FallbackReason
@@ -214,13 +229,66 @@ class ReloadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     bundle_dir: str | None = Field(
-        default=None, max_length=4096, description="default: SKIPREC_BUNDLE_DIR"
+        default=None,
+        max_length=4096,
+        description="default: the variant's configured bundle (SKIPREC_BUNDLE_DIR "
+        "without variants)",
+    )
+    variant: str | None = Field(
+        default=None,
+        max_length=64,
+        description="which variant to reload; required when SKIPREC_VARIANTS is set",
     )
 
 
 class ReloadResult(BaseModel):
     model_version: str
     previous_version: str
+    variant: str
+
+
+class ExperimentRate(BaseModel):
+    value: float | None = Field(description="successes / trials; null: no trials")
+    low: float = Field(description="95% Wilson score interval")
+    high: float
+    successes: int
+    trials: int
+
+
+class ExperimentDifference(BaseModel):
+    value: float | None = Field(description="this arm's rate minus the control's")
+    low: float = Field(description="95% interval (Newcombe's hybrid score)")
+    high: float
+
+
+class ExperimentArm(BaseModel):
+    variant: str
+    model_version: str
+    served: int = Field(description="lists served (model and fallback answers)")
+    fallbacks: int = Field(description="of those, popularity fallback answers")
+    answered: int = Field(
+        description="model answers followed by the listener's next event: the "
+        "denominator of the rates"
+    )
+    rates: dict[str, ExperimentRate] = Field(
+        description="over model answers: hit (next track in the top k), "
+        "hit_played, hit_skipped, next_skipped (the next event was a skip)"
+    )
+    fallback_rates: dict[str, ExperimentRate] = Field(
+        description="the same over fallback answers (cold starts, outages)"
+    )
+    vs_control: dict[str, ExperimentDifference] | None = Field(
+        description="rates minus the control arm's; null for the control"
+    )
+
+
+class Experiments(BaseModel):
+    k: int = Field(description="the cut-off of the hit rates")
+    control: str | None = Field(
+        description="the arm the differences are against: the first variant's "
+        "newest model version"
+    )
+    arms: list[ExperimentArm]
 
 
 class Health(BaseModel):

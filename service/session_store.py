@@ -19,6 +19,11 @@ State transitions and their atomicity:
   exclusion policy (``skiprec.policy``) is applied in Python, never in Lua.
 - read in full (``GET /users/{id}/session``): one ``LRANGE``; the current session is
   cut by ``skiprec.sessions``.
+- served lists and their outcomes (``service.outcomes``): a served list is kept by
+  one script call in the user's slot after its answer was sent; the append
+  pipeline attributes new events to them (one more script call per slot, same
+  round trip) and, only when some event was attributed, counts the attributions in
+  a second round trip, before the 202.
 
 Reads run under a deadline (``StoreConfig.read_timeout_s``) that bounds the
 popularity fallback when Redis hangs; see ``_within``. ``redis`` connection and
@@ -30,7 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Awaitable, Collection, Iterator, Sequence
+from collections.abc import Awaitable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.resources import files
@@ -42,6 +47,18 @@ from redis.crc import key_slot
 from service import keys
 from service.errors import SessionStoreUnavailable
 from service.event_log import LOG_SCRIPT, log_command
+from service.outcomes import (
+    SCRIPTS as OUTCOME_SCRIPTS,
+)
+from service.outcomes import (
+    ArmCounts,
+    Attribution,
+    ServedList,
+    attribute_command,
+    count_command,
+    keep_commands,
+    parse_counts,
+)
 from skiprec.events import FIELD_SEPARATOR, StoredEvent, parse_code
 from skiprec.sessions import current_session_start
 
@@ -75,6 +92,7 @@ class StoreConfig:
     dedup_ttl_s: int
     stream_maxlen: int
     read_timeout_s: float | None = None  # None: only the client's socket timeout
+    served_ttl_s: int = 1800  # how long a served list waits for the next event
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +120,7 @@ class AppendResult:
     duplicates: int
     accepted_skips: int
     late: int = 0  # of the accepted: logged, too late for the live session
+    attributions: tuple[Attribution, ...] = ()  # served lists these events answered
 
 
 @contextmanager
@@ -140,8 +159,8 @@ class SessionStore:
     async def register(self) -> None:
         """Load the write scripts (on every primary when clustered)."""
         with store_errors():
-            await self.client.script_load(APPEND_SCRIPT)
-            await self.client.script_load(LOG_SCRIPT)
+            for script in (APPEND_SCRIPT, LOG_SCRIPT, *OUTCOME_SCRIPTS):
+                await self.client.script_load(script)
 
     async def ping(self) -> bool:
         with store_errors():
@@ -172,14 +191,22 @@ class SessionStore:
         raise redis_errors.TimeoutError(f"no reply within {timeout} s")
 
     async def append(
-        self, events: Sequence[StoredEvent], now: float, late: Collection[int] = ()
+        self,
+        events: Sequence[StoredEvent],
+        now: float,
+        late: Collection[int] = (),
+        request_ids: Mapping[int, str] | None = None,
     ) -> AppendResult:
-        """Store a batch (any users); returns only once Redis holds every event.
+        """Store a batch (any users); returns only once Redis holds every event and
+        has counted the served lists they answered.
 
         ``late``: positions of events too late for the live session; they are
-        deduplicated and logged but never join a session.
+        deduplicated and logged but never join a session (nor answer a list).
+        ``request_ids``: position -> the served list an event names.
         """
+        named = request_ids or {}
         calls: dict[int, dict[str, list[str]]] = {}
+        answers: dict[int, dict[str, list[tuple[StoredEvent, str]]]] = {}
         for position, event in enumerate(events):
             if not event.event_id:
                 raise ValueError("every stored event needs an id (service.ingest)")
@@ -190,12 +217,40 @@ class SessionStore:
                 event.event_id,
                 LATE_MARK + encoded if position in late else encoded,
             )
+            if position not in late:
+                by_user = answers.setdefault(slot, {})
+                by_user.setdefault(event.user_id, []).append(
+                    (event, named.get(position, ""))
+                )
         commands = [self._append_command(by_user, now) for by_user in calls.values()]
+        wait_s = self.config.served_ttl_s
+        commands += [attribute_command(u, now, wait_s) for u in answers.values()]
         commands.append(log_command(events, self.config.stream_maxlen))
         with store_errors():
             replies = await self._execute(commands)
-        totals = [sum(int(reply[i]) for reply in replies[:-1]) for i in range(4)]
-        return AppendResult(*totals)
+            attributions = tuple(
+                Attribution.decode(_text(text))
+                for reply in replies[len(calls) : -1]
+                for text in reply
+            )
+            if attributions:
+                remember_s = self.config.dedup_ttl_s
+                await self._execute([count_command(attributions, now, remember_s)])
+        accepted, duplicates, skips, late_count = (
+            sum(int(reply[i]) for reply in replies[: len(calls)]) for i in range(4)
+        )
+        return AppendResult(accepted, duplicates, skips, late_count, attributions)
+
+    async def keep_served(self, served: ServedList) -> None:
+        """Keep a list just served, for the user's next event (``service.outcomes``)."""
+        with store_errors():
+            await self._execute(keep_commands(served, self.config.served_ttl_s))
+
+    async def outcome_counts(self) -> dict[tuple[str, str], ArmCounts]:
+        """The experiment counters of every worker, per (variant, model version)."""
+        with store_errors():
+            raw = await self.client.hgetall(keys.OUTCOME_COUNTS_KEY)
+        return parse_counts({_text(k): _text(v) for k, v in raw.items()})
 
     def _append_command(
         self, by_user: dict[str, list[str]], now: float

@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.variants import DEFAULT_VARIANT, VariantSpec, parse_variants
 from skiprec.policy import Rule, SessionPolicy
 
 CLUSTER_SCHEME = "redis+cluster://"  # our spelling of "this URL is a Cluster node"
@@ -150,6 +151,30 @@ class Settings(BaseSettings):
         if node is not None:
             self.redis_cluster = True
             self.redis_url = node
+        return self
+
+    # Experiments (issue 15): served lists, their outcomes, A/B variants
+    # (service/outcomes.py, service/variants.py).
+    served_ttl_s: int = Field(
+        default=1800,
+        ge=1,
+        le=7 * 24 * 3600,
+        description="how long a served list waits for the listener's next event",
+    )
+    # A JSON object, or the path of a file holding one: name -> {"bundle", "share"}
+    # (service/variants.py). Unset: one variant, "default", on bundle_dir.
+    variants: str | None = None
+    variant_salt: str = Field(default="skiprec", min_length=1, max_length=256)
+
+    def variant_specs(self) -> tuple[VariantSpec, ...]:
+        """The served variants (``SKIPREC_VARIANTS``, or the one default)."""
+        if self.variants is None:
+            return (VariantSpec(DEFAULT_VARIANT, self.bundle_dir, 1.0),)
+        return parse_variants(self.variants, self.bundle_root or self.bundle_dir.parent)
+
+    @model_validator(mode="after")
+    def _variants_parse(self) -> Settings:
+        self.variant_specs()  # refuse a bad table at startup, naming its field
         return self
 
 

@@ -9,6 +9,7 @@ without Redis) would reach nobody. Its state is in the probes' bodies and in
 
 from __future__ import annotations
 
+import contextlib
 from typing import Literal
 
 from fastapi import APIRouter, Response
@@ -66,6 +67,10 @@ async def readyz(state: StateDep) -> Response:
 
 @router.get("/metrics", response_class=Response)
 async def metrics_endpoint(state: StateDep) -> Response:
-    """Prometheus text format (``skiprec_redis_up`` probed for this scrape)."""
-    await _redis_state(state)
-    return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus text format (``skiprec_redis_up`` probed for this scrape); the
+    experiment counters are read from Redis, shared by every worker."""
+    counts = {}
+    if await _redis_state(state) == "ok":
+        with contextlib.suppress(SessionStoreUnavailable):  # this scrape goes without
+            counts = await state.store.outcome_counts()
+    return Response(state.metrics.render(counts), media_type=CONTENT_TYPE_LATEST)

@@ -6,7 +6,9 @@
 
 Each is parse, one call into ``service.recommend.Recommender``, answer. A fallback
 (no session, no reachable Redis, or a failed ONNX call) is flagged in the body and
-the ``X-Skiprec-Fallback`` header.
+the ``X-Skiprec-Fallback`` header. ``GET`` answers carry a ``request_id``; the list
+is kept for its outcome by a background task that runs after the response is sent
+(``Recommender.keep``), so keeping it adds nothing to the answer's latency.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Path, Query, Request, Response
+from starlette.background import BackgroundTask
 
 from service.body import read_json, validate
 from service.deps import RecommenderDep, SettingsDep
@@ -45,13 +48,18 @@ def _items(items: RankedItems) -> list[dict[str, Any]]:
     ]
 
 
-def _response(answer: Recommendation | RankedCandidates) -> Response:
+def _response(
+    answer: Recommendation | RankedCandidates, background: BackgroundTask | None = None
+) -> Response:
     # Serialised by orjson, not through response_model (which documents the schema).
     body: dict[str, Any] = {
         "user_id": answer.user_id,
         "model_version": answer.model_version,
-        "items": _items(answer.items),
     }
+    if isinstance(answer, Recommendation):
+        body["request_id"] = answer.request_id
+    body["variant"] = answer.variant
+    body["items"] = _items(answer.items)
     if isinstance(answer, RankedCandidates):
         body["unranked"] = [
             {"track_id": u.track_id, "reason": u.reason} for u in answer.unranked
@@ -62,6 +70,7 @@ def _response(answer: Recommendation | RankedCandidates) -> Response:
         orjson.dumps(body),
         media_type="application/json",
         headers={FALLBACK_HEADER: answer.fallback_reason},
+        background=background,
     )
 
 
@@ -92,7 +101,8 @@ async def get_recommendations(
 ) -> Response:
     """The next k tracks for the user's current session, best first."""
     request = RecommendRequest(user_id, k, time.time(), exclude_played)
-    return _response(await recommender.recommend(request))
+    answer = await recommender.recommend(request)
+    return _response(answer, BackgroundTask(recommender.keep, answer))
 
 
 @router.post(

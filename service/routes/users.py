@@ -6,7 +6,7 @@ import time
 
 from fastapi import APIRouter, Response
 
-from service.deps import ModelsDep, SessionStoreDep
+from service.deps import SessionStoreDep, VariantsDep
 from service.openapi import error_responses
 from service.routes.recommendations import UserIdPath
 from service.schemas import SessionEvent, UserSession
@@ -21,11 +21,11 @@ router = APIRouter(prefix="/users", tags=["users"])
     responses=error_responses(422, 503),
 )
 async def get_session(
-    user_id: UserIdPath, store: SessionStoreDep, models: ModelsDep
+    user_id: UserIdPath, store: SessionStoreDep, variants: VariantsDep
 ) -> UserSession:
     """The current session (events after the last inactivity gap), oldest first."""
     session = await store.read_session(user_id, time.time())
-    vocab = models.current.vocab
+    vocab = variants.model(variants.for_user(user_id)).vocab
     events = [
         SessionEvent(
             event_id=event.event_id,
@@ -51,6 +51,7 @@ async def get_session(
     responses=error_responses(422, 503),
 )
 async def delete_session(user_id: UserIdPath, store: SessionStoreDep) -> Response:
-    """Erase the user's session and dedup state (the event stream keeps its copy)."""
+    """Erase the user's session, dedup state and served lists (the event stream
+    keeps its copy)."""
     await store.reset(user_id)
     return Response(status_code=204)

@@ -88,7 +88,7 @@ class ClientOptions:
             "Accept": "application/json",
             "User-Agent": f"skiprec-python/{VERSION}",
         }
-        if self.api_key is not None:
+        if self.api_key:  # "" (an unset variable) is no key, not a wrong one
             headers[API_KEY_HEADER] = self.api_key
         return headers
 

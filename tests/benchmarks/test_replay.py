@@ -8,6 +8,7 @@ import random
 import pytest
 
 from benchmarks.replay import ReplaySession, rank_of, replay, sessions_from_examples
+from skiprec.client import AsyncSkiprecClient
 from training.splits import EvalExample
 
 
@@ -33,9 +34,8 @@ def test_rebuilt_sessions_keep_their_skip_levels():
 
 
 def test_rank_of_is_the_position_or_a_miss():
-    items = [{"track_id": "x"}, {"track_id": "y"}]
-    assert rank_of("y", items) == 1.0
-    assert rank_of("z", items) == math.inf
+    assert rank_of("y", ["x", "y"]) == 1.0
+    assert rank_of("z", ["x", "y"]) == math.inf
 
 
 async def test_replay_matches_offline_evaluation_of_the_same_run(client, tiny_run_dir):
@@ -54,7 +54,8 @@ async def test_replay_matches_offline_evaluation_of_the_same_run(client, tiny_ru
         sessions.append(Session(f"s{i}", tracks, skips))
     examples = [e for s in sessions for e in session_examples(s)]
 
-    report = await replay(client, sessions_from_examples(examples), concurrency=8)
+    live_client = AsyncSkiprecClient(http_client=client)  # the app, in-process
+    report = await replay(live_client, sessions_from_examples(examples), concurrency=8)
 
     run = load_run(tiny_run_dir)
     offline = evaluate(TorchScorer(run.model), examples, run.vocab)

@@ -1,0 +1,28 @@
+-- Count attributions once each, whichever worker or retry reports them.
+--
+-- KEYS[1] - the counters hash ({skiprec:outcomes}:counts): field -> count
+-- KEYS[2] - the counted request ids ({skiprec:outcomes}:counted): id -> count time
+-- ARGV[1] - now, unix seconds (the API's clock)
+-- ARGV[2] - how long a counted request id is remembered, seconds (at least as
+--           long as a retried event is recognised: the dedup TTL)
+-- ARGV[3], ... - per attribution: its request id, the number n of counter fields,
+--                then the n fields to increment by one
+-- return how many attributions were counted (the others had been)
+local now = tonumber(ARGV[1])
+local remember = tonumber(ARGV[2])
+local counted = 0
+local i = 3
+while i <= #ARGV do
+  local n = tonumber(ARGV[i + 1])
+  if redis.call("ZADD", KEYS[2], "NX", now, ARGV[i]) == 1 then
+    for j = i + 2, i + 1 + n do
+      redis.call("HINCRBY", KEYS[1], ARGV[j], 1)
+    end
+    counted = counted + 1
+  end
+  i = i + 2 + n
+end
+if counted > 0 then
+  redis.call("ZREMRANGEBYSCORE", KEYS[2], "-inf", "(" .. (now - remember))
+end
+return counted
