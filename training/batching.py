@@ -14,6 +14,8 @@ exactly once and the most recent events, the ones serving sees, always get a ful
 window of context. Targets are computed on the whole session before cutting, so the last
 position of an early window still predicts the first event of the next window.
 Sessions with fewer than two events teach nothing about "next" and are dropped.
+Tracks missing from the vocabulary (a streamed vocabulary's rare tracks) are OOV
+inputs and never targets.
 
 Per position t of a session (all PAD where none exists):
     next_targets[t]         the track at t+1
@@ -54,7 +56,8 @@ Skip contrastive pairs (``contrastive_pairs``): anchors, positives and negatives
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+import hashlib
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -178,6 +181,11 @@ def build_windows(
     next_played_targets = np.where(
         follow_pos < session_end, items[np.minimum(follow_pos, len(items) - 1)], PAD_ID
     )
+    # A track missing from the vocabulary (below a streamed vocabulary's min count)
+    # is an OOV input, which trains the OOV embedding, and never a target: serving
+    # never ranks OOV.
+    next_targets[next_targets == OOV_ID] = PAD_ID
+    next_played_targets[next_played_targets == OOV_ID] = PAD_ID
 
     # Windows per session: ceil(L / W), ending at L, L-W, ... (flat coordinates).
     per_session = -(-lengths // max_seq_len)
@@ -214,15 +222,35 @@ def epoch_batches(
     config: TrainConfig,
     generator: torch.Generator,
     context: DistContext = SINGLE,
+    rare: Tensor | None = None,
 ) -> Iterator[Batch]:
     """Shuffle, (BERT4Rec: mask), then yield batches trimmed to their longest window.
 
     All per-epoch randomness is drawn once for the whole epoch; a batch is a slice.
     Under torchrun every rank draws the same epoch and yields its share of each
     global batch of ``batch_size`` rows; a last global batch smaller than the world
-    is dropped, so that every rank takes the same number of steps.
+    is dropped, so that every rank takes the same number of steps. ``rare``: bool
+    [V], the tracks whose inputs ``[loss] oov_share`` may turn into OOV
+    (:func:`rare_tracks`; default: of the counts in ``windows``).
     """
     order = torch.randperm(len(windows), generator=generator)
+    full = epoch_inputs(windows, config, generator, rare)
+    for start in range(0, len(order), config.optim.batch_size):
+        rows = order[start : start + config.optim.batch_size]
+        if len(rows) < context.world_size:
+            break
+        yield trimmed_batch(full, windows.lengths, shard_rows(rows, context))
+
+
+def epoch_inputs(
+    windows: TrainWindows,
+    config: TrainConfig,
+    generator: torch.Generator,
+    rare: Tensor | None = None,
+) -> Batch:
+    """Every window's inputs and targets for one epoch ([N, W]): graded inputs
+    coarsened, BERT4Rec masks and OOV inputs drawn with ``generator``, in that
+    order."""
     if config.model.graded_feedback:
         windows = _graded_inputs(windows, config.model.binary_feedback_share, generator)
     if config.model.backbone == "bert4rec":
@@ -230,18 +258,94 @@ def epoch_batches(
     else:
         full = _causal(windows, config.loss.target)
     if config.loss.oov_share > 0:  # drawn last: the other draws stay as without it
-        full = _rare_inputs_to_oov(
-            full, config.loss.oov_share, config.loss.oov_max_count, generator
-        )
-    width = windows.tracks.shape[1]
-    for start in range(0, len(order), config.optim.batch_size):
-        rows = order[start : start + config.optim.batch_size]
-        if len(rows) < context.world_size:
-            break
-        rows = shard_rows(rows, context)
-        seq_len = int(windows.lengths[rows].max())
-        cols = slice(width - seq_len, width)
-        yield Batch(**{name: t[rows, cols] for name, t in vars(full).items()})
+        if rare is None:
+            # Every training event is in exactly one window: these are its counts.
+            counts = torch.bincount(windows.tracks.flatten())
+            rare = rare_tracks(counts, config.loss.oov_max_count)
+        full = _rare_inputs_to_oov(full, config.loss.oov_share, rare, generator)
+    return full
+
+
+def trimmed_batch(full: Batch, lengths: Tensor, rows: Tensor) -> Batch:
+    """Rows ``rows`` of ``full`` ([N, W]), cut to the longest of their windows."""
+    width = full.tracks.shape[1]
+    seq_len = int(lengths[rows].max())
+    cols = slice(width - seq_len, width)
+    return Batch(**{name: t[rows, cols] for name, t in vars(full).items()})
+
+
+def rare_tracks(counts: Tensor, max_count: int) -> Tensor:
+    """bool [V']: the real tracks counted at most ``max_count`` times (``counts``
+    int64 [V'], per vocabulary index, up to the largest one seen)."""
+    rare = counts <= max_count
+    rare[:NUM_SPECIAL] = False
+    return rare
+
+
+def select_windows(windows: TrainWindows, rows: Tensor) -> TrainWindows:
+    """The windows ``rows`` (int64 [n]) of ``windows``, in that order."""
+    return TrainWindows(**{name: t[rows] for name, t in vars(windows).items()})
+
+
+def concat_windows(first: TrainWindows, second: TrainWindows) -> TrainWindows:
+    """``first``'s windows followed by ``second``'s (the same width W)."""
+    return TrainWindows(
+        **{
+            name: torch.cat([t, getattr(second, name)])
+            for name, t in vars(first).items()
+        }
+    )
+
+
+def streamed_batches(
+    chunks: Iterable[TrainWindows],
+    config: TrainConfig,
+    batch_rows: int,
+    seed: str,
+    rare: Tensor,
+) -> Iterator[Batch]:
+    """Batches of ``batch_rows`` windows from a stream of window chunks, made as
+    :func:`epoch_batches` makes a whole epoch's: each chunk, with the windows the
+    chunk before left over, is shuffled and drawn (:func:`epoch_inputs`) with a
+    generator seeded from ``seed`` and the chunk's number, its full batches yielded
+    and the rest carried on; the last rows of the stream make a smaller last batch.
+
+    The draws depend on the seed and the data only, not on other users of a
+    generator, so an epoch drawn again (a resumed run) yields the same batches.
+    """
+    pending: TrainWindows | None = None
+    for number, chunk in enumerate(chunks):
+        windows = chunk if pending is None else concat_windows(pending, chunk)
+        generator = torch.Generator().manual_seed(_seed_of(f"{seed}:{number}"))
+        order = torch.randperm(len(windows), generator=generator)
+        usable = len(windows) // batch_rows * batch_rows
+        pending = select_windows(windows, order[usable:])
+        if usable:
+            kept = select_windows(windows, order[:usable])
+            yield from _batches_of(kept, config, generator, rare, batch_rows)
+    if pending is not None and len(pending):
+        generator = torch.Generator().manual_seed(_seed_of(f"{seed}:last"))
+        yield from _batches_of(pending, config, generator, rare, len(pending))
+
+
+def _batches_of(
+    windows: TrainWindows,
+    config: TrainConfig,
+    generator: torch.Generator,
+    rare: Tensor,
+    batch_rows: int,
+) -> Iterator[Batch]:
+    """``windows`` (already shuffled) drawn, then cut into consecutive batches."""
+    full = epoch_inputs(windows, config, generator, rare)
+    for start in range(0, len(windows), batch_rows):
+        rows = torch.arange(start, min(start + batch_rows, len(windows)))
+        yield trimmed_batch(full, windows.lengths, rows)
+
+
+def _seed_of(key: str) -> int:
+    """A 63-bit generator seed from a text key (stable across processes)."""
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
 
 
 def num_batches(num_windows: int, batch_size: int, world_size: int = 1) -> int:
@@ -261,16 +365,16 @@ def _graded_inputs(
 
 
 def _rare_inputs_to_oov(
-    full: Batch, share: float, max_count: int, generator: torch.Generator
+    full: Batch, share: float, rare: Tensor, generator: torch.Generator
 ) -> Batch:
     """``full`` (all windows, [N, W]) with a ``share`` of the input occurrences of
-    tracks seen at most ``max_count`` times in ``full.tracks`` replaced by OOV_ID
-    (drawn with ``generator``; BERT4Rec's masked inputs stay masked)."""
-    # Every training event is in exactly one window, so these are training counts.
-    counts = torch.bincount(full.tracks.flatten())  # [V'] (up to the largest id)
-    rare = (counts[full.tracks] <= max_count) & (full.tracks >= NUM_SPECIAL)
+    ``rare`` tracks (bool [V']) replaced by OOV_ID (drawn with ``generator``;
+    BERT4Rec's masked inputs stay masked)."""
+    # A track beyond the table's end was not counted: never rare (tracks >= V').
+    in_table = full.tracks < rare.shape[0]
+    is_rare = in_table & rare[full.tracks.clamp(max=rare.shape[0] - 1)]
     drawn = torch.rand(full.tracks.shape, generator=generator) < share  # [N, W]
-    replace = rare & drawn & (full.item_ids != MASK_ID)
+    replace = is_rare & drawn & (full.item_ids != MASK_ID)
     return dataclasses.replace(
         full, item_ids=torch.where(replace, OOV_ID, full.item_ids)
     )
@@ -317,6 +421,7 @@ def _masked(
     hidden = windows.tracks
     # Both skip-aware targets mean "played tracks only" for a masked model.
     keep_target = masked if target == "next" else masked & ~windows.skipped
+    keep_target &= hidden != OOV_ID  # an OOV track is never a target
     return Batch(
         item_ids=torch.where(masked, MASK_ID, hidden),
         feedback=torch.where(masked, FEEDBACK_MASK, windows.feedback),
@@ -325,7 +430,7 @@ def _masked(
         targets=torch.where(keep_target, hidden, PAD_ID),
         negative_targets=torch.where(masked & windows.skipped, hidden, PAD_ID),
         positives=windows.next_played_targets,
-        skip_targets=torch.where(masked, hidden, PAD_ID),
+        skip_targets=torch.where(masked & (hidden != OOV_ID), hidden, PAD_ID),
         skip_labels=masked & windows.skipped,
     )
 

@@ -19,7 +19,13 @@ has one). Formats:
                   that contradicts ``event`` is an error
     ml-1m         ``user item`` per line, no header (SASRec's ml-1m.txt); all plays
 
-Files may be gzip-compressed (detected from the magic bytes). Anything unexpected
+Files may be gzip-compressed (detected from the magic bytes), or Parquet files
+(``PAR1`` magic; read through pyarrow, the ``train`` extra) with the columns of a
+CSV format, one row per event: a cell reads as its CSV text would (a number, a
+boolean, an ISO time, null = empty), so a Parquet file loads into the same sessions
+as the CSV it holds. ``DataError`` lines of a Parquet file are row numbers + 1, as
+if its header were line 1. ``expand_data_paths`` turns ``--data`` arguments (files,
+folders, globs) into the files to read. Anything unexpected
 raises ``DataError`` naming the file, the 1-based line and the column: a loader never
 guesses, because a silently mis-parsed skip column would poison every later number.
 
@@ -40,7 +46,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from skiprec.events import (
     EVENT_LOG_COLUMNS,
@@ -50,6 +56,7 @@ from skiprec.events import (
     SKIP_MAX_LEVEL,
     event_log_row,
     event_type,
+    format_timestamp,
     is_skip,
     level_is_skip,
     parse_timestamp,
@@ -64,6 +71,9 @@ MSSD_LOG_COLUMNS = ("session_id", "session_position", "track_id_clean", "skip_2"
 MSSD_DERIVED_LEVELS = {"0": 0, "1": 1, "2": 2, "3": 3, "4": 3}
 
 _GZIP_MAGIC = b"\x1f\x8b"
+_PARQUET_MAGIC = b"PAR1"
+# Parquet rows converted to text at once: bounds the memory of one conversion.
+_PARQUET_BATCH_ROWS = 65_536
 _BOOLEANS = {
     "True": True,
     "true": True,
@@ -137,14 +147,58 @@ def data_fingerprint(path: Path) -> str:
     return digest.hexdigest()
 
 
+def data_fingerprint_of(paths: Sequence[Path]) -> str:
+    """:func:`data_fingerprint` of one file; of several, sha256 of their names and
+    fingerprints in the given order."""
+    if len(paths) == 1:
+        return data_fingerprint(paths[0])
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(f"{Path(path).name}:{data_fingerprint(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def expand_data_paths(patterns: Sequence[str | Path]) -> list[Path]:
+    """The data files named by ``patterns``: a file, a folder (its files, sorted) or
+    a glob (``logs/*.parquet``, ``**`` included; sorted), in the order given.
+
+    Raises:
+        DataError: a pattern that names no file.
+    """
+    paths: list[Path] = []
+    for pattern in patterns:
+        path = Path(pattern)
+        if path.is_file():
+            paths.append(path)
+            continue
+        if path.is_dir():
+            matches = sorted(p for p in path.iterdir() if p.is_file())
+        else:
+            root = Path(path.anchor or ".")
+            relative = str(path.relative_to(root)) if path.anchor else str(path)
+            matches = sorted(p for p in root.glob(relative) if p.is_file())
+        if not matches:
+            raise DataError(path, 0, "(file)", "no such data file, folder or glob")
+        paths.extend(matches)
+    return paths
+
+
+def _magic(path: Path) -> bytes:
+    try:
+        with path.open("rb") as raw:
+            return raw.read(4)
+    except OSError as exc:
+        raise DataError(path, 0, "(file)", f"cannot open: {exc}") from exc
+
+
+def is_parquet(path: Path) -> bool:
+    return _magic(Path(path)) == _PARQUET_MAGIC
+
+
 @contextmanager
 def _open_text(path: Path) -> Iterator[TextIO]:
     path = Path(path)
-    try:
-        with path.open("rb") as raw:
-            magic = raw.read(2)
-    except OSError as exc:
-        raise DataError(path, 0, "(file)", f"cannot open: {exc}") from exc
+    magic = _magic(path)[:2]
     binary = gzip.open(path, "rb") if magic == _GZIP_MAGIC else path.open("rb")
     with binary, io.TextIOWrapper(binary, encoding="utf-8", newline="") as text:
         try:
@@ -156,11 +210,15 @@ def _open_text(path: Path) -> Iterator[TextIO]:
 
 def detect_format(path: Path) -> str:
     """The format of ``path`` from its header columns (or two integers for ml-1m)."""
-    with _open_text(path) as text:
-        first = text.readline()
-    if not first.strip():
-        raise DataError(path, 1, "(header)", "empty file")
-    columns = {c.strip() for c in next(csv.reader([first]))}
+    if is_parquet(path):
+        columns = set(_parquet_file(path).schema_arrow.names)
+        first = ",".join(sorted(columns))
+    else:
+        with _open_text(path) as text:
+            first = text.readline()
+        if not first.strip():
+            raise DataError(path, 1, "(header)", "empty file")
+        columns = {c.strip() for c in next(csv.reader([first]))}
     if set(MSSD_LOG_COLUMNS) <= columns:
         return "mssd-log"
     if set(MSSD_DERIVED_COLUMNS) <= columns:
@@ -177,6 +235,12 @@ def detect_format(path: Path) -> str:
         f"unrecognised header {first.strip()[:120]!r}; expected one of the formats "
         f"{', '.join(FORMATS)} (see training/data.py)",
     )
+
+
+def load_many(paths: Sequence[Path], format: str | None = None) -> list[Session]:
+    """The sessions of every file, in order (each file's format detected unless
+    given); sessions never span files."""
+    return [session for path in paths for session in load_sessions(path, format)]
 
 
 def load_sessions(
@@ -208,9 +272,66 @@ def load_sessions(
     return loaders[fmt](path)
 
 
-def _rows(
-    path: Path, text: TextIO, required: Sequence[str]
-) -> Iterator[tuple[int, list[str], dict[str, int]]]:
+Row = tuple[int, list[str], dict[str, int]]  # (line, fields, column -> index)
+
+
+@contextmanager
+def _records(path: Path, required: Sequence[str]) -> Iterator[Iterator[Row]]:
+    """The data rows of a CSV (gzip or not) or Parquet file, with ``required``
+    columns checked: what every column-based loader reads."""
+    if is_parquet(path):
+        yield _parquet_rows(path, required)
+        return
+    with _open_text(path) as text:
+        yield _rows(path, text, required)
+
+
+def _parquet_file(path: Path) -> Any:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as exc:  # the `train` extra brings it
+        raise DataError(
+            path, 0, "(file)", "reading Parquet needs pyarrow (pip install pyarrow)"
+        ) from exc
+    try:
+        return pq.ParquetFile(path)
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowException subclasses these
+        raise DataError(path, 0, "(file)", f"unreadable Parquet: {exc}") from exc
+
+
+def _cell_text(value: object) -> str:
+    """A Parquet cell as the CSV text of the same value."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return format_timestamp(value) if value.is_integer() else repr(value)
+    if hasattr(value, "isoformat"):  # a Parquet timestamp column
+        return str(value.isoformat())
+    return str(value)
+
+
+def _parquet_rows(path: Path, required: Sequence[str]) -> Iterator[Row]:
+    """Parquet's rows as :func:`_rows` yields a CSV's, one record batch at a time."""
+    table = _parquet_file(path)
+    names = list(table.schema_arrow.names)
+    columns = {name: i for i, name in enumerate(names)}
+    for name in required:
+        if name not in columns:
+            raise DataError(path, 1, name, f"missing column (columns: {names})")
+    line = 1
+    for batch in table.iter_batches(batch_size=_PARQUET_BATCH_ROWS):
+        cells = [
+            [_cell_text(v) for v in batch.column(i).to_pylist()]
+            for i in range(len(names))
+        ]
+        for fields in zip(*cells, strict=True):
+            line += 1
+            yield line, list(fields), columns
+    if line == 1:
+        raise DataError(path, 2, "(row)", "no data rows")
+
+
+def _rows(path: Path, text: TextIO, required: Sequence[str]) -> Iterator[Row]:
     """Yield ``(line, fields, column_index)`` for each data row, checked for width."""
     reader = csv.reader(text)
     try:
@@ -256,8 +377,8 @@ def _load_mssd_derived(path: Path) -> list[Session]:
             )
             done.add(current)
 
-    with _open_text(path) as text:
-        for line, fields, col in _rows(path, text, MSSD_DERIVED_COLUMNS):
+    with _records(path, MSSD_DERIVED_COLUMNS) as rows:
+        for line, fields, col in rows:
             user = fields[col["user_id"]]
             song = fields[col["song_id"]]
             previous = fields[col["previous_song"]]
@@ -318,8 +439,8 @@ def _parse_bool(path: Path, line: int, column: str, value: str) -> bool:
 
 def _load_mssd_log(path: Path) -> list[Session]:
     grouped: dict[str, list[tuple[int, str, bool, int]]] = {}
-    with _open_text(path) as text:
-        for line, fields, col in _rows(path, text, MSSD_LOG_COLUMNS):
+    with _records(path, MSSD_LOG_COLUMNS) as records:
+        for line, fields, col in records:
             session_id = fields[col["session_id"]]
             position = fields[col["session_position"]].strip()
             track = fields[col["track_id_clean"]]
@@ -383,8 +504,8 @@ def _parse_level(path: Path, line: int, value: str, skipped: bool) -> int | None
 
 def _load_events(path: Path, session_gap_s: float) -> list[Session]:
     per_user: dict[str, list[tuple[float, str, bool, int | None]]] = {}
-    with _open_text(path) as text:
-        for line, fields, col in _rows(path, text, EVENT_LOG_COLUMNS):
+    with _records(path, EVENT_LOG_COLUMNS) as rows:
+        for line, fields, col in rows:
             user = fields[col["user_id"]]
             track = fields[col["track_id"]]
             event = fields[col["event"]].strip()
@@ -480,7 +601,8 @@ def write_event_log(
 
     Args:
         sessions: the sessions to write, oldest event first each.
-        path: output file; gzip-compressed when it ends in ``.gz``.
+        path: output file; gzip-compressed when it ends in ``.gz``, Parquet when it
+            ends in ``.parquet``.
         user_ids: per session, the listener it belongs to; default each session's
             ``session_id`` up to a ``#`` (so ``events``-loaded sessions round-trip).
         session_gap_s: for sessions without timestamps, consecutive sessions of one
@@ -499,12 +621,8 @@ def write_event_log(
         else [s.session_id.split("#", 1)[0] for s in sessions]
     )
     next_free: dict[str, float] = {}
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    written = 0
-    with opener(path, "wt", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(EVENT_LOG_HEADER)
+
+    def rows() -> Iterator[tuple[str, str, str, str, str]]:
         for user, session in zip(users, sessions, strict=True):
             times = session.timestamps
             if times is None:
@@ -516,6 +634,39 @@ def write_event_log(
             for track, skipped, timestamp, level in zip(
                 session.track_ids, session.skipped, times, levels, strict=True
             ):
-                writer.writerow(event_log_row(user, track, skipped, timestamp, level))
-                written += 1
+                yield event_log_row(user, track, skipped, timestamp, level)
+
+    path = Path(path)
+    if path.suffix == ".parquet":
+        return _write_parquet_log(list(rows()), path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    written = 0
+    with opener(path, "wt", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(EVENT_LOG_HEADER)
+        for row in rows():
+            writer.writerow(row)
+            written += 1
     return written
+
+
+def _write_parquet_log(rows: Sequence[tuple[str, ...]], path: Path) -> int:
+    """The event log as Parquet with typed columns: strings, float64 unix seconds
+    and a nullable int8 skip level, as a warehouse export would type them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    user, track, event, timestamp, level = zip(*rows, strict=True) if rows else [()] * 5
+    table = pa.table(
+        {
+            "user_id": pa.array(user, pa.string()),
+            "track_id": pa.array(track, pa.string()),
+            "event": pa.array(event, pa.string()),
+            "timestamp": pa.array([float(t) for t in timestamp], pa.float64()),
+            EVENT_LOG_LEVEL_COLUMN: pa.array(
+                [int(v) if v else None for v in level], pa.int8()
+            ),
+        }
+    )
+    pq.write_table(table, path)
+    return len(rows)

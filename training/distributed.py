@@ -22,11 +22,15 @@ run directory.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,40 @@ def shard_rows(rows: Tensor, context: DistContext) -> Tensor:
     if not context.is_distributed:
         return rows
     return rows.tensor_split(context.world_size)[context.rank]
+
+
+def while_every_rank_has(items: Iterator[T], context: DistContext) -> Iterator[T]:
+    """``items`` up to the first step at which some rank has none left.
+
+    Ranks reading shards of unequal size (a streamed log) so take the same number
+    of steps, and their replicas and optimiser states stay equal; what the longer
+    shards hold beyond that is not trained in this epoch (the shards change from
+    epoch to epoch). DDP's ``Join`` would train it, but the ranks that ran out
+    would skip optimiser steps and hold other AdamW states than rank 0, whose
+    state the resume file saves. One small all-reduce per step.
+    """
+    if not context.is_distributed:
+        yield from items
+        return
+    device = _collective_device(context)
+    while True:
+        item = next(items, None)
+        has = torch.tensor([int(item is not None)], device=device)
+        dist.all_reduce(has, op=dist.ReduceOp.MIN)
+        if item is None or not bool(has.item()):
+            return
+        yield item
+
+
+def broadcast_object(value: T | None, context: DistContext) -> T:
+    """Rank 0's ``value`` (any picklable object; the others pass None) on every
+    rank."""
+    box: list[T | None] = [value if context.is_main else None]
+    if context.is_distributed:
+        dist.broadcast_object_list(box, src=0)
+    if box[0] is None:
+        raise ValueError("rank 0 broadcast no value")
+    return box[0]
 
 
 def broadcast_flag(flag: bool, context: DistContext) -> bool:

@@ -25,10 +25,17 @@ def track_distribution(tracks: Tensor, vocab_size: int) -> Tensor:
     Args:
         tracks: int64 [...] training events (padding and specials are not counted).
     """
-    counts = torch.bincount(tracks.flatten(), minlength=vocab_size)[:vocab_size]
-    counts = counts.double()
-    counts[:NUM_SPECIAL] = 0.0
-    return (counts / counts.sum()).float()
+    return count_distribution(
+        torch.bincount(tracks.flatten(), minlength=vocab_size)[:vocab_size]
+    )
+
+
+def count_distribution(counts: Tensor) -> Tensor:
+    """[V] each track's share of ``counts`` (int64 [V], per vocabulary index); 0
+    for the special ids."""
+    shares = counts.double()
+    shares[:NUM_SPECIAL] = 0.0
+    return (shares / shares.sum()).float()
 
 
 def uniform_distribution(vocab_size: int) -> Tensor:

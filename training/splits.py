@@ -8,15 +8,22 @@ Two protocols:
 - ``leave_one_out_split``: the SASRec/BERT4Rec protocol (ML-1M): per session the last
   event is the test target, the second-to-last the validation target.
 
+- ``held_out_part``: the session-disjoint split of a log too large to hold, decided
+  per session from a hash of its id (so every reader of a stream, on any rank,
+  puts a session in the same part without seeing the others). Its held-out
+  sessions are not the ones ``session_disjoint_split`` picks on the same data.
+
 The vocabulary and popularity come from the training sessions only, so held-out
 tracks never seen in training are OOV (a miss), as they would be in production.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -25,6 +32,7 @@ from training.data import Session
 
 SPLIT_SEED = 0  # the held-out sessions do not move with the training seed
 PROTOCOLS = ("session", "loo")
+Part = Literal["train", "validation", "test"]
 
 
 @dataclass(frozen=True)
@@ -89,6 +97,20 @@ def session_disjoint_split(
         validation=[e for i in val_ids for e in session_examples(sessions[i])],
         test=[e for i in test_ids for e in session_examples(sessions[i])],
     )
+
+
+def held_out_part(
+    session_id: str, val_fraction: float = 0.1, test_fraction: float = 0.1
+) -> Part:
+    """The part of a streamed session: ``test`` for the first ``test_fraction`` of
+    the hash range of its id, ``validation`` for the next ``val_fraction``."""
+    digest = hashlib.blake2b(session_id.encode(), digest_size=8).digest()
+    position = int.from_bytes(digest, "big") / 2**64  # uniform in [0, 1)
+    if position < test_fraction:
+        return "test"
+    if position < test_fraction + val_fraction:
+        return "validation"
+    return "train"
 
 
 def leave_one_out_split(sessions: Sequence[Session]) -> Split:

@@ -32,15 +32,7 @@ from tqdm import tqdm
 
 from skiprec.policy import SessionPolicy
 from skiprec.vocab import PAD_ID, Vocabulary
-from training.batching import (
-    Batch,
-    TrainWindows,
-    build_windows,
-    contrastive_pairs,
-    epoch_batches,
-    num_batches,
-    session_skips,
-)
+from training.batching import Batch, contrastive_pairs, session_skips
 from training.checkpoint import (
     RESUME_FILE,
     ResumeState,
@@ -68,15 +60,16 @@ from training.losses import (
 from training.model import ModelConfig, SessionEncoder
 from training.negatives import (
     candidate_log_q,
+    count_distribution,
     draw_negatives,
     needs_distribution,
-    track_distribution,
 )
 from training.plots import plot_curves
 from training.prior import tune_prior
 from training.protocol import choose_policy
 from training.scoring import TorchScorer
-from training.splits import Split, popularity
+from training.sources import MemorySource, TrainSource
+from training.splits import Split
 
 LOG_FILE = "train_log.jsonl"
 CURVES_FILE = "curves.png"
@@ -208,14 +201,17 @@ def _train_epoch(
     track_probs: Tensor | None = None,
     totals: dict[str, float] | None = None,
     after_step: Callable[[int, dict[str, float]], None] | None = None,
-) -> dict[str, float]:
-    """One optimisation pass; the mean per batch of the loss and of each part.
+    done_before: int = 0,
+) -> tuple[dict[str, float], int]:
+    """One optimisation pass: the mean per batch of the loss and of each part, and
+    the epoch's number of steps.
 
-    ``totals``: the sums of the batches a resumed epoch already did (``batches``
-    then yields the rest); ``after_step(steps done by this call, sums)`` runs after
-    every step.
+    ``totals``: the sums of the ``done_before`` batches a resumed epoch already did
+    (``batches`` then yields the rest); ``after_step(steps done by this call, sums)``
+    runs after every step.
     """
     totals = dict(totals or {})
+    steps = 0
     for steps, batch in enumerate(batches, start=1):
         loss, parts = batch_loss(
             model, batch.to(device), config.loss, generator, encoder, track_probs
@@ -232,7 +228,8 @@ def _train_epoch(
         batches.set_postfix(loss=f"{loss_value:.4f}")
         if after_step is not None:
             after_step(steps, totals)
-    return {name: total / len(batches) for name, total in totals.items()}
+    done = done_before + steps
+    return {name: total / max(done, 1) for name, total in totals.items()}, done
 
 
 def _optimizer(model: SessionEncoder, config: OptimConfig) -> torch.optim.AdamW:
@@ -276,8 +273,13 @@ def train(
     extra_metrics: dict[str, Any] | None = None,
     context: DistContext = SINGLE,
     resume: bool = False,
+    source: TrainSource | None = None,
 ) -> TrainResult:
     """Train on ``split.train``, early-stop on ``split.validation``, test the best.
+
+    ``source`` replaces ``split.train`` as the training data (a streamed log,
+    ``training.sources.StreamSource``); the split then only holds the held-out
+    examples.
 
     With a ``run_dir`` the run is saved there (checkpoint, vocab, popularity, metrics,
     curves, per-epoch log). Raises ValueError when the split has no validation examples.
@@ -302,12 +304,15 @@ def train(
     generator = torch.Generator().manual_seed(config.optim.seed)
     device = context.device(config.optim.device)
 
-    windows: TrainWindows = build_windows(split.train, vocab, config.model.max_seq_len)
+    if source is None:
+        source = MemorySource.build(split.train, vocab, config)
+    elif config.prior.transition_prior:
+        raise ValueError("the transition prior is fitted on in-memory sessions only")
     model = SessionEncoder(ModelConfig.for_vocab(config.model, vocab.size)).to(device)
     track_probs = None
     if needs_distribution(config.loss):
         # On the CPU, as the batching generator that samples from it.
-        track_probs = track_distribution(windows.tracks, vocab.size)
+        track_probs = count_distribution(source.track_counts())
     encoder: torch.nn.Module | None = None
     if context.is_distributed:
         # DDP broadcasts rank 0's initial parameters; the seed makes them equal anyway.
@@ -315,9 +320,7 @@ def train(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
     optimizer = _optimizer(model, config.optim)
-    steps_per_epoch = num_batches(
-        len(windows), config.optim.batch_size, context.world_size
-    )
+    steps_per_epoch = source.steps_per_epoch(context)
     total_steps = steps_per_epoch * config.optim.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: _lr_factor(step, total_steps, config.optim)
@@ -399,14 +402,14 @@ def train(
             model.train()
             epoch_start = time.perf_counter()
             epoch_generator_state = generator.get_state()
-            epoch_iter = epoch_batches(windows, config, generator, context)
+            epoch_iter = source.batches(epoch, generator, context)
             totals: dict[str, float] = {}
             if done_batches and saved is not None:
                 # Draw the killed epoch again from its starting state, skip what it
                 # had done, and go on with the draws of its next step.
                 epoch_generator_state = saved.epoch_generator_state
                 generator.set_state(epoch_generator_state)
-                epoch_iter = epoch_batches(windows, config, generator, context)
+                epoch_iter = source.batches(epoch, generator, context)
                 for _ in islice(epoch_iter, done_batches):
                     pass
                 generator.set_state(saved.generator_state)
@@ -432,7 +435,7 @@ def train(
                 if every and (steps_before + done) % every == 0:
                     checkpoint(epoch, done, sums)
 
-            means = _train_epoch(
+            means, epoch_steps = _train_epoch(
                 model,
                 optimizer,
                 scheduler,
@@ -444,10 +447,11 @@ def train(
                 track_probs,
                 totals,
                 after_step,
+                done_batches,
             )
             done_batches = 0
             means = mean_over_ranks(means, context)
-            step += steps_per_epoch
+            step += epoch_steps
             row: dict[str, float] = {
                 "epoch": epoch,
                 "step": step,
@@ -526,7 +530,7 @@ def train(
         "train_seconds": train_seconds,
         "seconds_per_epoch": float(np.mean([r["train_seconds"] for r in history])),
         "num_parameters": sum(p.numel() for p in model.parameters()),
-        "num_train_windows": len(windows),
+        "num_train_windows": source.num_windows,
         "world_size": context.world_size,
         **({"prior": prior_summary} if prior_summary else {}),
         **({"policy": policy_summary} if policy_summary else {}),
@@ -539,7 +543,7 @@ def train(
             Run(
                 model=model,
                 vocab=vocab,
-                popularity=popularity(split.train),
+                popularity=source.popularity(),
                 train_config=config.to_dict(),
                 metrics=metrics,
                 data_fingerprint=data_fingerprint,

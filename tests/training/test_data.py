@@ -7,16 +7,21 @@ import hashlib
 import time
 from pathlib import Path
 
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
 import pytest
 
 from training.data import (
     DataError,
     Session,
     data_fingerprint,
+    data_fingerprint_of,
     detect_format,
+    expand_data_paths,
     load_sessions,
     write_event_log,
 )
+from training.synthetic import generate_sessions
 
 MSSD_DERIVED = """user_id,song_id,previous_song,skipped
 7,10,-1,0
@@ -353,3 +358,76 @@ def test_unknown_format_name(tmp_path: Path) -> None:
 def test_data_fingerprint_is_sha256_of_bytes(tmp_path: Path) -> None:
     path = write(tmp_path, MSSD_DERIVED, "data.csv.gz")
     assert data_fingerprint(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --- Parquet and many files -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text", [MSSD_DERIVED, LOG_HEADER + "s1,2,2,t9,0,1,0,0,x\ns1,1,2,t8,0,0,0,1,x\n"]
+)
+def test_parquet_loads_as_the_csv_it_holds(tmp_path: Path, text: str) -> None:
+    csv_path = write(tmp_path, text)
+    parquet = tmp_path / "data.parquet"
+    # pyarrow types the columns as a warehouse would: integers, booleans, strings.
+    pq.write_table(pa_csv.read_csv(csv_path), parquet)
+    assert detect_format(parquet) == detect_format(csv_path)
+    assert load_sessions(parquet) == load_sessions(csv_path)
+
+
+def test_parquet_event_log_round_trips_as_the_csv_one(tmp_path: Path) -> None:
+    sessions = generate_sessions(num_sessions=40, num_tracks=50, seed=4)
+    graded = [
+        Session(
+            s.session_id,
+            s.track_ids,
+            s.skipped,
+            levels=tuple(
+                (0 if skip else 3) if i % 3 else None
+                for i, skip in enumerate(s.skipped)
+            ),
+        )
+        for s in sessions
+    ]
+    write_event_log(graded, tmp_path / "log.csv")
+    write_event_log(graded, tmp_path / "log.parquet")
+    # and the CSV converted by pyarrow, timestamps typed int64, empty levels null
+    pq.write_table(pa_csv.read_csv(tmp_path / "log.csv"), tmp_path / "typed.parquet")
+    expected = load_sessions(tmp_path / "log.csv")
+    assert load_sessions(tmp_path / "log.parquet") == expected
+    assert load_sessions(tmp_path / "typed.parquet") == expected
+
+
+def test_parquet_bad_value_names_row_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "bad.parquet"
+    table = pa_csv.read_csv(
+        write(tmp_path, MSSD_DERIVED.replace("7,12,10,3", "7,12,10,9"))
+    )
+    pq.write_table(table, path)
+    assert_error(path, None, 5, "skipped")
+
+
+def test_expand_data_paths_reads_files_folders_and_globs(tmp_path: Path) -> None:
+    for name in ("b.csv", "a.csv", "c.parquet"):
+        (tmp_path / name).write_text("x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "d.csv").write_text("x")
+    assert expand_data_paths([tmp_path / "b.csv"]) == [tmp_path / "b.csv"]
+    assert expand_data_paths([str(tmp_path / "*.csv")]) == [
+        tmp_path / "a.csv",
+        tmp_path / "b.csv",
+    ]
+    assert expand_data_paths([tmp_path / "sub", str(tmp_path / "**/*.parquet")]) == [
+        tmp_path / "sub" / "d.csv",
+        tmp_path / "c.parquet",
+    ]
+    with pytest.raises(DataError, match="no such data file"):
+        expand_data_paths([str(tmp_path / "*.json")])
+
+
+def test_data_fingerprint_of_many_files_depends_on_each(tmp_path: Path) -> None:
+    a, b = write(tmp_path, "1", "a.csv"), write(tmp_path, "2", "b.csv")
+    assert data_fingerprint_of([a]) == data_fingerprint(a)
+    both = data_fingerprint_of([a, b])
+    b.write_text("3")
+    assert data_fingerprint_of([a, b]) != both

@@ -24,9 +24,11 @@ from training.data import Session, write_event_log
 from training.distributed import (
     SINGLE,
     DistContext,
+    broadcast_object,
     from_environment,
     shard_rows,
     shutdown,
+    while_every_rank_has,
 )
 from training.splits import EvalExample, Split, build_vocab
 from training.synthetic import generate_sessions
@@ -119,6 +121,33 @@ def test_two_gloo_ranks_step_like_one_process_on_the_global_batch(tmp_path):
     assert any(not torch.equal(expected[n], initial[n]) for n in expected)
 
 
+def _unequal_main(rank: int, world_size: int, port: int, out: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+    )
+    context = from_environment("cpu")
+    try:
+        # Shards of 5 and 3 items: both ranks take 3 steps, in every epoch.
+        taken = [list(while_every_rank_has(iter(range(5 - 2 * rank)), context))]
+        taken.append(list(while_every_rank_has(iter(range(3 + rank)), context)))
+        shared = broadcast_object({"from": 0} if rank == 0 else None, context)
+        torch.save({"taken": taken, "shared": shared}, Path(out) / f"{rank}.pt")
+    finally:
+        shutdown()
+
+
+def test_ranks_with_unequal_shards_take_the_same_steps(tmp_path):
+    mp.spawn(_unequal_main, args=(2, _free_port(), str(tmp_path)), nprocs=2)
+    saved = [torch.load(tmp_path / f"{rank}.pt") for rank in (0, 1)]
+    assert saved[0]["taken"] == [[0, 1, 2], [0, 1, 2]]
+    assert saved[1]["taken"] == [[0, 1, 2], [0, 1, 2]]
+    assert saved[0]["shared"] == saved[1]["shared"] == {"from": 0}
+    assert list(while_every_rank_has(iter(range(4)), SINGLE)) == [0, 1, 2, 3]
+
+
 def test_shard_rows_splits_a_global_batch_without_overlap():
     rows = torch.arange(7)
     shards = [shard_rows(rows, DistContext(rank=r, world_size=3)) for r in range(3)]
@@ -128,18 +157,28 @@ def test_shard_rows_splits_a_global_batch_without_overlap():
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="torchrun's agent needs POSIX")
-def test_torchrun_trains_one_run_directory_from_rank_0(tmp_path):
-    data = tmp_path / "events.csv"
-    write_event_log(generate_sessions(num_sessions=120, num_tracks=40, seed=1), data)
+@pytest.mark.parametrize("stream", [False, True])
+def test_torchrun_trains_one_run_directory_from_rank_0(tmp_path, stream):
+    sessions = generate_sessions(num_sessions=120, num_tracks=40, seed=1)
+    if stream:  # three Parquet files, each listener in one
+        data = [str(tmp_path / f"part-{n}.parquet") for n in range(3)]
+        for n, path in enumerate(data):
+            part = [s for i, s in enumerate(sessions) if i % 3 == n]
+            write_event_log(part, Path(path), [f"u{i}-{n}" for i in range(len(part))])
+    else:
+        data = [str(tmp_path / "events.csv")]
+        write_event_log(sessions, Path(data[0]))
     out = tmp_path / "run"
     command = [
         *(sys.executable, "-m", "torch.distributed.run", "--standalone"),
         *("--nproc-per-node", "2", "-m", "skiprec_cli", "train"),
-        *("--data", str(data), "--out", str(out), "--quiet", "--epochs", "1"),
+        *("--data", *data, "--out", str(out), "--quiet", "--epochs", "1"),
         *("--config", str(CONFIG_DIR / "tiny.toml")),
+        *(("--stream", "--loader-workers", "1") if stream else ()),
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2
+    assert ("stream" in metrics) == stream
     assert len((out / "train_log.jsonl").read_text().splitlines()) == 1

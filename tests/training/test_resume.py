@@ -1,5 +1,5 @@
 """A run killed mid-epoch and resumed from its resume.pt ends as the uninterrupted
-run does: same parameters, same per-epoch log."""
+run does: same parameters, same per-epoch log; in memory and streamed."""
 
 import json
 
@@ -9,7 +9,11 @@ import torch
 import training.trainer as trainer
 from training.checkpoint import RESUME_FILE
 from training.config import LossConfig, ModelSettings, OptimConfig, TrainConfig
-from training.splits import build_vocab, session_disjoint_split
+from training.data import write_event_log
+from training.distributed import SINGLE
+from training.sources import StreamSource
+from training.splits import Split, build_vocab, session_disjoint_split
+from training.stream import StreamConfig, first_pass
 from training.synthetic import generate_sessions
 
 # Every kind of randomness the loop draws: dropout (torch's global generator),
@@ -117,3 +121,33 @@ def test_without_checkpoint_every_no_resume_file_is_written(data, tmp_path):
     config = CONFIG.replace(checkpoint_every=0, epochs=1)
     trainer.train(config, split, vocab, tmp_path / "run", quiet=True)
     assert not (tmp_path / "run" / RESUME_FILE).exists()
+
+
+def test_a_killed_streamed_run_resumes_to_the_uninterrupted_result(
+    tmp_path, monkeypatch
+):
+    paths = []
+    for number in range(2):
+        sessions = generate_sessions(num_sessions=120, num_tracks=60, seed=number)
+        paths.append(tmp_path / f"part-{number}.parquet")
+        users = [f"f{number}-{s.session_id.split('#')[0]}" for s in sessions]
+        write_event_log(sessions, paths[-1], users)
+    summary = first_pass(paths, StreamConfig(), CONFIG.model.max_seq_len)
+    split = Split(train=[], validation=summary.validation, test=summary.test)
+
+    def run(out, resume=False):
+        source = StreamSource(paths, summary, CONFIG, StreamConfig(), SINGLE)
+        return trainer.train(
+            CONFIG, split, summary.vocab, out, quiet=True, source=source, resume=resume
+        )
+
+    whole = run(tmp_path / "whole")
+    with monkeypatch.context() as patch:
+        _killed_at(patch, 5)
+        with pytest.raises(Killed):
+            run(tmp_path / "run")
+    resumed = run(tmp_path / "run", resume=True)
+    for name, value in resumed.model.state_dict().items():
+        expected = whole.model.state_dict()[name]
+        torch.testing.assert_close(value, expected, rtol=1e-6, atol=1e-7, msg=name)
+    assert resumed.metrics["validation"] == whole.metrics["validation"]
