@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -483,3 +484,22 @@ def test_clock_skew_correction_sends_sent_at(api, user):
     (body,) = transport.bodies()
     assert body["timestamp"] == happened and body["sent_at"] >= happened
     assert stored.timestamp == pytest.approx(happened, abs=2.0)
+
+
+# --- the README's examples -----------------------------------------------------------
+
+
+def readme_python_blocks() -> list[str]:
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    return re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+
+
+def test_the_readme_python_examples_run_against_the_service(api, capsys):
+    blocks = readme_python_blocks()
+    assert len(blocks) >= 3  # the quickstart twin, the sync tour, the async one
+    for block in blocks:
+        code = block.replace('"http://127.0.0.1:8000", api_key="<secret>"', '"URL"')
+        code = code.replace('"http://127.0.0.1:8000"', '"URL"')
+        code = code.replace('"URL"', f'"{api}", api_key="{API_KEY}"')
+        exec(compile(code, "README.md", "exec"), {})
+    assert "Recommendations(" in capsys.readouterr().out
