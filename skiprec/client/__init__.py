@@ -21,7 +21,7 @@ try:
     import httpx  # noqa: F401  (the one dependency, checked before the modules need it)
 except ImportError as exc:  # pragma: no cover - only without the extra
     raise ImportError(
-        "skiprec.client needs httpx: pip install 'skiprec[client]'"
+        "skiprec.client needs httpx: pip install '.[client]' (the client extra)"
     ) from exc
 
 from skiprec.client.async_client import AsyncEventBuffer, AsyncSkiprecClient

@@ -166,13 +166,19 @@ class AsyncSkiprecClient:
         """The Prometheus text of ``/metrics``."""
         return await self._run(core.metrics_call())
 
-    async def reload(self, bundle_dir: str | None = None) -> ReloadResult:
-        """Load the bundle again, or ``bundle_dir`` under the bundle root."""
-        return await self._run(core.reload_call(bundle_dir))
+    async def reload(
+        self, bundle_dir: str | None = None, *, variant: str | None = None
+    ) -> ReloadResult:
+        """Load the bundle again, or ``bundle_dir`` under the bundle root, for
+        ``variant`` (required when the service serves several)."""
+        return await self._run(core.reload_call(bundle_dir, variant))
 
-    async def experiments(self) -> dict[str, Any]:
-        """``GET /admin/experiments`` as the service sends it."""
-        return await self._run(core.experiments_call())
+    async def experiments(
+        self, *, k: int | None = None, control: str | None = None
+    ) -> dict[str, Any]:
+        """``GET /admin/experiments`` as the service sends it: outcomes per variant
+        (hit rate at ``k``, differences against the ``control`` variant)."""
+        return await self._run(core.experiments_call(k, control))
 
 
 class AsyncEventBuffer:

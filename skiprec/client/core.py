@@ -391,8 +391,12 @@ def metrics_call() -> Call[str]:
     return Call("GET", "/metrics", _text_answer)
 
 
-def reload_call(bundle_dir: str | None) -> Call[ReloadResult]:
-    body = {} if bundle_dir is None else {"bundle_dir": bundle_dir}
+def reload_call(bundle_dir: str | None, variant: str | None) -> Call[ReloadResult]:
+    body = {
+        name: value
+        for name, value in (("bundle_dir", bundle_dir), ("variant", variant))
+        if value is not None
+    }
     return Call(
         "POST",
         "/admin/reload",
@@ -403,9 +407,17 @@ def reload_call(bundle_dir: str | None) -> Call[ReloadResult]:
     )
 
 
-def experiments_call() -> Call[dict[str, Any]]:
+def experiments_call(k: int | None, control: str | None) -> Call[dict[str, Any]]:
+    params: dict[str, str | int] = {}
+    if k is not None:
+        params["k"] = k
+    if control is not None:
+        params["control"] = control
     return Call(
-        "GET", "/admin/experiments", json_answer("GET /admin/experiments", parse_object)
+        "GET",
+        "/admin/experiments",
+        json_answer("GET /admin/experiments", parse_object),
+        params=params,
     )
 
 

@@ -195,6 +195,7 @@ class Health:
 class ReloadResult:
     model_version: str
     previous_version: str
+    variant: str | None = None  # the variant reloaded (None from an older service)
 
 
 # --- parsing ----------------------------------------------------------------------
@@ -300,7 +301,11 @@ def parse_health(body: Mapping[str, Any]) -> Health:
 
 
 def parse_reload_result(body: Mapping[str, Any]) -> ReloadResult:
-    return ReloadResult(str(body["model_version"]), str(body["previous_version"]))
+    return ReloadResult(
+        str(body["model_version"]),
+        str(body["previous_version"]),
+        _optional_str(body, "variant"),
+    )
 
 
 def parse_object(body: Any) -> dict[str, Any]:

@@ -181,13 +181,19 @@ class SkiprecClient:
         """The Prometheus text of ``/metrics``."""
         return self._run(core.metrics_call())
 
-    def reload(self, bundle_dir: str | None = None) -> ReloadResult:
-        """Load the bundle again, or ``bundle_dir`` under the bundle root."""
-        return self._run(core.reload_call(bundle_dir))
+    def reload(
+        self, bundle_dir: str | None = None, *, variant: str | None = None
+    ) -> ReloadResult:
+        """Load the bundle again, or ``bundle_dir`` under the bundle root, for
+        ``variant`` (required when the service serves several)."""
+        return self._run(core.reload_call(bundle_dir, variant))
 
-    def experiments(self) -> dict[str, Any]:
-        """``GET /admin/experiments`` as the service sends it."""
-        return self._run(core.experiments_call())
+    def experiments(
+        self, *, k: int | None = None, control: str | None = None
+    ) -> dict[str, Any]:
+        """``GET /admin/experiments`` as the service sends it: outcomes per variant
+        (hit rate at ``k``, differences against the ``control`` variant)."""
+        return self._run(core.experiments_call(k, control))
 
 
 class EventBuffer:

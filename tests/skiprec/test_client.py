@@ -223,11 +223,11 @@ def test_every_route_answers_with_typed_results(client, user):
     assert answer.model_version == ready.model_version
     assert not set(answer.track_ids) & {f"t{i}" for i in range(1, 9)}
     assert all(isinstance(i.score, float) for i in answer.items)
-    assert answer.request_id is None or isinstance(answer.request_id, str)
-    assert answer.variant is None or isinstance(answer.variant, str)
+    assert answer.request_id and answer.variant == "default"
 
     ranked = client.rank(user, ["t20", "t30", "not-a-track", "t1"], exclude_played=True)
     assert {i.track_id for i in ranked.items} == {"t20", "t30"}
+    assert ranked.variant == "default"
     assert {(u.track_id, u.reason) for u in ranked.unranked} == {
         ("not-a-track", "unknown"),
         ("t1", "excluded"),
@@ -241,6 +241,7 @@ def test_every_route_answers_with_typed_results(client, user):
     assert "skiprec_" in client.metrics()
     reloaded = client.reload()
     assert reloaded.model_version == reloaded.previous_version == ready.model_version
+    assert reloaded.variant == "default"
 
     client.delete_session(user)
     assert client.session(user).events == ()
@@ -270,12 +271,16 @@ async def test_every_route_answers_with_typed_results_async(api, user):
         assert (await client.session(user)).events == ()
 
 
-def test_experiments_is_a_loose_dict_or_not_served_yet(client):
-    try:
-        summary = client.experiments()
-    except NotFoundError:
-        pytest.skip("this service has no GET /admin/experiments yet")
-    assert isinstance(summary, dict)
+def test_an_event_names_the_list_it_answers_and_experiments_count_it(client, user):
+    client.send_event(Event(user, "t1", "play"))
+    answer = client.recommendations(user, k=10)
+    heard = answer.items[0].track_id
+    sent = client.send_event(Event(user, heard, "play", request_id=answer.request_id))
+    assert sent.accepted == 1
+    summary = client.experiments(k=10, control="default")
+    assert summary["k"] == 10 and summary["control"] == "default"
+    arm = next(a for a in summary["arms"] if a["variant"] == "default")
+    assert arm["served"] >= 1 and arm["rates"]["hit"]["successes"] >= 1
 
 
 # --- errors name the field -----------------------------------------------------------
