@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -30,15 +30,28 @@ from skiprec.client import (
     Event,
     InvalidRequestError,
     NotFoundError,
+    ProtocolError,
     RetryPolicy,
+    ServerError,
     SkiprecClient,
     TransportError,
     UnavailableError,
 )
-from skiprec.client.core import event_calls
+from skiprec.client.core import (
+    Action,
+    Call,
+    Outcome,
+    PendingEvents,
+    Send,
+    Sleep,
+    event_calls,
+    exchange,
+    health_call,
+)
 from skiprec.client.retry import backoff_s, parse_retry_after, retry_delay
 from tests.service.conftest import redis_server  # noqa: F401  (a fixture)
 
+T = TypeVar("T")
 API_KEY = "client-test-key"
 MAX_BATCH = 5  # the server's SKIPREC_MAX_BATCH here, so splitting shows at once
 OPTIONS: dict[str, Any] = {"api_key": API_KEY, "max_batch_size": MAX_BATCH}
@@ -198,6 +211,58 @@ def test_ids_are_assigned_before_the_first_request_and_sent_at_per_attempt():
     assert [e.get("sent_at") for e in first["events"]] == [200.0, None]  # no timestamp
     assert second["events"][0]["sent_at"] == 205.0
     assert events[0].event_id is None  # the caller's events are left as they were
+
+
+def drive(call: Call[T], *outcomes: Outcome) -> tuple[list[Action], T]:
+    """Run ``exchange`` on scripted outcomes; the actions it took, and its result."""
+    steps = exchange(call, FAST, random_fraction=lambda: 0.0)
+    actions = [next(steps)]
+    for outcome in outcomes:
+        try:
+            actions.append(
+                steps.send(outcome if isinstance(actions[-1], Send) else None)
+            )
+            if isinstance(actions[-1], Sleep):
+                actions.append(steps.send(None))
+        except StopIteration as done:
+            return actions, done.value
+    raise AssertionError(f"still running after {len(outcomes)} outcomes: {actions}")
+
+
+HEALTH = {"status": "ok", "model_version": "v1", "redis": "ok", "inference": "ok"}
+
+
+def test_a_gateway_error_is_retried_and_a_server_error_is_not():
+    gateway = httpx.Response(502, text="<html>Bad Gateway</html>")
+    actions, health = drive(health_call(), gateway, httpx.Response(200, json=HEALTH))
+    assert [type(a) for a in actions] == [Send, Sleep, Send] and health.model_version
+    with pytest.raises(ServerError) as raised:
+        drive(health_call(), httpx.Response(500, text="oops"))
+    assert raised.value.code == "http_500" and "oops" in raised.value.message
+    with pytest.raises(ServerError) as raised:
+        drive(health_call(), *[gateway] * FAST.max_attempts)
+    assert raised.value.status_code == 502 and "Bad Gateway" in raised.value.message
+
+
+def test_an_answer_without_its_fields_is_a_protocol_error():
+    with pytest.raises(ProtocolError):
+        drive(health_call(), httpx.Response(200, json={"status": "ok"}))
+    with pytest.raises(ProtocolError):
+        drive(health_call(), httpx.Response(200, text="<html>login</html>"))
+
+
+def test_pending_events_keep_order_and_restart_the_wait_after_a_failure():
+    pending = PendingEvents(max_events=3, max_delay_s=1.0)
+    assert pending.delay(0.0) is None
+    assert not pending.add(Event("u", "t1", "play"), now=10.0)
+    assert pending.delay(10.4) == pytest.approx(0.6)
+    batch = pending.take()
+    pending.add(Event("u", "t2", "play"), now=10.5)
+    assert len(pending) == 2  # one in flight, one waiting
+    pending.put_back(now=20.0)  # the send failed
+    assert [e.track_id for e in pending.snapshot()] == ["t1", "t2"]
+    assert pending.snapshot()[0].event_id == batch[0].event_id
+    assert pending.delay(20.0) == 1.0
 
 
 # --- every route, sync and async -----------------------------------------------------
