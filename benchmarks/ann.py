@@ -177,7 +177,7 @@ class FaissIndex:
         # The query's norm does not change a cosine ranking; no normalising needed.
         self.index.hnsw.efSearch = max(ef, k)
         _, ids = self.index.search(queries, k)
-        return ids.astype(np.int64)
+        return np.asarray(ids, dtype=np.int64)
 
     def size_bytes(self) -> int:
         import faiss

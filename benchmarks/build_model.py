@@ -21,8 +21,12 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from training.checkpoint import Run
 
 TRACK_ID_FORMAT = "trk{:07d}"
 
@@ -39,14 +43,27 @@ class BenchModel:
     feedback_input: bool = True
     top_k: int = 200  # model_export.export.DEFAULT_TOP_K, the API's max k
     seed: int = 0
+    # A trained run to take the encoder and item table from instead of random
+    # weights (its own shape fields then win); a larger num_tracks extends its table.
+    source_run: str = ""
+    # Export the two-stage files too (ANN index, query and candidates graphs).
+    two_stage: bool = False
+    # A session log to draw the export's parity (and two-stage recall) sessions
+    # from; default: the exporter's random sessions.
+    parity_data: str = ""
 
     @property
     def key(self) -> str:
-        return (
+        key = (
             f"n{self.num_tracks}-d{self.hidden_dim}-L{self.max_seq_len}-"
             f"l{self.num_layers}-h{self.num_heads}-fb{int(self.feedback_input)}-"
             f"k{self.top_k}-s{self.seed}"
         )
+        if self.source_run:
+            key += f"-run{Path(self.source_run).name}"
+        if self.parity_data:
+            key += f"-data{Path(self.parity_data).name.split('.')[0]}"
+        return key + ("-ann" if self.two_stage else "")
 
 
 def default_cache_dir() -> Path:
@@ -104,6 +121,60 @@ def build_run(run_dir: Path, spec: BenchModel) -> Path:
     return run_dir
 
 
+def extend_run(source: Path, num_tracks: int, seed: int) -> Run:
+    """A trained run whose catalogue is grown to ``num_tracks``: each added track is a
+    neighbour of a trained one (its item row plus Gaussian noise of a quarter of the
+    table's spread; its other per-item rows copied), so the larger table keeps the
+    trained geometry the ANN index and the queries see. The added tracks get ids
+    after the run's and the smallest play counts. A run with a transition prior is
+    refused (its table is per track and is not extended)."""
+    import torch
+
+    from skiprec.vocab import NUM_SPECIAL, Vocabulary
+    from training.checkpoint import Run, load_run
+    from training.model import SessionEncoder
+
+    run = load_run(source)
+    old = run.model.config.num_items
+    new = num_tracks + NUM_SPECIAL
+    if new < old:
+        raise ValueError(f"{source} has {old - NUM_SPECIAL} tracks; asked {num_tracks}")
+    if new == old:
+        return run
+    if run.prior is not None:
+        raise ValueError(f"{source}: a run with a transition prior cannot be extended")
+    generator = torch.Generator().manual_seed(seed)
+    parents = torch.randint(NUM_SPECIAL, old, (new - old,), generator=generator)
+    state = run.model.state_dict()
+    table = state["item_emb.weight"][NUM_SPECIAL:]
+    spread = table.std(dim=0, keepdim=True)  # [1, D]
+    for name, value in list(state.items()):
+        if value.dim() and value.shape[0] == old:  # a per-item table
+            added = value[parents].clone()
+            if name == "item_emb.weight":
+                noise = torch.randn(added.shape, generator=generator)
+                added += 0.25 * spread * noise
+            state[name] = torch.cat([value, added])
+    config = replace(run.model.config, num_items=new)
+    model = SessionEncoder(config)
+    model.load_state_dict(state)
+    model.eval()
+    ids = list(run.vocab.track_ids)
+    taken = set(ids)
+    added_ids = (t for t in track_ids(num_tracks * 2) if t not in taken)
+    ids += [next(added_ids) for _ in range(new - old)]
+    floor = min(run.popularity.values(), default=1)
+    popularity = dict(run.popularity) | dict.fromkeys(ids[old - NUM_SPECIAL :], floor)
+    return Run(
+        model=model,
+        vocab=Vocabulary(tuple(ids)),
+        popularity=popularity,
+        train_config={**run.train_config, "note": f"{source} extended to {new}"},
+        metrics=run.metrics,
+        data_fingerprint=run.data_fingerprint,
+    )
+
+
 def ensure_bundle(
     spec: BenchModel, cache_dir: Path | None = None, rebuild: bool = False
 ) -> Path:
@@ -127,7 +198,15 @@ def export_model(spec: BenchModel, out_dir: Path) -> Path:
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="skiprec-bench-run-") as tmp:
-        run_dir = build_run(Path(tmp) / "run", spec)
+        run_dir = Path(tmp) / "run"
+        if spec.source_run:
+            from training.checkpoint import save_run
+
+            save_run(
+                extend_run(Path(spec.source_run), spec.num_tracks, spec.seed), run_dir
+            )
+        else:
+            build_run(run_dir, spec)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         export_bundle(
@@ -135,6 +214,8 @@ def export_model(spec: BenchModel, out_dir: Path) -> Path:
             out_dir,
             top_k=spec.top_k,
             model_version=f"bench-{spec.key}",
+            ann_min_tracks=0 if spec.two_stage else None,
+            data_path=Path(spec.parity_data) if spec.parity_data else None,
         )
     (out_dir.parent / f"{spec.key}.build.json").write_text(
         json.dumps({"seconds": time.perf_counter() - started, **asdict(spec)})
@@ -150,8 +231,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, help="bundle dir (default: the cache)")
     parser.add_argument("--rebuild", action="store_true", help="ignore the cache")
+    parser.add_argument(
+        "--from-run", type=Path, help="a trained run instead of random weights"
+    )
+    parser.add_argument(
+        "--two-stage", action="store_true", help="also export the ANN index"
+    )
+    parser.add_argument("--data", type=Path, help="parity sessions from this log")
     args = parser.parse_args(argv)
-    spec = BenchModel(num_tracks=args.tracks, top_k=args.top_k)
+    spec = BenchModel(
+        num_tracks=args.tracks,
+        top_k=args.top_k,
+        source_run=str(args.from_run.resolve()) if args.from_run else "",
+        two_stage=args.two_stage,
+        parity_data=str(args.data.resolve()) if args.data else "",
+    )
     if args.out is not None:
         print(export_model(spec, args.out))
     else:

@@ -37,7 +37,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks import floors, processes
+from benchmarks import floors, probes, processes
 from benchmarks.build_model import BenchModel, ensure_bundle
 from benchmarks.phases import (
     TARGET_RATE,
@@ -81,7 +81,14 @@ def noop_command(config: BenchConfig) -> list[str]:
 def _bundle(config: BenchConfig, num_tracks: int) -> Path:
     if config.bundle_dir is not None and num_tracks == config.catalogue:
         return config.bundle_dir
-    spec = BenchModel(num_tracks=num_tracks, top_k=config.top_k, seed=config.seed)
+    spec = BenchModel(
+        num_tracks=num_tracks,
+        top_k=config.top_k,
+        seed=config.seed,
+        source_run=str(config.source_run) if config.source_run else "",
+        two_stage=config.two_stage,
+        parity_data=str(config.parity_data) if config.parity_data else "",
+    )
     print(f"bundle: {spec.key} (cache {config.cache_dir})", flush=True)
     return ensure_bundle(spec, config.cache_dir)
 
@@ -185,7 +192,9 @@ def _catalogue_scaling(
     users: tuple[str, ...],
     main_bundle: Path,
 ) -> dict[str, Any]:
-    """Latency at a fixed rate vs catalogue size; the users' stored sessions are
+    """Latency at a fixed rate vs catalogue size, for each way the bundle can rank
+    (whole catalogue, and two stages when it has an index), with the model step's
+    cost, the bundle's size and each worker's memory; the users' stored sessions are
     reused (track ids outside a smaller catalogue are OOV, as for a real model)."""
     out: dict[str, Any] = {}
     assert config.work_dir is not None
@@ -196,25 +205,39 @@ def _catalogue_scaling(
             else _bundle(config, num_tracks)
         )
         print(f"catalogue {num_tracks}", flush=True)
+        model = floors.model_floor(
+            bundle,
+            seconds_per_case=min(0.7, config.floor_seconds),
+            intra_op_threads=config.onnx_threads,
+        )
         entry: dict[str, Any] = {
-            "onnx": floors.onnx_floor(
-                bundle,
-                batch_sizes=(1, 8),
-                seconds_per_case=min(0.7, config.floor_seconds),
-                intra_op_threads=config.onnx_threads,
-            )
+            "bundle_bytes": sum(f.stat().st_size for f in bundle.iterdir()),
+            "model": model,
+            "retrieval": _manifest_retrieval(bundle),
         }
-        args = service_command(config, bundle)
-        env = service_env(config, redis_url)
-        log = config.work_dir / f"service-{num_tracks}.log"
-        with processes.http_server(args, log, env=env, timeout_s=300) as service:
-            watch = {"service": service.pid, "redis": redis_pid}
-            phases = Phases(config, service.port, watch)
-            entry["open"] = phases.run(
-                "recommendations", "open", rate=config.scaling_rate, users=users
-            )
+        for mode in model["modes"]:
+            retrieval = "exact" if mode == "exact" else "auto"
+            env = service_env(config, redis_url) | {"SKIPREC_RETRIEVAL": retrieval}
+            log = config.work_dir / f"service-{num_tracks}-{mode}.log"
+            with processes.http_server(
+                service_command(config, bundle), log, env=env, timeout_s=300
+            ) as service:
+                watch = {"service": service.pid, "redis": redis_pid}
+                phases = Phases(config, service.port, watch)
+                result = phases.run(
+                    "recommendations", "open", rate=config.scaling_rate, users=users
+                )
+                result["worker_rss_bytes"] = probes.worker_rss(service.pid)
+            entry[mode] = result
         out[str(num_tracks)] = entry
     return out
+
+
+def _manifest_retrieval(bundle: Path) -> dict[str, Any] | None:
+    """The bundle's two-stage record (recall against full scoring), if any."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    retrieval: dict[str, Any] | None = manifest.get("retrieval")
+    return retrieval
 
 
 def _jsonable(value: Any) -> Any:
@@ -245,6 +268,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-scaling", action="store_true", help="skip the scaling")
     parser.add_argument("--no-floors", action="store_true", help="skip the floors")
     parser.add_argument("--bundle", type=Path, help="an existing bundle to serve")
+    parser.add_argument(
+        "--from-run",
+        type=Path,
+        help="bundles from this trained run (larger catalogues extend its table) "
+        "instead of random weights",
+    )
+    parser.add_argument(
+        "--data", type=Path, help="the run's session log, for parity sessions"
+    )
+    parser.add_argument(
+        "--two-stage",
+        action="store_true",
+        help="bundles with the ANN index: the main phases run two-stage, and each "
+        "catalogue size is measured both ways",
+    )
     # the service
     parser.add_argument("--workers", type=int, help="uvicorn workers (default 2)")
     parser.add_argument("--onnx-threads", type=int, help="SKIPREC_ONNX_THREADS")
@@ -288,6 +326,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         ("workers", "workers"),
         ("onnx_threads", "onnx_threads"),
         ("bundle_dir", "bundle"),
+        ("source_run", "from_run"),
+        ("parity_data", "data"),
         ("profile_dir", "profile"),
         ("work_dir", "work_dir"),
     ):
@@ -297,6 +337,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         changes["rates"] = tuple(args.rates)
     if args.no_scaling:
         changes["scaling_catalogues"] = ()
+    if args.two_stage:
+        changes["two_stage"] = True
     if args.no_floors:
         changes["floors"] = False
     if args.env:

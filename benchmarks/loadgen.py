@@ -259,6 +259,11 @@ class _Driver:
         self.send_lags: list[float] = []
         self.completed_in_window = 0
         self.status_counts: Counter[int] = Counter()
+        # Answers split by whether the service admitted the request: a 503 is a
+        # shed one (SKIPREC_MAX_IN_FLIGHT, the inference queue), whose own time from
+        # send says how fast shedding is.
+        self.admitted: list[float] = []
+        self.shed: list[float] = []
         self.fallbacks: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
         self._drained = asyncio.Event()
@@ -312,6 +317,10 @@ class _Driver:
             self.response_times.append(now - request.sent)
             self.send_lags.append(request.sent - request.scheduled)
             self.status_counts[status] += 1
+            if status == 503:
+                self.shed.append(now - request.sent)
+            else:
+                self.admitted.append(now - request.scheduled)
             if fallback:
                 self.fallbacks[fallback] += 1
             if status >= 400:
@@ -436,6 +445,14 @@ class _Driver:
         keys = ("p50_ms", "p99_ms", "max_ms")
         lags = summarize_latencies(self.send_lags)
         result["send_lag_ms"] = {k: lags[k] for k in keys}
+        admitted = summarize_latencies(self.admitted)
+        result["admitted"] = {"count": len(self.admitted)} | {
+            k: admitted[k] for k in ("p50_ms", "p99_ms", "max_ms")
+        }
+        shed = summarize_latencies(self.shed)
+        result["shed_from_send_ms"] = {"count": len(self.shed)} | {
+            k: shed[k] for k in ("p50_ms", "p99_ms", "max_ms")
+        }
         response = summarize_latencies(self.response_times)
         result["from_send_ms"] = {
             k: response[k] for k in ("p50_ms", "p95_ms", *keys[1:])

@@ -48,12 +48,16 @@ class BenchConfig:
     event_concurrencies: tuple[int, ...] = (8, 32)
     batch_concurrencies: tuple[int, ...] = (2, 8)
     scaling_rate: float = 200.0
+    overload_factor: float = 3.0  # x saturation, open loop; 0 = no overload phase
     num_users: int = 5000
     users_per_length: int = 300
     workers: int = 2  # one per core: the event loop is GIL-bound at one core
     onnx_threads: int = 1
     top_k: int = 200  # model_export.export.DEFAULT_TOP_K, the API's max k
     bundle_dir: Path | None = None  # an existing bundle instead of a synthetic one
+    source_run: Path | None = None  # a trained run for the synthetic bundles
+    parity_data: Path | None = None  # its session log (export parity sessions)
+    two_stage: bool = False  # bundles with the ANN index (benchmarks/build_model.py)
     cache_dir: Path = field(default_factory=default_cache_dir)
     work_dir: Path | None = None  # logs and Redis data; default a temp dir
     service_env: tuple[tuple[str, str], ...] = ()
@@ -290,6 +294,12 @@ def recommendation_phases(
         out["closed"].append(result)
     clean = [r["throughput_rps"] for r in out["closed"] if r["errors"] == 0]
     out["saturation_rps"] = max(clean, default=0.0)
+    if out["saturation_rps"] and config.overload_factor:
+        # Past saturation the service must shed, not queue: what was admitted keeps
+        # its latency, the rest is refused fast (loadgen's admitted / shed split).
+        rate = config.overload_factor * out["saturation_rps"]
+        print(f"GET /recommendations, overload at {rate:.0f} req/s", flush=True)
+        out["overload"] = phases.run("recommendations", "open", rate=rate, users=users)
     return out
 
 

@@ -74,6 +74,21 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
+def worker_rss(pid: int) -> list[int]:
+    """Resident bytes of each process of the tree rooted at ``pid`` that holds the
+    app (the uvicorn workers; the process itself when it has no children)."""
+    root = psutil.Process(pid)
+    children = root.children(recursive=True)
+    workers = [p for p in children if not p.children()] or [root]
+    out = []
+    for proc in workers:
+        try:
+            out.append(proc.memory_info().rss)
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
 class RssSampler:
     """Resident memory of the service's process tree every ``RSS_EVERY_S``."""
 

@@ -198,6 +198,19 @@ def render(results: dict[str, Any]) -> list[str]:
         lines += _table(LOAD_HEADER, _load_rows(rec["open"]))
         lines += ["", "Closed loop (saturation):", ""]
         lines += _table(LOAD_HEADER, _load_rows(rec["closed"]))
+        overload = rec.get("overload")
+        if overload:
+            admitted, shed = overload["admitted"], overload["shed_from_send_ms"]
+            lines += [
+                "",
+                f"Overload: open loop at {overload['offered_rps']:,.0f} req/s (3x "
+                f"saturation): {admitted['count']:,} admitted with p50 "
+                f"{fmt(admitted['p50_ms'])} ms, p99 {fmt(admitted['p99_ms'])} ms "
+                f"(from the scheduled time); {shed['count']:,} shed with 503, "
+                f"answered in p50 {fmt(shed['p50_ms'], 3)} ms, p99 "
+                f"{fmt(shed['p99_ms'], 3)} ms from send; other errors "
+                f"{overload['errors'] - shed['count']}.",
+            ]
     events = results.get("events")
     if events:
         lines += ["", "### POST /events", "", "One event per request:", ""]
@@ -308,35 +321,80 @@ def _render_scaling(results: dict[str, Any]) -> list[str]:
     catalogue = results.get("catalogue")
     if catalogue:
         lines += ["", "### Latency vs catalogue size", ""]
+        lines += [
+            "Each catalogue's bundle served both ways when it has an ANN index "
+            "(`SKIPREC_RETRIEVAL=exact` scores every track; `auto` ranks two-stage). "
+            "*model b=1 / b=8*: the service's whole model step "
+            "(`LoadedModel.infer`, benchmarks/floors.py `model_floor`); *recall@10*: "
+            "two-stage top-10 against whole-catalogue scoring on the export's parity "
+            "sessions (manifest); *RSS*: resident memory per worker.",
+            "",
+        ]
         rows = []
         for tracks, entry in catalogue.items():
-            onnx = entry["onnx"]["batches"]
-            r = entry["open"]
-            rows.append(
-                [
-                    f"{int(tracks):,}",
-                    fmt(onnx["1"]["p50_ms"]),
-                    fmt(onnx["8"]["per_request_ms"], 3),
-                    f"{r['offered_rps']:g}/s",
-                    fmt(r["throughput_rps"]),
-                    fmt(r["p50_ms"]),
-                    fmt(r["p99_ms"]),
-                    str(r["errors"]),
-                    _cpu(r, "service"),
-                ]
-            )
+            retrieval = entry.get("retrieval") or {}
+            recall = retrieval.get("recall", {})
+            for mode, model in entry["model"]["modes"].items():
+                batches = model["batches"]
+                r = entry[mode]
+                rss = r.get("worker_rss_bytes") or [0]
+                two_stage = mode == "two_stage"
+                rows.append(
+                    [
+                        f"{int(tracks):,}",
+                        "two-stage" if two_stage else "exact",
+                        fmt(batches["1"]["p50_ms"], 3),
+                        fmt(batches["8"]["per_request_ms"], 3),
+                        fmt(recall.get("recall_at_10"), 4) if two_stage else "–",
+                        f"{r['offered_rps']:g}/s",
+                        fmt(r["throughput_rps"]),
+                        fmt(r["p50_ms"]),
+                        fmt(r["p99_ms"]),
+                        str(r["errors"]),
+                        _cpu(r, "service"),
+                        fmt(r.get("service_cpu_ms_per_request"), 3),
+                        f"{max(rss) / 2**20:,.0f}",
+                        f"{entry['bundle_bytes'] / 2**20:,.0f}",
+                    ]
+                )
         header = [
             "tracks",
-            "ONNX b=1 p50 ms",
-            "ONNX b=8 ms/request",
+            "ranking",
+            "model b=1 ms",
+            "model b=8 ms/request",
+            "recall@10",
             "offered",
             "req/s",
             "p50 ms",
             "p99 ms",
             "errors",
             "CPU service",
+            "service CPU ms/request",
+            "RSS/worker MiB",
+            "bundle MiB",
         ]
         lines += _table(header, rows)
+        stages = [
+            (tracks, entry["model"]["modes"]["two_stage"])
+            for tracks, entry in catalogue.items()
+            if "two_stage" in entry["model"]["modes"]
+        ]
+        if stages:
+            lines += [
+                "",
+                "Two-stage model step at batch 1, p50 ms per stage:",
+                "",
+            ]
+            names = list(stages[0][1]["stages_batch_1_p50_ms"])
+            rows = [
+                [
+                    f"{int(tracks):,}",
+                    str(mode["num_candidates"]),
+                    *(fmt(mode["stages_batch_1_p50_ms"][n], 3) for n in names),
+                ]
+                for tracks, mode in stages
+            ]
+            lines += _table(["tracks", "candidates", *names], rows)
     return lines
 
 

@@ -28,15 +28,27 @@ def test_loadtest_cli_builds_the_config() -> None:
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="no redis-server")
-def test_loadtest_smoke_runs_and_reports(tiny_bundle_dir: Path, tmp_path: Path) -> None:
+def test_loadtest_smoke_runs_and_reports(make_run, tmp_path: Path) -> None:
     from benchmarks.load import run_benchmark
     from benchmarks.phases import BenchConfig
     from benchmarks.plot import plot_latency
     from benchmarks.report import write_markdown
+    from benchmarks.summary import TARGETS
+    from model_export.export import export_bundle
+    from tests.conftest import TINY_NUM_TRACKS, TINY_TOP_K
 
+    bundle = tmp_path / "bundle"  # two-stage, so the scaling row runs both ways
+    export_bundle(
+        make_run(),
+        bundle,
+        top_k=TINY_TOP_K,
+        ann_min_tracks=0,
+        ann_candidates=TINY_NUM_TRACKS,
+    )
     config = BenchConfig(
-        bundle_dir=tiny_bundle_dir,
-        scaling_catalogues=(),
+        bundle_dir=bundle,
+        catalogue=TINY_NUM_TRACKS,
+        scaling_catalogues=(TINY_NUM_TRACKS,),
         session_lengths=(5,),
         target_duration=0.5,
         phase_duration=0.5,
@@ -72,7 +84,22 @@ def test_loadtest_smoke_runs_and_reports(tiny_bundle_dir: Path, tmp_path: Path) 
     assert results["floors"]["redis"]["sync_ping"]["p50_ms"] > 0
     assert results["floors"]["noop"]["closed"]["throughput_rps"] > 0
     assert "service" in rate_500["cpu_percent"]
-    assert len(results["summary"]["targets"]) == 6
+    assert len(results["summary"]["targets"]) == len(TARGETS)
+    overload = results["recommendations"]["overload"]
+    assert overload["offered_rps"] == pytest.approx(
+        3 * results["recommendations"]["saturation_rps"]
+    )
+    assert overload["admitted"]["count"] + overload["shed_from_send_ms"]["count"] == (
+        sum(overload["status_counts"].values())
+    )
+    scaling = results["catalogue"][str(TINY_NUM_TRACKS)]
+    assert set(scaling["model"]["modes"]) == {"exact", "two_stage"}
+    assert scaling["model"]["modes"]["two_stage"]["stages_batch_1_p50_ms"]
+    assert scaling["retrieval"]["recall"]["recall_at_10"] > 0.9
+    for mode in ("exact", "two_stage"):
+        assert scaling[mode]["status_counts"].get("200", 0) > 0
+        assert all(rss > 0 for rss in scaling[mode]["worker_rss_bytes"])
+    assert scaling["bundle_bytes"] > 0
     json.dumps(results, allow_nan=True)
 
     markdown = tmp_path / "BENCHMARKS.md"
@@ -83,6 +110,7 @@ def test_loadtest_smoke_runs_and_reports(tiny_bundle_dir: Path, tmp_path: Path) 
     text = markdown.read_text()
     assert "old" not in text and "prose" in text and text.endswith("end\n")
     assert "### GET /recommendations" in text
+    assert "Two-stage model step" in text and "Overload:" in text
     png = tmp_path / "latency.png"
     plot_latency(results, png)
     assert png.stat().st_size > 1000
