@@ -266,6 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--phase-duration", type=float, help="seconds of other phases")
     parser.add_argument("--rates", type=float, nargs="+", help="open-loop req/s")
     parser.add_argument("--no-scaling", action="store_true", help="skip the scaling")
+    parser.add_argument(
+        "--catalogues",
+        type=int,
+        nargs="+",
+        help="catalogue sizes of the scaling rows (default 10k 100k 1M; quick 10k 100k)",
+    )
     parser.add_argument("--no-floors", action="store_true", help="skip the floors")
     parser.add_argument("--bundle", type=Path, help="an existing bundle to serve")
     parser.add_argument(
@@ -335,6 +341,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
             changes[key] = getattr(args, attr)
     if args.rates:
         changes["rates"] = tuple(args.rates)
+    if args.catalogues:
+        changes["scaling_catalogues"] = tuple(args.catalogues)
     if args.no_scaling:
         changes["scaling_catalogues"] = ()
     if args.two_stage:
