@@ -270,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--catalogues",
         type=int,
         nargs="+",
-        help="catalogue sizes of the scaling rows (default 10k 100k 1M; quick 10k 100k)",
+        help="scaling rows' catalogue sizes (default 10k 100k 1M; quick 10k 100k)",
     )
     parser.add_argument("--no-floors", action="store_true", help="skip the floors")
     parser.add_argument("--bundle", type=Path, help="an existing bundle to serve")
