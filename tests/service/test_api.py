@@ -264,7 +264,8 @@ async def test_every_user_key_has_a_ttl(make_client, make_settings, sync_redis):
         await client.post("/events", json=event("ttl", "t1", event_id="e1"))
         await client.post("/events", json=event("ttl", "t2"))
     user_keys = sync_redis.keys("skiprec:{ttl}*")
-    assert sorted(user_keys) == sorted(keys.user_keys("ttl"))
+    # No list was served: the served-lists key is the only one not written.
+    assert sorted(user_keys) == sorted(keys.user_keys("ttl")[:2])
     ttls = {key: sync_redis.ttl(key) for key in user_keys}
     assert 3500 < ttls[keys.session_events_key("ttl")] <= 3600
     assert 500 < ttls[keys.dedup_key("ttl")] <= 600

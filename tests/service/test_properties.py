@@ -143,7 +143,7 @@ class ScriptModel:
 def test_append_script_matches_its_model(redis_server, calls, max_events):
     client = redis.Redis.from_url(redis_server, decode_responses=True)
     client.flushall()
-    events_key, dedup_key = keys.user_keys("prop")
+    events_key, dedup_key = keys.session_events_key("prop"), keys.dedup_key("prop")
     model = ScriptModel(max_events)
     now = 1_000_000.0
     try:

@@ -34,8 +34,10 @@ async def test_reload_swaps_in_a_good_bundle(client, make_bundle, tiny_bundle_di
     assert after != before
     assert await version_of(client) == after
     metrics = (await client.get("/metrics")).text
-    assert f'skiprec_model_info{{model_version="{after}"}} 1.0' in metrics
-    assert before not in metrics
+    info = f'skiprec_model_info{{model_version="{after}",variant="default"}} 1.0'
+    assert info in metrics
+    serving = [line for line in metrics.splitlines() if "skiprec_model_info{" in line]
+    assert not [line for line in serving if before in line]
 
 
 async def test_reload_without_body_rereads_the_configured_dir(client):
@@ -43,7 +45,11 @@ async def test_reload_without_body_rereads_the_configured_dir(client):
     json_type = {"Content-Type": "application/json"}
     response = await client.post("/admin/reload", headers=json_type)
     assert response.status_code == 200
-    assert response.json() == {"model_version": before, "previous_version": before}
+    assert response.json() == {
+        "model_version": before,
+        "previous_version": before,
+        "variant": "default",
+    }
 
 
 async def test_bad_bundles_are_refused_and_the_old_one_keeps_serving(
