@@ -105,7 +105,7 @@ def apply_policy(
             scores[row, index] -= penalty
 
 
-def _history_table(
+def history_table(
     histories: Sequence[History],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The distinct real tracks of each history, padded: items int64 [B, H] (pad 0),
@@ -161,7 +161,7 @@ def policy_ranks(
     targets = np.asarray(targets, dtype=np.int64)
     num_rows = scores.shape[0]
     rows = np.arange(num_rows)
-    items, skipped_seen, played_seen, valid = _history_table(histories)  # [B, H]
+    items, skipped_seen, played_seen, valid = history_table(histories)  # [B, H]
     known = targets >= 0
     safe_targets = np.where(known, targets, 0)
     target_scores = scores[rows, safe_targets]  # [B]

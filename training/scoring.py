@@ -102,6 +102,30 @@ class TorchScorer:
             return np.zeros((0, self.model.config.num_items), dtype=np.float32)
         return np.concatenate(chunks)
 
+    def queries(self, histories: Sequence[Sequence[tuple[int, int]]]) -> np.ndarray:
+        """The last hidden state of each history, float32 [B, D]: its inner product
+        with a track's embedding is the track's logit (``SessionEncoder.score``)."""
+        device = next(self.model.parameters()).device
+        was_training = self.model.training
+        self.model.eval()
+        chunks = []
+        try:
+            with torch.inference_mode():
+                for start in range(0, len(histories), self.batch_size):
+                    item_ids, feedback = self._encode(
+                        histories[start : start + self.batch_size]
+                    )
+                    hidden = self.model(
+                        torch.from_numpy(item_ids).to(device),
+                        torch.from_numpy(feedback).to(device),
+                    )
+                    chunks.append(hidden[:, -1, :].float().cpu().numpy())
+        finally:
+            self.model.train(was_training)
+        if not chunks:
+            return np.zeros((0, self.model.config.hidden_dim), dtype=np.float32)
+        return np.concatenate(chunks)
+
     def _p_skip(
         self, histories: Sequence[Sequence[tuple[int, int]]], targets: np.ndarray
     ) -> np.ndarray:

@@ -4,8 +4,9 @@
 :func:`train`. The loop: AdamW (decay on matrices only), optional linear warmup +
 cosine decay, gradient clipping; validation NDCG@10 every ``eval_every`` epochs through
 the shared evaluation harness with a ``TorchScorer`` (the serving encoding and
-exclusion rules); early stopping after ``patience`` evaluations without improvement;
-the best state is restored, scored on the test split and saved with
+exclusion rules; on a large catalogue the sampled ranks of
+``training.sampled_ranks``); early stopping after ``patience`` evaluations without
+improvement; the best state is restored, scored on the test split and saved with
 ``training.checkpoint.save_run`` together with ``curves.png`` and ``train_log.jsonl``
 (one JSON object per epoch). Progress goes to stderr: tqdm bars on a terminal, one line
 per epoch otherwise.
@@ -48,7 +49,7 @@ from training.distributed import (
     broadcast_flag,
     mean_over_ranks,
 )
-from training.evaluation import evaluate
+from training.evaluation import evaluate, summarize_ranks
 from training.losses import (
     authors_code_contrastive_loss,
     full_softmax_loss,
@@ -67,6 +68,7 @@ from training.negatives import (
 from training.plots import plot_curves
 from training.prior import tune_prior
 from training.protocol import choose_policy
+from training.sampled_ranks import SampledRanking, sampled_ranks, validation_ranking
 from training.scoring import TorchScorer
 from training.sources import MemorySource, TrainSource
 from training.splits import Split
@@ -326,6 +328,7 @@ def train(
         optimizer, lambda step: _lr_factor(step, total_steps, config.optim)
     )
     scorer = TorchScorer(model)
+    ranking = validation_ranking(vocab)  # sampled on a large catalogue
     quiet = quiet or not context.is_main
     show = not quiet and sys.stderr.isatty()
     log_path = None
@@ -463,7 +466,7 @@ def train(
                 epoch % config.optim.eval_every == 0 or epoch == config.optim.epochs
             )
             if evaluates and context.is_main:
-                validation = evaluate(scorer, split.validation, vocab)
+                validation = _validate(scorer, split, vocab, ranking)
                 row.update(_prefixed(validation, "val", ("ndcg@10", "hr@10", "mrr@10")))
                 if validation["ndcg@10"] > best_ndcg:
                     best_ndcg, best_epoch, best_step, stale = (
@@ -532,6 +535,7 @@ def train(
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "num_train_windows": source.num_windows,
         "world_size": context.world_size,
+        "validation_ranking": ranking.to_dict() if ranking else {"ranking": "full"},
         **({"prior": prior_summary} if prior_summary else {}),
         **({"policy": policy_summary} if policy_summary else {}),
         **({"skip_weight": skip_weight_summary} if skip_weight_summary else {}),
@@ -584,6 +588,20 @@ def choose_skip_weight(
         "grid": sorted(grid),
         "validation_ndcg@10": ndcgs,
     }
+
+
+def _validate(
+    scorer: TorchScorer,
+    split: Split,
+    vocab: Vocabulary,
+    ranking: SampledRanking | None,
+) -> dict[str, float]:
+    """Validation metrics of the model being trained: full ranking, or the sampled
+    ranks of ``training.sampled_ranks`` from its catalogue size on."""
+    if ranking is None:
+        return evaluate(scorer, split.validation, vocab)
+    ranked = sampled_ranks(scorer.model, split.validation, vocab, ranking)
+    return summarize_ranks(ranked, split.validation)
 
 
 def _progress_line(row: dict[str, float]) -> str:
