@@ -249,10 +249,14 @@ class LoadedModel:
                     strict=False,  # the row is padded to the batch's widest
                 )
             else:
+                # Rows come best first (unrankable ones, at -inf, last) and a
+                # penalty only moves a track down, so the top-k after penalties is
+                # among the first k + (number of penalties): decode no more.
+                width = request.k + len(request.penalties)
                 rows = zip(
-                    indices[row].tolist(),
-                    scores[row].tolist(),
-                    p_skip[row].tolist(),
+                    indices[row, :width].tolist(),
+                    scores[row, :width].tolist(),
+                    p_skip[row, :width].tolist(),
                     strict=True,
                 )
             ranked = [
