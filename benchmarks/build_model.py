@@ -215,6 +215,7 @@ def export_model(spec: BenchModel, out_dir: Path) -> Path:
             top_k=spec.top_k,
             model_version=f"bench-{spec.key}",
             ann_min_tracks=0 if spec.two_stage else None,
+            ann_required=spec.two_stage,
             data_path=Path(spec.parity_data) if spec.parity_data else None,
         )
     (out_dir.parent / f"{spec.key}.build.json").write_text(

@@ -39,7 +39,7 @@ from model_export.parity import (
     synthetic_sessions,
 )
 from model_export.quantize import measure_drift, quantize_item_table
-from model_export.retrieval import export_retrieval
+from model_export.retrieval import ParityRecallError, export_retrieval
 from model_export.wrapper import ServingModule
 from skiprec.bundle import (
     BundleError,
@@ -75,6 +75,9 @@ OPSET = 18
 DEFAULT_TOP_K = 200  # the API's max k: a larger K only costs TopK time per row
 PRECISIONS = ("fp32", "int8")
 FP32_MODEL_FILE = "model.fp32.onnx"  # staging only: the int8 variant's parity reference
+# From this catalogue size on, two stages cost less per request than scoring every
+# track (docs/BENCHMARKS.md, "Two-stage retrieval": the measured crossover).
+DEFAULT_ANN_MIN_TRACKS = 50_000
 
 
 def export_bundle(
@@ -87,8 +90,9 @@ def export_bundle(
     model_version: str | None = None,
     precision: str = "fp32",
     overwrite: bool = False,
-    ann_min_tracks: int | None = None,
+    ann_min_tracks: int | None = DEFAULT_ANN_MIN_TRACKS,
     ann_candidates: int = NUM_CANDIDATES,
+    ann_required: bool = False,
 ) -> Manifest:
     """Export ``run_dir`` to the bundle directory ``out_dir`` and return its manifest.
 
@@ -102,9 +106,11 @@ def export_bundle(
         overwrite: replace an existing non-empty ``out_dir``.
         ann_min_tracks: a catalogue of at least this many tracks also gets the
             two-stage files (model_export/retrieval.py), checked against the full
-            graph; 0 builds them for any catalogue; None (the default) never,
-            until the two-stage path is shown to be faster (it is not measured).
+            graph; 0 builds them for any catalogue; None never.
         ann_candidates: ANN hits per session in the two-stage path.
+        ann_required: a two-stage path below the recall floor fails the export;
+            otherwise (the default threshold's case) the bundle is written without
+            it, ranking the whole catalogue, and a warning says why.
 
     Raises:
         ParityError: ONNX Runtime disagrees with torch (or the two-stage path with
@@ -153,16 +159,26 @@ def export_bundle(
             config.num_items - NUM_SPECIAL >= ann_min_tracks
         ):
             # Checked against the fp32 graph, as parity is.
-            retrieval = export_retrieval(
-                module,
-                staging,
-                fp32_path,
-                sessions,
-                spec,
-                OPSET,
-                min_tracks=ann_min_tracks,
-                num_candidates=ann_candidates,
-            )
+            try:
+                retrieval = export_retrieval(
+                    module,
+                    staging,
+                    fp32_path,
+                    sessions,
+                    spec,
+                    OPSET,
+                    min_tracks=ann_min_tracks,
+                    num_candidates=ann_candidates,
+                )
+            except ParityRecallError as exc:
+                if ann_required:
+                    raise
+                # Exact scoring is slower but never worse: ship it rather than fail
+                # an export nobody asked to be two-stage.
+                logger.warning("no two-stage path, whole-catalogue scoring: %s", exc)
+                for name in RETRIEVAL_FILES:
+                    (staging / name).unlink(missing_ok=True)
+                metrics["retrieval_refused"] = str(exc)
         if precision == "int8":
             quantize_item_table(fp32_path, staging / MODEL_FILE)
             drift = measure_drift(
@@ -346,13 +362,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "drift recorded in the manifest); default fp32",
     )
     # Two-stage retrieval
-    parser.add_argument(
+    ann = parser.add_mutually_exclusive_group()
+    ann.add_argument(
         "--ann-min-tracks",
         type=int,
-        default=None,
         help="build the ANN index and retrieval graphs for catalogues of at least "
-        "this many tracks (0 = always); default: never, exact scoring, until the "
-        "two-stage latency is measured (docs/BENCHMARKS.md)",
+        "this many tracks (0 = always), and fail when their recall@10 is below the "
+        f"floor; default {DEFAULT_ANN_MIN_TRACKS:,}, where a recall miss only "
+        "drops them (docs/BENCHMARKS.md)",
+    )
+    ann.add_argument(
+        "--no-ann", action="store_true", help="never build the two-stage path"
     )
     parser.add_argument(
         "--ann-candidates",
@@ -384,8 +404,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             model_version=args.model_version,
             precision=args.precision,
             overwrite=args.force,
-            ann_min_tracks=args.ann_min_tracks,
+            ann_min_tracks=None
+            if args.no_ann
+            else DEFAULT_ANN_MIN_TRACKS
+            if args.ann_min_tracks is None
+            else args.ann_min_tracks,
             ann_candidates=args.ann_candidates,
+            ann_required=args.ann_min_tracks is not None,
         )
     except (ParityError, BundleError, FileExistsError, FileNotFoundError) as exc:
         logger.error("export failed, nothing written: %s", exc)

@@ -58,7 +58,26 @@ def test_export_refuses_a_two_stage_path_below_the_recall_floor(
     # One ANN hit per session cannot hold 95% of a skip-reordered top-10.
     with pytest.raises(ParityRecallError, match="recall@10"):
         export_bundle(
-            run_dir, out_dir, top_k=TINY_TOP_K, ann_min_tracks=0, ann_candidates=1
+            run_dir,
+            out_dir,
+            top_k=TINY_TOP_K,
+            ann_min_tracks=0,
+            ann_candidates=1,
+            ann_required=True,
         )
     assert not out_dir.exists()
     assert not list(tmp_path.iterdir())
+
+
+def test_a_recall_miss_not_asked_for_ships_whole_catalogue_scoring(
+    retrieval_export, tmp_path: Path
+) -> None:
+    run_dir, _, _ = retrieval_export
+    out_dir = tmp_path / "bundle"
+    manifest = export_bundle(
+        run_dir, out_dir, top_k=TINY_TOP_K, ann_min_tracks=0, ann_candidates=1
+    )
+    assert manifest.retrieval is None
+    assert "recall@10" in manifest.metrics["retrieval_refused"]
+    assert not any((out_dir / name).exists() for name in RETRIEVAL_FILES)
+    assert open_retrieval(load_bundle(out_dir)) is None
