@@ -142,9 +142,6 @@ def difference(variant: Rate, control: Rate) -> Difference:
     return Difference(d, max(-1.0, low), min(1.0, high))
 
 
-RATE_NAMES = ("hit", "hit_played", "hit_skipped")
-
-
 def summarize(counts: Tally, k: int = DEFAULT_K) -> dict[str, Rate]:
     """Per list followed by an event: the next track within the top ``k``
     (``hit``), within it and played (``hit_played``), within it and skipped
