@@ -21,6 +21,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "training.cli.benchmark",
         "quality tables (regenerates docs/RESULTS.md)",
     ),
+    "train-benchmark": (
+        "training.cli.train_benchmark",
+        "training throughput: events/s and RSS, 1 and N processes",
+    ),
     "synth": ("training.cli.synth", "write a synthetic session log (demo data)"),
     "export": ("model_export.export", "export a run to a versioned ONNX bundle"),
     "serve": ("service.serve", "serve a bundle over HTTP (embedded Redis by default)"),

@@ -108,12 +108,19 @@ def sampled_softmax_loss(
         return hidden.sum() * 0.0
     positive = (hidden * item_table[targets]).sum(-1, keepdim=True)  # [M, 1]
     shared = torch.cat([targets, negatives]) if in_batch else negatives  # [M' + N]
-    shared_logits = hidden @ item_table[shared].T  # [M, D] @ [D, M'+N] -> [M, M'+N]
+    # Each distinct shared candidate once, with its multiplicity k: k exp(s) =
+    # exp(s + log k), the same sum over fewer columns (targets repeat within a
+    # batch, popular negatives are drawn again), so the [M, U] matrices that are
+    # most of a step's work on the CPU shrink.
+    unique, counts = torch.unique(shared, return_counts=True)  # [U]
+    bias = counts.to(hidden.dtype).log()
     if log_q is not None:
         positive = positive - log_q[targets][:, None]
-        shared_logits = shared_logits - log_q[shared][None, :]
+        bias = bias - log_q[unique]
+    # bias + [M, D] @ [D, U] -> [M, U], the bias added inside the matrix product
+    shared_logits = torch.addmm(bias[None, :], hidden, item_table[unique].T)
     shared_logits = shared_logits.masked_fill(
-        shared[None, :] == targets[:, None], -torch.inf
+        unique[None, :] == targets[:, None], -torch.inf
     )
     parts = [positive, shared_logits]
     if hard_negatives is not None:

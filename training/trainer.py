@@ -245,7 +245,10 @@ def _optimizer(model: SessionEncoder, config: OptimConfig) -> torch.optim.AdamW:
         {"params": decay, "weight_decay": config.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=config.lr)
+    # fused: one kernel per step over all parameters instead of a pass per
+    # operation per tensor; on the CPU the update of a 100k-track item table was
+    # most of a step's time unfused (docs/TRAINING_SCALE.md, "Throughput").
+    return torch.optim.AdamW(groups, lr=config.lr, fused=True)
 
 
 def _lr_factor(step: int, total_steps: int, config: OptimConfig) -> float:
@@ -319,7 +322,11 @@ def train(
     if context.is_distributed:
         # DDP broadcasts rank 0's initial parameters; the seed makes them equal anyway.
         encoder = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            # The gradients live in the all-reduce buckets: no copy of the item
+            # table's gradient into a bucket and back at every step.
+            gradient_as_bucket_view=True,
         )
     optimizer = _optimizer(model, config.optim)
     steps_per_epoch = source.steps_per_epoch(context)
