@@ -6,9 +6,11 @@ once (its window and its graph belong to the same bundle, even across a reload),
 reads that window of the current session from the store, applies the session
 policy (``skiprec.policy``) to the whole session, ranks through the micro-batcher,
 and falls back to popularity when there is no session, no reachable store, or the
-batch's ONNX call failed. A holdout variant gets the popularity list without
-reading the session. ``k`` is checked against the bundle's top-K before anything
-else, so the model and the fallback accept the same requests. Every answer gets a
+batch's ONNX call failed. A holdout variant gets the popularity list whatever
+its session (its answers are flagged as fallbacks when a model's would be: no
+session, no store, so every arm's outcomes cover the same requests). ``k`` is
+checked against the bundle's top-K before anything else, so the model and the
+fallback accept the same requests. Every answer gets a
 ``request_id``; ``keep`` stores it for its outcome once the answer is sent
 (``service.outcomes``).
 """
@@ -177,10 +179,8 @@ class Recommender:
             uuid.uuid4().hex,
             request.now,
         )
-        if variant.models is None:  # the holdout: popularity is its "model"
-            return answer(model.popular[: request.k], "none")
         window, reason = await self._window(model, request.user_id, request.now)
-        if reason == "none":
+        if reason == "none" and variant.models is not None:  # not the holdout
             policy = self.policy_for(request, model)
             try:
                 ranked = await self.batcher.rank(
@@ -210,10 +210,7 @@ class Recommender:
         unknown = [t for t in candidates if t not in model.vocab]
         known = tuple(t for t in candidates if t in model.vocab)
         unranked = [Unranked(t, "unknown") for t in unknown]
-        window = SessionWindow()
-        reason: FallbackReason = "none"  # the holdout: by popularity
-        if variant.models is not None:
-            window, reason = await self._window(model, request.user_id, request.now)
+        window, reason = await self._window(model, request.user_id, request.now)
         if reason != "none" or variant.models is None:
             items = self._by_popularity(model, known)
             return RankedCandidates(

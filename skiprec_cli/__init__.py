@@ -25,12 +25,20 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "training.cli.train_benchmark",
         "training throughput: events/s and RSS, 1 and N processes",
     ),
+    "sampled-error": (
+        "training.cli.sampled_error",
+        "sampled validation ranks against full ranking on a run",
+    ),
     "synth": ("training.cli.synth", "write a synthetic session log (demo data)"),
     "export": ("model_export.export", "export a run to a versioned ONNX bundle"),
     "serve": ("service.serve", "serve a bundle over HTTP (embedded Redis by default)"),
     "events": ("service.events_export", "export the live event log for retraining"),
     "replay": ("benchmarks.replay", "replay held-out sessions through a live service"),
     "loadtest": ("benchmarks.load", "load benchmark of the running service"),
+    "online-check": (
+        "benchmarks.online_check",
+        "offline = online: replay through A/B variants, check /admin/experiments",
+    ),
 }
 
 

@@ -1,7 +1,8 @@
 // skiprec demo page: plain JavaScript, no build step, no external resources.
 //
 // Talks to the same-origin HTTP API (relative URLs, so the page also works behind a path
-// prefix): GET /recommendations/{user}, GET|DELETE /users/{user}/session, POST /events.
+// prefix): GET /recommendations/{user}, GET|DELETE /users/{user}/session, POST /events,
+// GET /admin/experiments (the per-variant outcome table).
 // body[data-state] is "idle" when no request is in flight, which the browser test waits on.
 "use strict";
 
@@ -12,6 +13,7 @@ const API_KEY_KEY = "skiprec.demo.apiKey";
 const $ = (id) => document.getElementById(id);
 let currentUser = null;
 let previousRanks = new Map(); // track_id -> rank in the list shown before the last refresh
+let shownRequestId = null; // the request_id of the list on screen: events name it
 let pending = 0;
 
 function setBusy(delta) {
@@ -147,6 +149,8 @@ function renderRecommendations(payload, fallbackReason) {
   list.dataset.generation = String(Number(list.dataset.generation) + 1);
 
   $("model-version").textContent = payload.model_version;
+  $("variant").textContent = payload.variant || "–";
+  shownRequestId = payload.request_id || null;
   const flag = $("fallback-flag");
   flag.textContent = payload.fallback ? `yes (${fallbackReason || "fallback"})` : "no (model)";
   flag.dataset.fallback = String(payload.fallback);
@@ -231,11 +235,62 @@ function renderSkipChart(events) {
   chart.append(last);
 }
 
+function formatRate(rate) {
+  if (!rate || rate.value === null) return "–";
+  const pct = (x) => `${(100 * x).toFixed(1)}%`;
+  return `${pct(rate.value)} [${pct(rate.low)}, ${pct(rate.high)}]`;
+}
+
+function renderExperiments(payload) {
+  const body = $("experiments-body");
+  body.replaceChildren();
+  for (const arm of payload.arms) {
+    const tr = document.createElement("tr");
+    tr.dataset.testid = "experiment-arm";
+    tr.dataset.variant = arm.variant;
+    const cells = [
+      arm.variant,
+      arm.model_version,
+      arm.served,
+      arm.fallbacks,
+      arm.answered,
+      formatRate(arm.rates.hit),
+      formatRate(arm.rates.hit_played),
+      formatRate(arm.rates.hit_skipped),
+    ];
+    for (const value of cells) {
+      const td = document.createElement("td");
+      td.textContent = String(value);
+      tr.append(td);
+    }
+    body.append(tr);
+  }
+  if (payload.arms.length === 0) {
+    const tr = document.createElement("tr");
+    const td = document.createElement("td");
+    td.colSpan = 8;
+    td.className = "empty";
+    td.textContent = "Nothing served yet.";
+    tr.append(td);
+    body.append(tr);
+  }
+}
+
+async function refreshExperiments() {
+  try {
+    const { data } = await api("GET", `admin/experiments?k=${K}`);
+    renderExperiments(data);
+  } catch (_) {
+    // The table is a side panel: an error here (no API key yet) is shown by the rest.
+  }
+}
+
 // ---- actions ------------------------------------------------------------------------------
 
 async function refresh() {
   if (!currentUser) return;
   const user = userPath(currentUser);
+  setBusy(1); // busy until the experiments table is drawn too (the browser test waits)
   try {
     const [recs, session] = await Promise.all([
       api("GET", `recommendations/${user}?k=${K}`),
@@ -244,9 +299,12 @@ async function refresh() {
     renderRecommendations(recs.data, recs.headers.get("X-Skiprec-Fallback"));
     renderSession(session.data);
     $("api-status").textContent = "ok";
+    await refreshExperiments();
   } catch (error) {
     $("api-status").textContent = "error";
     say(error.message, true);
+  } finally {
+    setBusy(-1);
   }
 }
 
@@ -258,6 +316,8 @@ async function sendEvent(trackId, type) {
       track_id: trackId,
       type,
       timestamp: Date.now() / 1000,
+      // The list this play or skip came from (GET /recommendations' request_id).
+      ...(shownRequestId ? { request_id: shownRequestId } : {}),
     });
     say(`${type === "skip" ? "Skipped" : "Played"} ${trackId} (accepted ${data.accepted}).`);
   } catch (error) {

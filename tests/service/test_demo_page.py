@@ -5,11 +5,14 @@ tiny test bundle, opens ``/`` with selenium + Debian's chromium/chromedriver (ne
 downloaded browser), plays one track and skips the top one, and checks that the skip
 reshaped the list. The screenshot lands in ``test-artifacts/demo_page.png``. A second
 service with an API key checks that the page shows the service's own error message
-(``error.message``) and works once the key is entered.
+(``error.message``) and works once the key is entered. A third serves two variants
+and a holdout: the page shows the listener's variant and the per-variant outcome
+table (``GET /admin/experiments``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -64,6 +67,34 @@ def keyed_service_url(
     with processes.api_server(
         tiny_bundle_dir, demo_redis_url, log, ready_path="/readyz", api_key=API_KEY
     ) as api:
+        yield api.base_url
+
+
+@pytest.fixture(scope="module")
+def variants_service_url(
+    tiny_bundle_dir: Path, make_bundle, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """Its own Redis: the experiment counters are global, the table must show only
+    this service's variants."""
+    table = {
+        "a": {"bundle": str(tiny_bundle_dir), "share": 0.5},
+        "b": {"bundle": str(make_bundle(seed=1)), "share": 0.3},
+        "holdout": {"bundle": None, "share": 0.2},
+    }
+    log = tmp_path_factory.mktemp("variants_service") / "service.log"
+    binary = processes.redis_server_binary(allow_embedded=True)
+    redis_dir = tmp_path_factory.mktemp("variants_redis")
+    with (
+        processes.redis_server(redis_dir, binary=binary) as redis,
+        processes.api_server(
+            tiny_bundle_dir,
+            redis.url,
+            log,
+            ready_path="/readyz",
+            env_remove=("SKIPREC_API_KEY",),
+            variants=json.dumps(table),
+        ) as api,
+    ):
         yield api.base_url
 
 
@@ -224,3 +255,45 @@ def test_demo_page_shows_the_service_error_and_works_with_the_key(
     _wait_for_generation(driver, 2)
     session = driver.find_elements(By.CSS_SELECTOR, "[data-testid=session-event]")
     assert [event.get_attribute("data-type") for event in session] == ["skip"]
+
+
+def test_demo_page_shows_the_variant_and_the_outcome_table(
+    browser, variants_service_url
+):
+    from selenium.webdriver.common.by import By
+
+    from service.variants import VariantSpec, assign
+
+    specs = [
+        VariantSpec(name, None, share)
+        for name, share in (("a", 0.5), ("b", 0.3), ("holdout", 0.2))
+    ]
+    driver = browser
+    shown = set()
+    for index in range(60):
+        user = f"e2e-variant-{index}"
+        variant = specs[assign(user, "skiprec", specs)].name
+        if variant in shown:
+            continue
+        shown.add(variant)
+        driver.get(f"{variants_service_url}/?user={user}")
+        _wait_for_generation(driver, 1)
+        _press(driver, _shown_tracks(driver)[0], "play")  # answers the cold list
+        _wait_for_generation(driver, 2)
+        _press(driver, _shown_tracks(driver)[0], "play")  # a hit at rank 1
+        _wait_for_generation(driver, 3)
+        assert _text(driver, "variant") == variant
+        if len(shown) == 3:
+            break
+    rows = {
+        row.get_attribute("data-variant"): [
+            cell.text for cell in row.find_elements(By.TAG_NAME, "td")
+        ]
+        for row in driver.find_elements(By.CSS_SELECTOR, "[data-testid=experiment-arm]")
+    }
+    assert set(rows) == {"a", "b", "holdout"}
+    for cells in rows.values():
+        # served 3, fallbacks 1 (the cold start), answered 1: a hit, played.
+        assert cells[2:5] == ["3", "1", "1"]
+        assert cells[5].startswith("100.0% [") and cells[6].startswith("100.0% [")
+        assert cells[7].startswith("0.0% [")
