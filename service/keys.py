@@ -43,7 +43,8 @@ def served_key(user_id: str) -> str:
 
 
 def user_keys(user_id: str) -> tuple[str, str, str]:
-    """All per-user keys, in the order the append script takes them."""
+    """All per-user keys (a reset deletes them); the append script takes the first
+    two, in this order."""
     return session_events_key(user_id), dedup_key(user_id), served_key(user_id)
 
 

@@ -266,7 +266,7 @@ class SessionStore:
         for user_id, pairs in by_user.items():
             if script_keys:
                 args.append(USER_SEPARATOR)
-            script_keys += keys.user_keys(user_id)
+            script_keys += (keys.session_events_key(user_id), keys.dedup_key(user_id))
             args += pairs
         return ("EVALSHA", APPEND_SCRIPT_SHA, len(script_keys), *script_keys, *args)
 

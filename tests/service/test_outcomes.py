@@ -244,3 +244,36 @@ async def test_experiments_need_the_api_key(make_settings, route):
         ok = await client.get(route, headers={"X-API-Key": "s3cret"})
         assert ok.status_code == 200
         assert ok.json() == {"k": 10, "control": None, "arms": []}
+
+
+def same_slot_users(count: int) -> list[str]:
+    from redis.crc import key_slot
+
+    by_slot: dict[int, list[str]] = {}
+    for i in range(100_000):
+        user = f"slot-{i}"
+        users = by_slot.setdefault(key_slot(keys.session_events_key(user).encode()), [])
+        users.append(user)
+        if len(users) == count:
+            return users
+    raise AssertionError("no slot shared")
+
+
+async def test_users_sharing_a_slot_in_one_request_each_answer_their_own_list(client):
+    """One script call per slot: several users' keys in one call, each in its place."""
+    first, second = same_slot_users(2)
+    for user in (first, second):
+        await listened(client, user)
+    tops = [
+        (await recommend(client, u))["items"][0]["track_id"] for u in (first, second)
+    ]
+    batch = [event(first, tops[0]), event(second, "t56", "skip")]
+    assert (await client.post("/events", json={"events": batch})).json()[
+        "accepted"
+    ] == 2
+    for user, track in ((first, tops[0]), (second, "t56")):
+        session = (await client.get(f"/users/{user}/session")).json()["events"]
+        assert [e["track_id"] for e in session] == ["t1", track]
+    summary = await arm(client, k=20)
+    assert summary["answered"] == 2
+    assert summary["rates"]["next_skipped"]["successes"] == 1

@@ -92,6 +92,7 @@ async def test_every_documented_route_but_the_probes_needs_the_key(
         "GET /users/{user_id}/session",
         "DELETE /users/{user_id}/session",
         "POST /admin/reload",
+        "GET /admin/experiments",
     }
 
 
