@@ -6,7 +6,8 @@ recommendations, then post the event. The cluster side alternates between two uv
 replicas on every request (a round-robin load balancer); the reference side is one
 replica on a single redis-server. Every answer must be the same: same tracks, same
 order, same scores, same fallback flags; the final sessions must be identical; and
-the users' keys must be spread over all three masters.
+the users' keys must be spread over all three masters; and the served lists'
+outcome counters must agree (every list answered exactly once).
 """
 
 from __future__ import annotations
@@ -102,3 +103,14 @@ def test_two_replicas_on_a_cluster_match_a_single_node(
         assert len(sizes) == 3 and all(size > 0 for size in sizes), sizes
         total = sum(len(events) for _, events in log)
         assert stream_length >= total
+        # The outcome counters (one hash in the cluster, service.outcomes) agree
+        # across the replicas and with the single node: each list answered once,
+        # retries on the other replica included.
+        experiments = [
+            client.get("/admin/experiments").json() for client in (a, b, ref)
+        ]
+        assert experiments[0] == experiments[1] == experiments[2]
+        (arm,) = experiments[0]["arms"]
+        assert arm["served"] == total
+        answered = arm["answered"] + arm["fallback_rates"]["hit"]["trials"]
+        assert answered == total
