@@ -14,7 +14,12 @@ local counted = 0
 local i = 3
 while i <= #ARGV do
   local n = tonumber(ARGV[i + 1])
-  if redis.call("ZADD", KEYS[2], "NX", now, ARGV[i]) == 1 then
+  local added = redis.pcall("ZADD", KEYS[2], "NX", now, ARGV[i])
+  if type(added) == "table" and added.err then
+    -- a refusal at the first write, unwrapped (see append_events.lua)
+    return redis.error_reply(string.match(added.err, "%-(%u+ .*)$") or added.err)
+  end
+  if added == 1 then
     for j = i + 2, i + 1 + n do
       redis.call("HINCRBY", KEYS[1], ARGV[j], 1)
     end

@@ -21,7 +21,11 @@ local state = ""
 if newest[2] and tonumber(newest[2]) > served_at then
   state = "-"
 end
-redis.call("LPUSH", KEYS[1], state .. ARGV[1])
+local pushed = redis.pcall("LPUSH", KEYS[1], state .. ARGV[1])
+if type(pushed) == "table" and pushed.err then
+  -- a refusal at the first write, unwrapped (see append_events.lua)
+  return redis.error_reply(string.match(pushed.err, "%-(%u+ .*)$") or pushed.err)
+end
 redis.call("LTRIM", KEYS[1], 0, tonumber(ARGV[3]) - 1)
 redis.call("EXPIRE", KEYS[1], tonumber(ARGV[4]))
 if state == "" then
