@@ -73,7 +73,14 @@ async def test_retry_with_same_event_id_is_a_duplicate(client):
     assert [e["track_id"] for e in session["events"]] == ["t1", "t2", "t3"]
 
 
-async def test_concurrent_posts_to_one_user_all_land(client):
+async def test_concurrent_posts_to_one_user_all_land(make_client, make_settings):
+    # 60 at once through one in-process worker: admission (test_admission) would
+    # shed past SKIPREC_MAX_IN_FLIGHT; this test is about the appends.
+    async with make_client(make_settings(max_in_flight=0)) as client:
+        await _post_concurrently(client)
+
+
+async def _post_concurrently(client) -> None:
     posts = [
         client.post("/events", json=event("busy", f"t{i % 50}", event_id=f"c{i}"))
         for i in range(60)
