@@ -49,7 +49,7 @@ from training.splits import EvalExample
 # From this many tracks on, the trainer's validation ranks are sampled.
 SAMPLED_MIN_TRACKS = 50_000
 NUM_HEAD = 2_000
-NUM_TAIL = 2_000
+NUM_TAIL = 8_000
 
 
 @dataclass(frozen=True)
@@ -163,12 +163,19 @@ class _BatchRows:
         return reach.sum(dim=1).double()
 
     def outranking(self, candidates: torch.Tensor) -> torch.Tensor:
-        """float64 [B]: ``candidates`` (int64 [K]) outside the row's history, other
-        than its target, that reach its target."""
+        """float64 [B]: ``candidates`` (int64 [K], distinct) outside the row's
+        history, other than its target, that reach its target."""
         scores = (self.queries @ self.table[candidates].T).double()  # [B, K]
-        # [1, K, 1] == [B, 1, H] -> [B, K, H] -> [B, K]: one of the row's history
-        own = (candidates[None, :, None] == self.items[:, None, :]) & self.valid[
-            :, None, :
-        ]
-        mine = own.any(dim=2) | (candidates[None, :] == self.target[:, None])
+        # Each track's column among the candidates (-1: not one), so that the
+        # row's own tracks are found in O(B H), not by comparing [B, K, H].
+        column = torch.full((self.table.shape[0],), -1, dtype=torch.int64)
+        column[candidates] = torch.arange(len(candidates))
+        own = torch.cat([self.items, self.target[:, None]], dim=1)  # [B, H + 1]
+        where = column[own]  # [B, H + 1]
+        found = (where >= 0) & torch.cat(
+            [self.valid, torch.ones_like(self.target[:, None], dtype=torch.bool)], 1
+        )
+        mine = torch.zeros(scores.shape, dtype=torch.bool)
+        rows = torch.arange(len(own))[:, None].expand_as(where)
+        mine[rows[found], where[found]] = True
         return ((scores >= self.bar) & ~mine).sum(dim=1).double()

@@ -36,7 +36,8 @@ class BenchRun:
 
     code: str  # "after" (this checkout) or "before" (the worktree)
     commit: str
-    tracks: int
+    tracks: int  # the synthetic catalogue
+    vocabulary_tracks: int  # the distinct tracks of the training split
     processes: int
     train_events: int
     train_seconds: float
@@ -49,14 +50,15 @@ class BenchRun:
     load_after: float
 
 
-def train_events(data: Path, root: Path) -> int:
-    """Events of the training split of ``data``, as the code at ``root`` splits it
-    (in a subprocess, so that it is that code's split)."""
+def train_events(data: Path, root: Path) -> tuple[int, int]:
+    """Events and distinct tracks of the training split of ``data``, as the code at
+    ``root`` splits it (in a subprocess, so that it is that code's split)."""
     script = (
         "import sys; from training.data import load_sessions; "
         "from training.splits import make_split; "
         "s = make_split(load_sessions(sys.argv[1]), 'session'); "
-        "print(sum(len(x) for x in s.train))"
+        "print(sum(len(x) for x in s.train), "
+        "len({t for x in s.train for t in x.track_ids}))"
     )
     done = subprocess.run(
         [sys.executable, "-c", script, str(data)],
@@ -66,7 +68,8 @@ def train_events(data: Path, root: Path) -> int:
         text=True,
         check=True,
     )
-    return int(done.stdout.strip())
+    events, tracks = done.stdout.split()
+    return int(events), int(tracks)
 
 
 def train_command(data: Path, out: Path, processes: int, config: Path) -> list[str]:
@@ -139,7 +142,7 @@ def bench(
     timeout_s: float,
 ) -> BenchRun:
     """One measured run of the code at ``root``."""
-    events = train_events(data, root)
+    events, vocabulary = train_events(data, root)
     out = work / "runs" / f"{code}-{tracks}-{processes}p"
     config = root / "training" / "configs" / "scale.toml"
     load_before = os.getloadavg()[0]
@@ -149,6 +152,7 @@ def bench(
         code=code,
         commit=commit,
         tracks=tracks,
+        vocabulary_tracks=vocabulary,
         processes=processes,
         train_events=events,
         train_seconds=round(row["train_seconds"], 2),

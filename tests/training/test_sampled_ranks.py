@@ -1,13 +1,18 @@
 """The sampled validation ranks: exact when the sample is the whole catalogue, an
 unbiased estimate of the tail's count otherwise, and the trainer's threshold."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from skiprec.policy import SessionPolicy
 from skiprec.vocab import Vocabulary
-from training.config import ModelSettings
+from training.cli.sampled_error import main as sampled_error_main
+from training.cli.train import main as train_main
+from training.config import CONFIG_DIR, ModelSettings
+from training.data import write_event_log
 from training.evaluation import rank_examples
 from training.model import ModelConfig, SessionEncoder
 from training.sampled_ranks import (
@@ -18,6 +23,7 @@ from training.sampled_ranks import (
 )
 from training.scoring import TorchScorer
 from training.splits import EvalExample
+from training.synthetic import generate_sessions
 
 POLICIES = [
     SessionPolicy(),
@@ -89,3 +95,18 @@ def test_validation_is_sampled_from_the_threshold_on():
     large = Vocabulary(tuple(f"t{i}" for i in range(SAMPLED_MIN_TRACKS)))
     assert validation_ranking(small) is None
     assert validation_ranking(large) == SampledRanking()
+
+
+def test_sampled_error_command_reports_no_error_for_the_whole_catalogue(tmp_path):
+    data = tmp_path / "events.csv"
+    write_event_log(generate_sessions(num_sessions=150, num_tracks=60, seed=3), data)
+    run = tmp_path / "run"
+    config = str(CONFIG_DIR / "tiny.toml")
+    args = ["--data", str(data), "--out", str(run), "--config", config, "--quiet"]
+    assert train_main([*args, "--epochs", "1"]) == 0
+    out = tmp_path / "error.json"
+    whole = ["--head", "1000000", "--tail", "0", "--seeds", "1", "--json", str(out)]
+    assert sampled_error_main(["--run", str(run), "--data", str(data), *whole]) == 0
+    payload = json.loads(out.read_text())
+    assert payload["max_abs_error_ndcg@10"] == 0.0
+    assert payload["sampled"][0]["ndcg@10"] == payload["full"]["ndcg@10"] > 0
