@@ -160,7 +160,8 @@ def data_fingerprint_of(paths: Sequence[Path]) -> str:
 
 def expand_data_paths(patterns: Sequence[str | Path]) -> list[Path]:
     """The data files named by ``patterns``: a file, a folder (its files, sorted) or
-    a glob (``logs/*.parquet``, ``**`` included; sorted), in the order given.
+    a glob (``logs/*.parquet``, ``**`` included; sorted), in the order given; a
+    file named twice is read once.
 
     Raises:
         DataError: a pattern that names no file.
@@ -180,7 +181,7 @@ def expand_data_paths(patterns: Sequence[str | Path]) -> list[Path]:
         if not matches:
             raise DataError(path, 0, "(file)", "no such data file, folder or glob")
         paths.extend(matches)
-    return paths
+    return list(dict.fromkeys(paths))
 
 
 def _magic(path: Path) -> bytes:

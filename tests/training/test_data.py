@@ -421,6 +421,10 @@ def test_expand_data_paths_reads_files_folders_and_globs(tmp_path: Path) -> None
         tmp_path / "sub" / "d.csv",
         tmp_path / "c.parquet",
     ]
+    assert expand_data_paths([tmp_path / "a.csv", str(tmp_path / "*.csv")]) == [
+        tmp_path / "a.csv",
+        tmp_path / "b.csv",
+    ]
     with pytest.raises(DataError, match="no such data file"):
         expand_data_paths([str(tmp_path / "*.json")])
 

@@ -9,6 +9,7 @@ from training.data import Session
 from training.splits import (
     EvalExample,
     build_vocab,
+    held_out_part,
     leave_one_out_split,
     popularity,
     session_disjoint_split,
@@ -120,3 +121,12 @@ def test_examples_carry_the_sessions_skip_levels() -> None:
     assert (split.test[0].history_levels, split.test[0].target_level) == ((0, 3), 2)
     plain = session_examples(Session("p", ("a", "b"), (False, False)))
     assert (plain[0].history_levels, plain[0].target_level) == (None, None)
+
+
+def test_held_out_part_is_a_stable_share_of_session_ids():
+    ids = [f"u{i}#{i % 3}" for i in range(20_000)]
+    parts = [held_out_part(i) for i in ids]
+    assert parts == [held_out_part(i) for i in ids]  # the same on every reader
+    assert parts.count("test") / len(ids) == pytest.approx(0.1, abs=0.01)
+    assert parts.count("validation") / len(ids) == pytest.approx(0.1, abs=0.01)
+    assert {held_out_part(i, 0.0, 0.0) for i in ids[:100]} == {"train"}
