@@ -2,7 +2,8 @@
 
 Each module is argument parsing and messages around one call into the library
 (``training/``): ``train`` -> ``training.trainer.train``, ``evaluate`` ->
-``training.evaluation.evaluate``, ``benchmark`` -> ``training.experiments``, ``synth``
--> ``training.synthetic.generate_sessions``. ``skiprec_cli`` dispatches to their
-``main(argv)``.
+``training.evaluation.evaluate``, ``benchmark`` -> ``training.experiments``,
+``train-benchmark`` -> ``training.throughput``, ``sampled-error`` ->
+``training.sampled_ranks``, ``synth`` -> ``training.synthetic.generate_sessions``.
+``skiprec_cli`` dispatches to their ``main(argv)``.
 """
