@@ -171,7 +171,7 @@ def render(results: dict[str, Any]) -> list[str]:
         [
             t["target"],
             t["goal"],
-            fmt(t["measured"]),
+            fmt(t["measured"], t.get("digits", 2)),
             "met" if t["ok"] else "missed" if t["ok"] is False else "n/a",
         ]
         for t in results["summary"]["targets"]

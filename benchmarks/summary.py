@@ -109,6 +109,8 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
                 "target": label,
                 "goal": f"{op} {target:g}",
                 "measured": measured,
+                # A rate (recall) needs its decimals: 0.9967 is not "1.00".
+                "digits": 4 if 0 < target < 1 else 2,
                 "ok": ok,
             }
         )
@@ -116,7 +118,7 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
     out["cpu_cost"] = cpu_cost
     out["targets_table"] = [
         f"{'PASS' if t['ok'] else 'MISS' if t['ok'] is False else 'n/a '}  "
-        f"{t['target']}: {fmt(t['measured'])} (goal {t['goal']})"
+        f"{t['target']}: {fmt(t['measured'], t['digits'])} (goal {t['goal']})"
         for t in targets
     ]
     return out
