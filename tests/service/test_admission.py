@@ -4,15 +4,11 @@ a worker answers 503 + Retry-After at once; probes and metrics are always answer
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 
 from tests.service.conftest import serving
+from tests.service.test_overload import hold_inference, play
 from tests.service.test_readiness import metric
-
-
-def play(user_id: str) -> dict:
-    return {"user_id": user_id, "track_id": "t1", "type": "play"}
 
 
 async def test_past_the_bound_requests_are_shed_fast_and_counted(
@@ -22,16 +18,7 @@ async def test_past_the_bound_requests_are_shed_fast_and_counted(
     async with serving(settings) as (state, client):
         users = [f"u{i}" for i in range(3)]
         await client.post("/events", json={"events": [play(u) for u in users]})
-        model = state.models.current
-        entered, release = threading.Event(), threading.Event()
-        real_infer = model.infer
-
-        def slow_infer(requests):
-            entered.set()
-            assert release.wait(10)
-            return real_infer(requests)
-
-        monkeypatch.setattr(model, "infer", slow_infer)
+        entered, release = hold_inference(state.models.current, monkeypatch)
         held = [asyncio.create_task(client.get(f"/recommendations/{u}")) for u in users]
         assert await asyncio.to_thread(entered.wait, 10)
         for _ in range(100):  # the other two reach the inference queue

@@ -15,6 +15,21 @@ def play(user_id: str, track_id: str = "t1") -> dict:
     return {"user_id": user_id, "track_id": track_id, "type": "play"}
 
 
+def hold_inference(model, monkeypatch) -> tuple[threading.Event, threading.Event]:
+    """Make ``model.infer`` wait: ``entered`` is set once a batch is inside it, and
+    that batch (and every later one) runs when ``release`` is set."""
+    entered, release = threading.Event(), threading.Event()
+    real_infer = model.infer
+
+    def slow_infer(requests):
+        entered.set()
+        assert release.wait(10)
+        return real_infer(requests)
+
+    monkeypatch.setattr(model, "infer", slow_infer)
+    return entered, release
+
+
 async def test_a_full_inference_queue_sheds_with_503_and_counts_it(
     make_settings, monkeypatch
 ):
@@ -22,16 +37,7 @@ async def test_a_full_inference_queue_sheds_with_503_and_counts_it(
     async with serving(settings) as (state, client):
         users = [f"u{i}" for i in range(7)]
         await client.post("/events", json={"events": [play(u) for u in users]})
-        model = state.models.current
-        entered, release = threading.Event(), threading.Event()
-        real_infer = model.infer
-
-        def slow_infer(requests):
-            entered.set()
-            assert release.wait(10)
-            return real_infer(requests)
-
-        monkeypatch.setattr(model, "infer", slow_infer)
+        entered, release = hold_inference(state.models.current, monkeypatch)
         first = asyncio.create_task(client.get(f"/recommendations/{users[0]}"))
         assert await asyncio.to_thread(entered.wait, 10)  # the worker is busy
         # Of six more, two wait in the queue; the other four are shed at once.
