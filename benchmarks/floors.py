@@ -112,13 +112,8 @@ def onnx_floor(
         def call(feeds: dict[str, np.ndarray] = feeds) -> object:
             return session.run(None, feeds)
 
-        single = _time_calls(call, 3, 2)
-        iterations = max(
-            5, min(2000, int(seconds_per_case / max(np.median(single), 1e-6)))
-        )
-        stats = summarize_latencies(_time_calls(call, iterations, 0))
+        stats = _time_budget(call, seconds_per_case)
         stats["per_request_ms"] = stats["p50_ms"] / batch
-        stats["iterations"] = iterations
         out["batches"][str(batch)] = stats
     return out
 
