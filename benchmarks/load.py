@@ -49,6 +49,7 @@ from benchmarks.phases import (
 )
 from benchmarks.report import machine_info, write_markdown
 from benchmarks.summary import summarize
+from skiprec.manifest import MANIFEST_FILE
 
 REPO_ROOT = processes.REPO_ROOT
 COMMAND = "skiprec loadtest"
@@ -235,7 +236,7 @@ def _catalogue_scaling(
 
 def _manifest_retrieval(bundle: Path) -> dict[str, Any] | None:
     """The bundle's two-stage record (recall against full scoring), if any."""
-    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest = json.loads((bundle / MANIFEST_FILE).read_text())
     retrieval: dict[str, Any] | None = manifest.get("retrieval")
     return retrieval
 
