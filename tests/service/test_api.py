@@ -77,20 +77,16 @@ async def test_concurrent_posts_to_one_user_all_land(make_client, make_settings)
     # 60 at once through one in-process worker: admission (test_admission) would
     # shed past SKIPREC_MAX_IN_FLIGHT; this test is about the appends.
     async with make_client(make_settings(max_in_flight=0)) as client:
-        await _post_concurrently(client)
-
-
-async def _post_concurrently(client) -> None:
-    posts = [
-        client.post("/events", json=event("busy", f"t{i % 50}", event_id=f"c{i}"))
-        for i in range(60)
-    ]
-    responses = await asyncio.gather(*posts)
-    assert all(r.status_code == 202 for r in responses)
-    session = (await client.get("/users/busy/session")).json()
-    assert sorted(e["event_id"] for e in session["events"]) == sorted(
-        f"c{i}" for i in range(60)
-    )
+        posts = [
+            client.post("/events", json=event("busy", f"t{i % 50}", event_id=f"c{i}"))
+            for i in range(60)
+        ]
+        responses = await asyncio.gather(*posts)
+        assert all(r.status_code == 202 for r in responses)
+        session = (await client.get("/users/busy/session")).json()
+        assert sorted(e["event_id"] for e in session["events"]) == sorted(
+            f"c{i}" for i in range(60)
+        )
 
 
 async def test_session_is_trimmed_to_max_events(make_client, make_settings):
