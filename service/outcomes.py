@@ -4,9 +4,9 @@ Each ``GET /recommendations`` answer is a served list with a ``request_id``. Aft
 the answer is sent, the list is kept in Redis with the user's session keys (one
 hash slot; ``lua/keep_served.lua``), for ``SKIPREC_SERVED_TTL_S``, at most
 ``SERVED_LISTS_KEPT`` per user. The user's next event is attributed to the newest
-waiting list, or to the list whose ``request_id`` the event names
-(``lua/attribute_events.lua``, in the same pipeline and slot as the append
-script): the next track's rank in it, played or skipped. Attributions are counted
+waiting list, or to the list whose ``request_id`` the event names, by the append
+script itself (``lua/append_events.lua``, the call that stores the event): the
+next track's rank in it, played or skipped. Attributions are counted
 per variant and model version in one Redis hash that every worker and replica
 shares (``lua/count_outcomes.lua``, once per request id), read back by
 ``/metrics`` and ``GET /admin/experiments``; the arithmetic of the summary is
@@ -27,27 +27,23 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib.resources import files
 from typing import Any, Literal
 
 from service import keys
-from skiprec.events import StoredEvent
 from skiprec.outcomes import Difference, Rate, Tally, difference, summarize
 
 KEEP_SCRIPT = files("service").joinpath("lua/keep_served.lua").read_text()
 KEEP_SCRIPT_SHA = hashlib.sha1(KEEP_SCRIPT.encode()).hexdigest()
-ATTRIBUTE_SCRIPT = files("service").joinpath("lua/attribute_events.lua").read_text()
-ATTRIBUTE_SCRIPT_SHA = hashlib.sha1(ATTRIBUTE_SCRIPT.encode()).hexdigest()
 COUNT_SCRIPT = files("service").joinpath("lua/count_outcomes.lua").read_text()
 COUNT_SCRIPT_SHA = hashlib.sha1(COUNT_SCRIPT.encode()).hexdigest()
-SCRIPTS = (KEEP_SCRIPT, ATTRIBUTE_SCRIPT, COUNT_SCRIPT)
+SCRIPTS = (KEEP_SCRIPT, COUNT_SCRIPT)
 
 # Enough for a client that asks again (a page refresh) a few times before it
 # sends the event that names the list it showed.
 SERVED_LISTS_KEPT = 8
-USER_SEPARATOR = "|"
 Answer = Literal["model", "fallback"]
 
 
@@ -142,29 +138,6 @@ def keep_commands(served: ServedList, ttl_s: int) -> list[tuple[Any, ...]]:
             ("HINCRBY", keys.OUTCOME_COUNTS_KEY, field_name(FALLBACKS, *arm), 1)
         )
     return commands
-
-
-def attribute_command(
-    by_user: Mapping[str, Sequence[tuple[StoredEvent, str]]],
-    now: float,
-    wait_s: int,
-) -> tuple[Any, ...]:
-    """One slot's attribution call: per user, its new events with the request id
-    each names (``""`` for none), in arrival order."""
-    script_keys: list[str] = []
-    args: list[str | int] = [repr(now), wait_s]
-    for user_id, events in by_user.items():
-        if script_keys:
-            args.append(USER_SEPARATOR)
-        script_keys += (keys.served_key(user_id), keys.dedup_key(user_id))
-        for event, request_id in events:
-            args += (
-                event.event_id,
-                event.track_id,
-                "s" if event.skipped else "p",
-                request_id,
-            )
-    return ("EVALSHA", ATTRIBUTE_SCRIPT_SHA, len(script_keys), *script_keys, *args)
 
 
 def count_command(

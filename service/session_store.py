@@ -3,7 +3,8 @@
 State transitions and their atomicity:
 - append: ONE Lua script call (``lua/append_events.lua``) per Redis hash slot dedups
   by event id, inserts each user's events in time order, LTRIMs each user's list to
-  ``session_max_events`` and refreshes the TTLs; each user's part is atomic. Calls
+  ``session_max_events``, refreshes the TTLs and attributes the new events to the
+  user's served lists; each user's part is atomic. Calls
   never mix slots, even on a standalone server (a sharding proxy refuses CROSSSLOT).
   The calls go out in one non-transactional pipeline (one round trip), followed in
   the same pipeline by the event log's one call (``service.event_log``).
@@ -20,9 +21,9 @@ State transitions and their atomicity:
 - read in full (``GET /users/{id}/session``): one ``LRANGE``; the current session is
   cut by ``skiprec.sessions``.
 - served lists and their outcomes (``service.outcomes``): a served list is kept by
-  one script call in the user's slot after its answer was sent; the append
-  pipeline attributes new events to them (one more script call per slot, same
-  round trip) and, only when some event was attributed, counts the attributions in
+  one script call in the user's slot after its answer was sent; the append script
+  attributes the new events to them in the same call (the lists are in the user's
+  slot) and, only when some event was attributed, the attributions are counted in
   a second round trip, before the 202.
 
 Reads run under a deadline (``StoreConfig.read_timeout_s``) that bounds the
@@ -54,7 +55,6 @@ from service.outcomes import (
     ArmCounts,
     Attribution,
     ServedList,
-    attribute_command,
     count_command,
     keep_commands,
     parse_counts,
@@ -66,7 +66,7 @@ APPEND_SCRIPT = files("service").joinpath("lua/append_events.lua").read_text()
 APPEND_SCRIPT_SHA = hashlib.sha1(APPEND_SCRIPT.encode()).hexdigest()
 READ_SCRIPT = files("service").joinpath("lua/read_session.lua").read_text()
 READ_SCRIPT_SHA = hashlib.sha1(READ_SCRIPT.encode()).hexdigest()
-USER_SEPARATOR = "|"  # between users' pairs in the append script's ARGV
+USER_SEPARATOR = "|"  # between users' triples in the append script's ARGV
 LATE_MARK = "~"  # before an encoded event: dedup and count it, keep it out of the list
 # A deadline timer that fires late (a busy loop) runs before the loop reads a reply
 # that is already in the socket (libuv runs timers before polling): this many extra
@@ -206,38 +206,31 @@ class SessionStore:
         """
         named = request_ids or {}
         calls: dict[int, dict[str, list[str]]] = {}
-        answers: dict[int, dict[str, list[tuple[StoredEvent, str]]]] = {}
         for position, event in enumerate(events):
             if not event.event_id:
                 raise ValueError("every stored event needs an id (service.ingest)")
             slot = key_slot(keys.session_events_key(event.user_id).encode())
-            pairs = calls.setdefault(slot, {}).setdefault(event.user_id, [])
+            triples = calls.setdefault(slot, {}).setdefault(event.user_id, [])
             encoded = event.encode()
-            pairs += (
+            triples += (
                 event.event_id,
                 LATE_MARK + encoded if position in late else encoded,
+                named.get(position, ""),
             )
-            if position not in late:
-                by_user = answers.setdefault(slot, {})
-                by_user.setdefault(event.user_id, []).append(
-                    (event, named.get(position, ""))
-                )
         commands = [self._append_command(by_user, now) for by_user in calls.values()]
-        wait_s = self.config.served_ttl_s
-        commands += [attribute_command(u, now, wait_s) for u in answers.values()]
         commands.append(log_command(events, self.config.stream_maxlen))
         with store_errors():
             replies = await self._execute(commands)
             attributions = tuple(
                 Attribution.decode(_text(text))
-                for reply in replies[len(calls) : -1]
-                for text in reply
+                for reply in replies[:-1]
+                for text in reply[4:]
             )
             if attributions:
                 remember_s = self.config.dedup_ttl_s
                 await self._execute([count_command(attributions, now, remember_s)])
         accepted, duplicates, skips, late_count = (
-            sum(int(reply[i]) for reply in replies[: len(calls)]) for i in range(4)
+            sum(int(reply[i]) for reply in replies[:-1]) for i in range(4)
         )
         return AppendResult(accepted, duplicates, skips, late_count, attributions)
 
@@ -262,12 +255,17 @@ class SessionStore:
             cfg.session_ttl_s,
             cfg.dedup_ttl_s,
             repr(now),
+            cfg.served_ttl_s,
         ]
-        for user_id, pairs in by_user.items():
+        for user_id, triples in by_user.items():
             if script_keys:
                 args.append(USER_SEPARATOR)
-            script_keys += (keys.session_events_key(user_id), keys.dedup_key(user_id))
-            args += pairs
+            script_keys += (
+                keys.session_events_key(user_id),
+                keys.dedup_key(user_id),
+                keys.served_key(user_id),
+            )
+            args += triples
         return ("EVALSHA", APPEND_SCRIPT_SHA, len(script_keys), *script_keys, *args)
 
     async def _execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:

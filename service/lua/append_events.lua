@@ -1,20 +1,33 @@
 -- Append the events of one or more users atomically: dedup, insert in time order,
--- trim, expire.
+-- trim, expire; then attribute each user's new events to the lists served to them.
 --
--- KEYS[2u-1] - user u's event list (skiprec:{user_id}:events), in time order
--- KEYS[2u]   - user u's dedup sorted set (skiprec:{user_id}:dedup): event id -> receive time
+-- KEYS[3u-2] - user u's event list (skiprec:{user_id}:events), in time order
+-- KEYS[3u-1] - user u's dedup sorted set (skiprec:{user_id}:dedup): event id -> receive time
+-- KEYS[3u]   - user u's served lists (skiprec:{user_id}:served), newest first, each
+--              "state|request_id|served_at|track,track,...|label"; state is
+--              ""                    waiting for the listener's next event,
+--              "-"                   superseded (its next event came before it
+--                                    was stored),
+--              "rank:p|s:event_id"   attributed to that event (rank 0-based, -1
+--                                    when the track was not in the list)
 --              (every key of one call shares a hash slot: the caller groups users
 --              by slot, on a Cluster and behind a sharding proxy alike)
 -- ARGV[1] - max events kept per list (LTRIM keeps the newest ARGV[1])
 -- ARGV[2] - TTL of an event list, seconds
 -- ARGV[3] - TTL of dedup entries, seconds (older entries are pruned, the key expires)
 -- ARGV[4] - now, unix seconds (the API's clock, so replicas and replays agree)
--- ARGV[5], ARGV[6], ... - user 1's events as pairs: event id (never empty: the API
---   derives one when the client sends none), encoded event; an encoded event that
---   starts with "~" is too late for the live session: deduplicated and counted, never
---   stored. Each further user's pairs follow a lone "|" argument (never an event id:
---   ids are [A-Za-z0-9._:@-]). With one user (2 KEYS) there is no "|".
--- return {accepted, duplicates, accepted skips, accepted late}, summed over the users
+-- ARGV[5] - how long a served list waits for its next event, seconds
+-- ARGV[6], ARGV[7], ARGV[8], ... - user 1's events as triples: event id (never
+--   empty: the API derives one when the client sends none), encoded event, the
+--   request id of the served list the client names ("" for none); an encoded event
+--   that starts with "~" is too late for the live session: deduplicated and
+--   counted, never stored, never attributed. Each further user's triples follow a
+--   lone "|" argument (never an event id: ids are [A-Za-z0-9._:@-]). With one user
+--   (3 KEYS) there is no "|".
+-- return {accepted, duplicates, accepted skips, accepted late, attribution, ...}:
+--   the counts summed over the users, then one "request_id|rank|p|s|label" per
+--   attribution, including those a retried event made before (count_outcomes.lua
+--   counts each request id once)
 --
 -- The list stays ordered by event time (the stored event's last field), ties in
 -- arrival order: a user's new events are appended when they come in order (the
@@ -23,15 +36,24 @@
 -- An id already stored with this very call's receive time was stored by this call's
 -- first delivery (a resend after a lost reply): it counts as accepted, not twice.
 -- A repeated id within the call counts as a duplicate like any earlier one.
+--
+-- Attribution, exactly once: a new event (or a resend's) that names no request id
+-- takes the user's newest list when that one still waits and is younger than
+-- ARGV[5]; one naming a request id takes that list when it waits. A list is
+-- attributed once: its state records the event, so a retried event (a duplicate)
+-- finds it again and reports the same attribution, never a second one. The served
+-- lists are read once per user, only for a user with an event on time.
 local max_events = tonumber(ARGV[1])
 local session_ttl = tonumber(ARGV[2])
 local dedup_ttl = tonumber(ARGV[3])
 local now = tonumber(ARGV[4])
+local wait = tonumber(ARGV[5])
 
 local accepted = 0
 local duplicates = 0
 local skips = 0
 local late = 0
+local attributions = {}
 
 local function stamp(entry)
   return tonumber(string.match(entry, "|([^|]*)$"))
@@ -102,28 +124,94 @@ local function finish(events_key, dedup_key, fresh, used_dedup)
   end
 end
 
+local function rank_of(tracks, track)
+  local position = 0
+  for served in string.gmatch(tracks, "[^,]+") do
+    if served == track then
+      return position
+    end
+    position = position + 1
+  end
+  return -1
+end
+
+local function report(list, rank, code)
+  attributions[#attributions + 1] =
+    list.request_id .. "|" .. rank .. "|" .. code .. "|" .. list.label
+end
+
+-- A user's served lists, parsed once, oldest last (LRANGE order).
+local function served_lists(served_key)
+  local lists = {}
+  for j, entry in ipairs(redis.call("LRANGE", served_key, 0, -1)) do
+    local state, request_id, served_at, tracks, label =
+      string.match(entry, "^([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$")
+    lists[j] = {index = j - 1, state = state, request_id = request_id,
+                served_at = tonumber(served_at), tracks = tracks, label = label,
+                rest = string.sub(entry, #state + 2)}
+  end
+  return lists
+end
+
+-- The attribution of one on-time event: ``new`` when this call stored it (or a
+-- resend of this call did), else a duplicate that can only report an earlier one.
+local function attribute(served_key, lists, event_id, entry, named, new)
+  for _, list in ipairs(lists) do
+    local rank, was, by = string.match(list.state, "^(-?%d+):([ps]):(.*)$")
+    if by == event_id then
+      report(list, rank, was)
+      return
+    end
+  end
+  if not new or #lists == 0 then
+    return
+  end
+  local target = nil
+  if named == "" then
+    target = lists[1]
+  else
+    for _, list in ipairs(lists) do
+      if list.request_id == named then
+        target = list
+        break
+      end
+    end
+  end
+  if target and target.state == "" and now - target.served_at <= wait then
+    local track, code = string.match(entry, "^[^|]*|([^|]*)|([^|]*)|")
+    local skip = string.match(code, "^[s01]$") and "s" or "p"
+    local rank = rank_of(target.tracks, track)
+    target.state = rank .. ":" .. skip .. ":" .. event_id
+    redis.call("LSET", served_key, target.index, target.state .. "|" .. target.rest)
+    report(target, rank, skip)
+  end
+end
+
 local in_call = {} -- ids met earlier in this call: a repeat is a duplicate
 local user = 1
 local fresh_events = {} -- this user's new events for the live session, arrival order
 local used_dedup = false
-local i = 5
+local lists = nil -- this user's served lists, read at their first on-time event
+local i = 6
 while i <= #ARGV do
   local event_id = ARGV[i]
   if event_id == "|" then
-    finish(KEYS[2 * user - 1], KEYS[2 * user], fresh_events, used_dedup)
+    finish(KEYS[3 * user - 2], KEYS[3 * user - 1], fresh_events, used_dedup)
     user = user + 1
     fresh_events = {}
     used_dedup = false
+    lists = nil
     i = i + 1
   else
     used_dedup = true
+    local dedup_key = KEYS[3 * user - 1]
     local entry = ARGV[i + 1]
     local is_late = string.sub(entry, 1, 1) == "~"
     if is_late then
       entry = string.sub(entry, 2)
     end
     -- ZADD NX returns 1 only when the id was not present yet.
-    local added = redis.pcall("ZADD", KEYS[2 * user], "NX", now, event_id)
+    local added = redis.pcall("ZADD", dedup_key, "NX", now, event_id)
     if type(added) == "table" and added.err then
       -- A refusal (OOM, READONLY) comes at the first write, before any effect:
       -- returned as the server's own error ("OOM ..."), which Redis 6 would wrap
@@ -134,7 +222,7 @@ while i <= #ARGV do
     local fresh = added == 1
     local here = user .. "|" .. event_id
     local resent = not fresh and not in_call[here]
-      and tonumber(redis.call("ZSCORE", KEYS[2 * user], event_id)) == now
+      and tonumber(redis.call("ZSCORE", dedup_key, event_id)) == now
     in_call[here] = true
     if fresh or resent then
       if fresh and not is_late then
@@ -152,8 +240,17 @@ while i <= #ARGV do
     else
       duplicates = duplicates + 1
     end
-    i = i + 2
+    if not is_late then
+      local served_key = KEYS[3 * user]
+      lists = lists or served_lists(served_key)
+      attribute(served_key, lists, event_id, entry, ARGV[i + 2], fresh or resent)
+    end
+    i = i + 3
   end
 end
-finish(KEYS[2 * user - 1], KEYS[2 * user], fresh_events, used_dedup)
-return {accepted, duplicates, skips, late}
+finish(KEYS[3 * user - 2], KEYS[3 * user - 1], fresh_events, used_dedup)
+local reply = {accepted, duplicates, skips, late}
+for _, text in ipairs(attributions) do
+  reply[#reply + 1] = text
+end
+return reply

@@ -8,9 +8,14 @@
 -- ARGV[3], ... - per attribution: its request id, the number n of counter fields,
 --                then the n fields to increment by one
 -- return how many attributions were counted (the others had been)
+--
+-- The increments are summed per field first: one HINCRBY per distinct field, not
+-- per attribution (a batch of events answers many lists of the same arm).
 local now = tonumber(ARGV[1])
 local remember = tonumber(ARGV[2])
 local counted = 0
+local increments = {}
+local fields = {} -- distinct fields, in first-seen order
 local i = 3
 while i <= #ARGV do
   local n = tonumber(ARGV[i + 1])
@@ -21,11 +26,19 @@ while i <= #ARGV do
   end
   if added == 1 then
     for j = i + 2, i + 1 + n do
-      redis.call("HINCRBY", KEYS[1], ARGV[j], 1)
+      local name = ARGV[j]
+      if not increments[name] then
+        increments[name] = 0
+        fields[#fields + 1] = name
+      end
+      increments[name] = increments[name] + 1
     end
     counted = counted + 1
   end
   i = i + 2 + n
+end
+for _, name in ipairs(fields) do
+  redis.call("HINCRBY", KEYS[1], name, increments[name])
 end
 if counted > 0 then
   redis.call("ZREMRANGEBYSCORE", KEYS[2], "-inf", "(" .. (now - remember))

@@ -2,7 +2,7 @@
 --
 -- KEYS[1] - the user's served lists (skiprec:{user_id}:served), newest first, each
 --           "state|request_id|served_at|track,track,...|label" (state "" while it
---           waits for the next event; see attribute_events.lua for the others)
+--           waits for the next event; see append_events.lua for the others)
 -- KEYS[2] - the user's dedup sorted set (skiprec:{user_id}:dedup): event id -> the
 --           API's receive time (the same slot: one hash tag)
 -- ARGV[1] - the list as stored, without its state: "|request_id|served_at|..."

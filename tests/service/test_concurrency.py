@@ -73,8 +73,8 @@ def accepted_in_order(commands: list[list[str]], events_key: str) -> list[str]:
     for command in commands:
         if command[0].upper() != "EVALSHA" or command[3] != events_key:
             continue
-        pairs = command[9:]
-        for event_id, encoded in zip(pairs[::2], pairs[1::2], strict=True):
+        triples = command[11:]  # after 3 keys and 5 fixed arguments
+        for event_id, encoded in zip(triples[::3], triples[1::3], strict=True):
             if event_id and event_id in seen:
                 continue
             seen.add(event_id)

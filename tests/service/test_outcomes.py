@@ -109,6 +109,32 @@ async def test_only_the_next_event_answers_a_list(client):
     assert (await arm(client, k=1))["rates"]["hit"]["successes"] == 1
 
 
+async def test_one_batch_answering_lists_of_one_arm_counts_each_once(client):
+    """The counting script sums a batch's increments per field: three lists of one
+    arm, answered in one request, count three; the retried batch adds nothing."""
+    users = ["a", "b", "c"]
+    for user in users:
+        await listened(client, user)
+    tops = [(await recommend(client, u))["items"][0]["track_id"] for u in users]
+    batch = {
+        "events": [
+            event(u, top, event_id=f"{u}-next")
+            for u, top in zip(users, tops, strict=True)
+        ]
+    }
+    for expected in (3, 0):
+        reply = (await client.post("/events", json=batch)).json()
+        assert reply["accepted"] == expected
+        summary = await arm(client, k=1)
+        assert summary["answered"] == 3
+        assert counts(summary) == {
+            "hit": 3,
+            "hit_played": 3,
+            "hit_skipped": 0,
+            "next_skipped": 0,
+        }
+
+
 async def test_an_event_naming_a_request_id_answers_that_list(client):
     await listened(client, "u")
     older = await recommend(client, "u", k=3)

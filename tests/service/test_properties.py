@@ -74,6 +74,7 @@ def test_encoder_rows_do_not_depend_on_batch_mates_or_padding(
 
 SESSION_TTL = 3_000
 DEDUP_TTL = 1_000  # in the script's "now" units; real expiry never fires in a test
+SERVED_TTL = 1_800
 
 event_ids = st.sampled_from(["a", "b", "c", "d", "e", "f", "g"])
 script_batch = st.lists(
@@ -143,19 +144,31 @@ class ScriptModel:
 def test_append_script_matches_its_model(redis_server, calls, max_events):
     client = redis.Redis.from_url(redis_server, decode_responses=True)
     client.flushall()
-    events_key, dedup_key = keys.session_events_key("prop"), keys.dedup_key("prop")
+    script_keys = (
+        keys.session_events_key("prop"),
+        keys.dedup_key("prop"),
+        keys.served_key("prop"),
+    )
+    events_key, dedup_key, _ = script_keys
     model = ScriptModel(max_events)
     now = 1_000_000.0
     try:
         for batch, step in calls:
             now += step
             sent: list[tuple[str, str, bool]] = []
-            args: list[str | int] = [max_events, SESSION_TTL, DEDUP_TTL, repr(now)]
+            args: list[str | int] = [
+                max_events,
+                SESSION_TTL,
+                DEDUP_TTL,
+                repr(now),
+                SERVED_TTL,
+            ]
             for event_id, code, track, when, late in batch:
                 encoded = f"{event_id}|t{track}|{code}|{when}.000"
                 sent.append((event_id, encoded, late))
-                args += (event_id, LATE_MARK + encoded if late else encoded)
-            reply = client.eval(APPEND_SCRIPT, 2, events_key, dedup_key, *args)
+                args += (event_id, LATE_MARK + encoded if late else encoded, "")
+            # no served lists here: test_outcomes covers the attribution part
+            reply = client.eval(APPEND_SCRIPT, 3, *script_keys, *args)
             assert tuple(reply) == model.append(sent, now)
             assert client.lrange(events_key, 0, -1) == model.events
             assert sorted(client.zrange(dedup_key, 0, -1)) == sorted(model.dedup)
