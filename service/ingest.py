@@ -1,6 +1,7 @@
 """The events domain: accepted wire events -> stored events, counted once.
 
-``record_events`` is all of ``POST /events`` after parsing:
+``Ingest.record`` is all of ``POST /events`` after parsing (the route's one
+dependency: the store, the metrics and the request limits, built in the lifespan):
 
 - **Event time.** An event happened at its ``timestamp`` (receive time when absent),
   shifted by ``receive time - sent_at`` when the client says when it sent the
@@ -94,25 +95,31 @@ def check_times(
     return late
 
 
-async def record_events(
-    store: SessionStore,
-    metrics: Metrics,
-    events: Sequence[PlaybackEvent],
-    now: float,
-    bounds: EventTimeBounds,
-    *,
-    batch: bool,
-) -> AppendResult:
-    stored = [stored_event(e, now, i) for i, e in enumerate(events)]
-    late = check_times(stored, now, bounds, batch)
-    named = {i: e.request_id for i, e in enumerate(events) if e.request_id}
-    result = await store.append(stored, now, late, named)
-    if result.duplicates:
-        metrics.duplicates.inc(result.duplicates)
-    if result.late:
-        metrics.late_events.inc(result.late)
-    if result.accepted_skips:
-        metrics.events.labels(type="skip").inc(result.accepted_skips)
-    if result.accepted > result.accepted_skips:
-        metrics.events.labels(type="play").inc(result.accepted - result.accepted_skips)
-    return result
+@dataclass(frozen=True, slots=True)
+class Ingest:
+    """The events domain as the route reaches it."""
+
+    store: SessionStore
+    metrics: Metrics
+    bounds: EventTimeBounds
+    max_batch: int  # events per request
+    max_body_bytes: int
+
+    async def record(
+        self, events: Sequence[PlaybackEvent], now: float, *, batch: bool
+    ) -> AppendResult:
+        stored = [stored_event(e, now, i) for i, e in enumerate(events)]
+        late = check_times(stored, now, self.bounds, batch)
+        named = {i: e.request_id for i, e in enumerate(events) if e.request_id}
+        result = await self.store.append(stored, now, late, named)
+        metrics = self.metrics
+        if result.duplicates:
+            metrics.duplicates.inc(result.duplicates)
+        if result.late:
+            metrics.late_events.inc(result.late)
+        if result.accepted_skips:
+            metrics.events.labels(type="skip").inc(result.accepted_skips)
+        played = result.accepted - result.accepted_skips
+        if played:
+            metrics.events.labels(type="play").inc(played)
+        return result

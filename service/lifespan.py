@@ -22,6 +22,7 @@ from fastapi import FastAPI
 
 from service.errors import BundleRejected, SessionStoreUnavailable
 from service.inference import MicroBatcher, ModelHolder
+from service.ingest import EventTimeBounds, Ingest
 from service.metrics import Metrics
 from service.recommend import Recommender
 from service.redis_client import RedisHandle, open_redis
@@ -44,6 +45,7 @@ class ServiceState:
     models: ModelHolder  # the primary variant's (probes report it)
     batcher: MicroBatcher
     recommender: Recommender
+    ingest: Ingest
     redis: RedisHandle
     variants: Variants
 
@@ -162,8 +164,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     recommender = Recommender(
         store, variants, batcher, metrics, partial(session_policy, settings)
     )
+    ingest = Ingest(
+        store,
+        metrics,
+        EventTimeBounds(settings.max_clock_skew_s, settings.max_lateness_s),
+        settings.max_batch,
+        settings.max_body_bytes,
+    )
     state = ServiceState(
-        settings, metrics, store, models, batcher, recommender, redis, variants
+        settings, metrics, store, models, batcher, recommender, ingest, redis, variants
     )
     app.state.skiprec = state
     watchers = [

@@ -8,8 +8,7 @@ import orjson
 from fastapi import APIRouter, Request, Response
 
 from service.body import parse_events, read_json
-from service.deps import MetricsDep, SessionStoreDep, SettingsDep
-from service.ingest import EventTimeBounds, record_events
+from service.deps import IngestDep
 from service.openapi import EVENTS_BODY, error_responses
 from service.schemas import EventsAccepted
 
@@ -23,23 +22,11 @@ router = APIRouter(tags=["events"])
     responses=error_responses(400, 408, 413, 415, 422, 503),
     openapi_extra=EVENTS_BODY,
 )
-async def post_events(
-    request: Request,
-    settings: SettingsDep,
-    store: SessionStoreDep,
-    metrics: MetricsDep,
-) -> Response:
+async def post_events(request: Request, ingest: IngestDep) -> Response:
     """Append events to their users' live sessions (idempotent by event_id)."""
-    payload = await read_json(request, settings.max_body_bytes)
-    events = parse_events(payload, settings.max_batch)
-    result = await record_events(
-        store,
-        metrics,
-        events,
-        time.time(),
-        EventTimeBounds(settings.max_clock_skew_s, settings.max_lateness_s),
-        batch="events" in payload,
-    )
+    payload = await read_json(request, ingest.max_body_bytes)
+    events = parse_events(payload, ingest.max_batch)
+    result = await ingest.record(events, time.time(), batch="events" in payload)
     body = {
         "accepted": result.accepted,
         "duplicates": result.duplicates,
