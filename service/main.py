@@ -68,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         LoadShedder,
         limit=lambda: _settings(app).max_in_flight,
+        target_s=lambda: _settings(app).shed_latency_ms / 1e3,
         shed=app.state.metrics.requests_shed,
     )
     return app

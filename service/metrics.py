@@ -83,9 +83,13 @@ class Metrics:
         )
         self.requests_shed = Counter(
             "skiprec_requests_shed_total",
-            "Requests refused (503 overloaded) past SKIPREC_MAX_IN_FLIGHT in a worker",
+            "Requests refused (503 overloaded) by a worker's bound in flight: "
+            "count (SKIPREC_MAX_IN_FLIGHT) or time (SKIPREC_SHED_LATENCY_MS)",
+            ["bound"],
             registry=self.registry,
         )
+        for bound in ("count", "time"):
+            self.requests_shed.labels(bound=bound)
         self.inference_errors = Counter(
             "skiprec_inference_errors_total",
             "ONNX calls that raised; each request of the batch got the fallback",

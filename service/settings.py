@@ -72,6 +72,16 @@ class Settings(BaseSettings):
     max_in_flight: int = Field(
         default=32, ge=0, le=1_000_000, description="requests in flight per worker"
     )
+    # The recommendation routes' time bound (service/admission.py): while even the
+    # fastest of them took longer than this, a worker admits only what it finishes
+    # in this long. Above a loaded worker's fastest answer (docs/BENCHMARKS.md), well
+    # under the latency a client waits for.
+    shed_latency_ms: float = Field(
+        default=20.0,
+        ge=0.0,
+        le=60_000.0,
+        description="standing-queue latency target, ms; 0 = no time bound",
+    )
 
     # Redis
     redis_url: str | None = None
