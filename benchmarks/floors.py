@@ -130,8 +130,9 @@ def model_floor(
     """The service's whole model step, ``LoadedModel.infer`` (encoding, the graph or
     both stages, decoding the top-10), on random sessions of ``seq_len`` events with
     ``num_excluded`` excluded tracks: whole-catalogue scoring, and two-stage when the
-    bundle has an index, with the cost of each stage at batch 1."""
-    from service.inference import LoadedModel
+    bundle has an index (at every batch size), with the cost of each stage at batch 1
+    and the batch size from which the service's calibration scores exactly."""
+    from service.inference import NEVER, LoadedModel
 
     rng = random.Random(seed)
     out: dict[str, Any] = {"seq_len": seq_len, "modes": {}}
@@ -139,6 +140,10 @@ def model_floor(
         model = LoadedModel.load(bundle_dir, intra_op_threads, two_stage=two_stage)
         if two_stage and model.retrieval is None:
             break
+        if two_stage:
+            # What the service's own calibration chose; then the two stages alone.
+            out["exact_from"] = model.exact_from if model.exact_from < NEVER else None
+            model.exact_from = NEVER
         mode: dict[str, Any] = {"batches": {}}
         for size in batch_sizes:
             batch = _model_requests(model, size, seq_len, num_excluded, rng)

@@ -323,9 +323,12 @@ def _render_scaling(results: dict[str, Any]) -> list[str]:
         lines += ["", "### Latency vs catalogue size", ""]
         lines += [
             "Each catalogue's bundle served both ways when it has an ANN index "
-            "(`SKIPREC_RETRIEVAL=exact` scores every track; `auto` ranks two-stage). "
+            "(`SKIPREC_RETRIEVAL=exact` scores every track; `auto` ranks two-stage, "
+            "and batches of at least the size its calibration measured, shown as "
+            "*exact from b=N*, over the whole catalogue). "
             "*model b=1 / b=8*: the service's whole model step "
-            "(`LoadedModel.infer`, benchmarks/floors.py `model_floor`); *recall@10*: "
+            "(`LoadedModel.infer`, benchmarks/floors.py `model_floor`; each path "
+            "alone); *recall@10*: "
             "two-stage top-10 against whole-catalogue scoring on the export's parity "
             "sessions (manifest); *RSS*: resident memory per worker.",
             "",
@@ -339,10 +342,16 @@ def _render_scaling(results: dict[str, Any]) -> list[str]:
                 r = entry[mode]
                 rss = r.get("worker_rss_bytes") or [0]
                 two_stage = mode == "two_stage"
+                exact_from = entry["model"].get("exact_from")
+                label = "exact"
+                if two_stage:
+                    label = f"auto (exact from b={exact_from})"
+                    if not exact_from:
+                        label = "auto"
                 rows.append(
                     [
                         f"{int(tracks):,}",
-                        "two-stage" if two_stage else "exact",
+                        label,
                         fmt(batches["1"]["p50_ms"], 3),
                         fmt(batches["8"]["per_request_ms"], 3),
                         fmt(recall.get("recall_at_10"), 4) if two_stage else "–",

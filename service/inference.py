@@ -5,7 +5,13 @@
   decodes the top-k. The excluded tracks of each request (the policy decided them,
   see ``service/recommend.py``) go into the graph's ``exclude_ids`` input, so the
   graph's top-K already skips them and k results come back whenever the catalogue
-  has k other tracks.
+  has k other tracks. A bundle with an ANN index ranks small batches in two stages
+  and batches of at least ``exact_from`` requests over the whole catalogue: a
+  whole-catalogue call streams the item table once per batch, however many
+  sessions it scores, while the ANN search costs the same for every session, so past
+  some batch size the exact call is the cheaper one (and exact). That size is
+  measured on this machine when the bundle loads (``calibrate_exact_from``) unless
+  ``SKIPREC_EXACT_MIN_BATCH`` sets it.
 - ``ModelHolder`` keeps the serving model; ``reload`` validates a new bundle
   completely (manifest, hashes, graph signature, one smoke inference) off the event
   loop and swaps the reference atomically; a bad bundle raises ``BundleRejected`` and
@@ -26,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -69,6 +76,12 @@ logger = logging.getLogger(__name__)
 
 # A worker that keeps dying is restarted at most once a second (and logs each death).
 WORKER_RESTART_DELAY_S = 1.0
+# ``exact_from`` when whole-catalogue scoring never pays (or there is no index).
+NEVER = 1 << 30
+# The calibration: batches of these sizes through both paths, the median of this
+# many timed calls each (after one untimed), sessions of the window's length.
+CALIBRATION_BATCHES = (1, 8)
+CALIBRATION_CALLS = 7
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,17 +112,41 @@ class InferenceRequest:
     candidates: tuple[str, ...] = ()
 
 
+def crossover_batch(
+    sizes: tuple[int, int], exact_s: Sequence[float], two_stage_s: Sequence[float]
+) -> int:
+    """The smallest batch size from which a call of the whole-catalogue path costs
+    no more than one of the two stages, from each path's seconds per call at two
+    batch sizes: a call costs a fixed part plus a part per session, a straight line
+    through the two points. ``NEVER`` when the two stages cost less at every size."""
+    small, large = sizes
+    slope_exact = (exact_s[1] - exact_s[0]) / (large - small)
+    slope_two = (two_stage_s[1] - two_stage_s[0]) / (large - small)
+    fixed_exact = exact_s[0] - slope_exact * small
+    fixed_two = two_stage_s[0] - slope_two * small
+    saved_per_session = slope_two - slope_exact
+    if saved_per_session <= 0:
+        return NEVER
+    return max(1, math.ceil((fixed_exact - fixed_two) / saved_per_session))
+
+
 class LoadedModel:
     """A validated bundle with its open ONNX Runtime session."""
 
     def __init__(
-        self, bundle: Bundle, session: Any, retrieval: Retrieval | None = None
+        self,
+        bundle: Bundle,
+        session: Any,
+        retrieval: Retrieval | None = None,
+        exact_from: int = NEVER,
     ) -> None:
         # The bundle itself is not kept: its model bytes are now ORT's.
         self.session = session
         # Two-stage path (ANN candidates, exact scoring of them) when the bundle
-        # has one: the exporter built it because the catalogue is large.
+        # has one: the exporter built it because the catalogue is large; batches of
+        # ``exact_from`` requests or more score the whole catalogue instead.
         self.retrieval = retrieval
+        self.exact_from = exact_from
         self.vocab = bundle.vocab
         self.spec: EncodingSpec = bundle.manifest.encoding_spec()
         self.model_version = bundle.manifest.model_version
@@ -125,11 +162,19 @@ class LoadedModel:
         self.popularity_share = {t.track_id: t.score for t in self.popular}
 
     @classmethod
-    def load(cls, path: Path, onnx_threads: int, two_stage: bool = True) -> LoadedModel:
+    def load(
+        cls,
+        path: Path,
+        onnx_threads: int,
+        two_stage: bool = True,
+        exact_from: int | None = None,
+    ) -> LoadedModel:
         """Load, verify and smoke-test a bundle; raises ``BundleError``.
 
         ``two_stage=False`` scores the whole catalogue even when the bundle has an
         ANN index (``SKIPREC_RETRIEVAL=exact``); the index files are still verified.
+        ``exact_from``: the batch size from which a two-stage bundle scores the whole
+        catalogue; ``None`` measures it (``calibrate_exact_from``).
         """
         bundle = load_bundle(path)
         session = open_inference_session(bundle, intra_op_threads=onnx_threads)
@@ -138,15 +183,63 @@ class LoadedModel:
         )
         model = cls(bundle, session, retrieval)
         model.smoke_test()
+        if retrieval is not None:
+            model.exact_from = (
+                model.calibrate_exact_from() if exact_from is None else exact_from
+            )
+            logger.info(
+                "%s: two stages below %s requests a batch, the whole catalogue from it",
+                model.model_version,
+                model.exact_from if model.exact_from < NEVER else "any number of",
+            )
         return model
 
+    def calibrate_exact_from(self) -> int:
+        """``crossover_batch`` of the two paths as timed here, on sessions of the
+        window's length (a cost measured on this machine, not on the exporter's)."""
+        retrieval = self.retrieval
+        assert retrieval is not None
+        rng = np.random.default_rng(0)
+        tracks = self.vocab.track_ids
+        length = self.spec.max_seq_len
+
+        def session() -> InferenceRequest:
+            picked = tuple(tracks[i] for i in rng.integers(0, len(tracks), length))
+            return InferenceRequest(picked, (False,) * length, 10)
+
+        exact_s, two_stage_s = [], []
+        for size in CALIBRATION_BATCHES:
+            batch = [session() for _ in range(size)]
+            exact, two_stage = self._median_calls_s(batch)
+            exact_s.append(exact)
+            two_stage_s.append(two_stage)
+        return crossover_batch(CALIBRATION_BATCHES, exact_s, two_stage_s)
+
+    def _median_calls_s(self, batch: list[InferenceRequest]) -> tuple[float, float]:
+        """Median seconds per call of each path on ``batch``, the calls alternating
+        so that both see the same machine (a neighbour's load hits both alike)."""
+        timings: dict[bool, list[float]] = {True: [], False: []}
+        for call in range(CALIBRATION_CALLS + 1):
+            for exact in (True, False):
+                started = time.perf_counter()
+                self._run(batch, exact=exact)
+                if call:  # the first call of each warms its path up
+                    timings[exact].append(time.perf_counter() - started)
+        return float(np.median(timings[True])), float(np.median(timings[False]))
+
     def smoke_test(self) -> None:
-        """One inference on a one-event session: shapes, dtypes and index range."""
+        """One inference on a one-event session, through each path the bundle
+        serves: shapes, dtypes and index range."""
         first = self.vocab.track_ids[0] if self.vocab.num_tracks else "?"
         k = min(self.top_k, max(1, self.vocab.num_tracks - 1))
-        outputs = self._run([InferenceRequest((first,), (True,), k, (first,))])
+        request = InferenceRequest((first,), (True,), k, (first,))
+        self._check_smoke(self._run([request], exact=True), exact=True)
+        if self.retrieval is not None:
+            self._check_smoke(self._run([request], exact=False), exact=False)
+
+    def _check_smoke(self, outputs: list[Any], exact: bool) -> None:
         indices, scores = np.asarray(outputs[0]), np.asarray(outputs[1])
-        if self.retrieval is None and (
+        if exact and (
             indices.shape != (1, self.top_k) or scores.shape != (1, self.top_k)
         ):
             raise BundleRejected(
@@ -157,10 +250,14 @@ class LoadedModel:
         if valid.size and (valid.min() < NUM_SPECIAL or valid.max() >= self.vocab.size):
             raise BundleRejected("smoke inference ranked a special or unknown index")
 
-    def _run(self, requests: Sequence[InferenceRequest]) -> list[Any]:
+    def _run(
+        self, requests: Sequence[InferenceRequest], exact: bool | None = None
+    ) -> list[Any]:
         """The graph's five outputs (``OUTPUT_NAMES`` order) for a batch; through
         the two-stage path, per row: the ANN candidates best first (for the first
-        three) and the request's candidates in its order (for the last two)."""
+        three) and the request's candidates in its order (for the last two).
+        ``exact``: the whole-catalogue graph or the two stages; ``None``: by the
+        batch's size (``exact_from``)."""
         histories: list[list[tuple[int, int]]] = []
         exclusions: list[list[int]] = []
         indices_of = self.vocab.indices
@@ -178,7 +275,9 @@ class LoadedModel:
         # Candidates (PAD-filled; an unknown track is OOV, which scores -inf).
         candidates = [indices_of(request.candidates) for request in requests]
         exclude_ids = encode_exclusions(exclusions)
-        if self.retrieval is not None:
+        if exact is None:
+            exact = self.retrieval is None or len(requests) >= self.exact_from
+        if not exact:
             return self._two_stage(
                 requests, item_ids, feedback, exclude_ids, candidates
             )
@@ -304,11 +403,13 @@ class ModelHolder:
         onnx_threads: int,
         session_max_events: int,
         two_stage: bool = True,
+        exact_from: int | None = None,
     ) -> None:
         self.bundle_dir = bundle_dir
         self.onnx_threads = onnx_threads
         self.session_max_events = session_max_events
         self.two_stage = two_stage
+        self.exact_from = exact_from  # None: measured at each load
         self._model: LoadedModel | None = None
         self._lock = asyncio.Lock()
 
@@ -331,7 +432,11 @@ class ModelHolder:
         async with self._lock:
             try:
                 model = await asyncio.to_thread(
-                    LoadedModel.load, path, self.onnx_threads, self.two_stage
+                    LoadedModel.load,
+                    path,
+                    self.onnx_threads,
+                    self.two_stage,
+                    self.exact_from,
                 )
             except BundleError as exc:
                 logger.warning("bundle rejected: %s", exc)

@@ -126,6 +126,7 @@ async def _load_variants(
             settings.onnx_threads,
             settings.session_max_events,
             two_stage=settings.retrieval == "auto",
+            exact_from=settings.exact_min_batch,
         )
         signatures[spec.name] = bundle_signature(spec.bundle_dir)
         version, _ = await models.reload()

@@ -60,6 +60,13 @@ class Settings(BaseSettings):
         description="auto: two-stage (ANN + exact re-scoring) when the bundle has an "
         "index; exact: always score the whole catalogue",
     )
+    exact_min_batch: int | None = Field(
+        default=None,
+        ge=1,
+        description="with an ANN index: batches of at least this many requests score "
+        "the whole catalogue (cheaper per request past some size); unset: measured "
+        "when the bundle loads; larger than MAX_INFERENCE_BATCH: never",
+    )
     max_inference_batch: int = Field(default=64, ge=1, le=4096)
     # About 0.2 s of batched inference on the benchmark catalogue (docs/BENCHMARKS.md:
     # ~0.7 ms per request): past that, a 503 to retry elsewhere beats queueing.

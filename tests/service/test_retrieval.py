@@ -1,5 +1,6 @@
-"""The two-stage path: a bundle with an ANN index ranks as exact scoring does, and
-a tampered index is refused by its hash."""
+"""The two-stage path: a bundle with an ANN index ranks as exact scoring does, batches
+from the measured crossover score the whole catalogue, and a tampered index is
+refused by its hash."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.inference import InferenceRequest, LoadedModel
+from service.inference import NEVER, InferenceRequest, LoadedModel, crossover_batch
 from skiprec.bundle import BundleHashMismatch, load_bundle, open_inference_session
 from skiprec.manifest import INDEX_FILE, MANIFEST_FILE
 from tests.conftest import TINY_NUM_TRACKS, TINY_TOP_K
@@ -104,3 +105,56 @@ async def test_the_exact_setting_scores_the_whole_catalogue(
             assert (state.models.current.retrieval is not None) is two_stage
             answer = await client.get("/recommendations/nobody")
             assert answer.status_code == 200
+
+
+def test_the_crossover_is_where_the_whole_catalogue_call_costs_no_more() -> None:
+    # exact: 2.25 ms + 0.65 ms a session; two stages: 1.7 ms a session, no fixed
+    # part: equal at 2.25 / 1.05 = 2.14 sessions, so from 3 on.
+    assert crossover_batch((1, 8), (2.9e-3, 7.45e-3), (1.7e-3, 13.6e-3)) == 3
+    # the whole-catalogue call is cheaper even alone: from 1
+    assert crossover_batch((1, 8), (1.0e-3, 2.4e-3), (1.5e-3, 12.0e-3)) == 1
+    # the two stages grow more slowly per session: never
+    assert crossover_batch((1, 8), (2.9e-3, 20.0e-3), (1.7e-3, 9.0e-3)) == NEVER
+
+
+def test_batches_from_exact_from_score_the_whole_catalogue(
+    retrieval_bundle: Path, monkeypatch
+) -> None:
+    model = LoadedModel.load(retrieval_bundle, onnx_threads=1, exact_from=3)
+    assert model.exact_from == 3
+    bundle = load_bundle(retrieval_bundle)
+    exact = LoadedModel(bundle, open_inference_session(bundle))
+    two_stage_batches: list[int] = []
+    real = model._two_stage
+
+    def counted(requests, *args):
+        two_stage_batches.append(len(requests))
+        return real(requests, *args)
+
+    monkeypatch.setattr(model, "_two_stage", counted)
+    requests = _requests(exact, 8)
+    for size in (1, 2, 3, 8):
+        batch = requests[:size]
+        for got, want in zip(model.infer(batch), exact.infer(batch), strict=True):
+            assert [t.track_id for t in got] == [t.track_id for t in want]
+    assert two_stage_batches == [1, 2]
+
+
+def test_the_crossover_is_measured_at_load_unless_set(
+    retrieval_bundle: Path,
+) -> None:
+    measured = LoadedModel.load(retrieval_bundle, onnx_threads=1)
+    assert 1 <= measured.exact_from <= NEVER
+    exact_only = LoadedModel.load(retrieval_bundle, onnx_threads=1, two_stage=False)
+    assert exact_only.retrieval is None
+
+
+async def test_the_exact_min_batch_setting_replaces_the_measurement(
+    retrieval_bundle: Path, make_settings
+) -> None:
+    from tests.service.conftest import serving
+
+    settings = make_settings(bundle_dir=retrieval_bundle, exact_min_batch=5)
+    async with serving(settings) as (state, client):
+        assert state.models.current.exact_from == 5
+        assert (await client.get("/recommendations/nobody")).status_code == 200
