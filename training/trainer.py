@@ -151,10 +151,18 @@ def batch_loss(
             if config.skip_cl_anchor == "output"
             else model.item_embeddings(batch.tracks)
         )
+        # Positives and negatives in one lookup: each lookup's backward is a dense
+        # [V, D] gradient of the item table (a zero fill and a sum per lookup).
+        # [B, T] + [B, S] -> [B, T + S] -> [B, T + S, D] -> [B, T, D], [B, S, D]
+        positive_emb, negative_emb = torch.split(
+            model.item_embeddings(torch.cat([pairs.positives, pairs.negatives], 1)),
+            [pairs.positives.shape[1], pairs.negatives.shape[1]],
+            dim=1,
+        )
         embedded = (
             anchors,
-            model.item_embeddings(pairs.positives),
-            model.item_embeddings(pairs.negatives),
+            positive_emb,
+            negative_emb,
             pairs.anchors,
             pairs.negative_mask,
         )

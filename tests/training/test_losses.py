@@ -105,6 +105,41 @@ def test_sampled_softmax_loss_ignores_a_constant_log_q_without_hard_negatives():
     assert hard.item() != pytest.approx(sampled_softmax_loss(*_sampled_toy()).item())
 
 
+def _explicit_sampled_softmax(hidden, targets, table, negatives, hard, log_q):
+    """The formula of ``sampled_softmax_loss`` term by term: every shared candidate
+    its own column (repeats too), accidental hits masked, the positive first."""
+    shared = torch.cat([targets, negatives])
+    positive = (hidden * table[targets]).sum(-1, keepdim=True) - log_q[targets, None]
+    logits = hidden @ table[shared].T - log_q[shared]
+    logits = logits.masked_fill(shared[None, :] == targets[:, None], -torch.inf)
+    hard_logits = (hidden[:, None, :] * table[hard]).sum(-1)
+    unused = (hard == PAD_ID) | (hard == targets[:, None])
+    hard_logits = hard_logits.masked_fill(unused, -torch.inf)
+    logits = torch.cat([positive, logits, hard_logits], dim=1)
+    return (torch.logsumexp(logits, dim=1) - positive.squeeze(1)).mean()
+
+
+def test_sampled_softmax_loss_and_gradients_equal_the_explicit_candidate_sum():
+    # Repeated targets and negatives, accidental hits and hard negatives: each
+    # distinct candidate once with log(multiplicity), the positive written into
+    # its target's column, must be the same loss and gradients to float rounding.
+    generator = torch.Generator().manual_seed(0)
+    vocab_size, dim, rows = 40, 8, 30
+    table = torch.randn(vocab_size, dim, generator=generator, requires_grad=True)
+    hidden = torch.randn(rows, dim, generator=generator, requires_grad=True)
+    targets = torch.randint(3, 15, (rows,), generator=generator)
+    negatives = torch.randint(3, vocab_size, (50,), generator=generator)
+    hard = torch.randint(0, vocab_size, (rows, 4), generator=generator)
+    log_q = torch.randn(vocab_size, generator=generator)
+    loss = sampled_softmax_loss(hidden, targets, table, negatives, hard, log_q=log_q)
+    expected = _explicit_sampled_softmax(hidden, targets, table, negatives, hard, log_q)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    grads = torch.autograd.grad(loss, (hidden, table))
+    expected_grads = torch.autograd.grad(expected, (hidden, table))
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-6)
+
+
 def test_log_expected_counts_by_hand():
     # N = 4 negatives from p, and M - 1 = 3 other rows' targets distributed as q.
     p = torch.tensor([0.0, 0.0, 0.0, 0.5, 0.25, 0.25])
