@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 
 from prometheus_client import Counter
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import RETRY_AFTER_S, Overloaded, error_response
 
@@ -104,13 +104,28 @@ class LoadShedder:
             return
         self.in_flight += 1
         self.timed_in_flight += 1
+        answered = False
+
+        def done() -> None:
+            nonlocal answered
+            if not answered:
+                answered = True
+                self.timed_in_flight -= 1
+                self._window_min = min(self._window_min, self.clock() - started)
+                self._window_done += 1
+
+        async def send_and_time(message: Message) -> None:
+            await send(message)
+            # The answer is out: what runs after it (the served list's background
+            # write) is not the client's wait, so it is neither latency nor queue.
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                done()
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, send_and_time)
         finally:
             self.in_flight -= 1
-            self.timed_in_flight -= 1
-            self._window_min = min(self._window_min, self.clock() - started)
-            self._window_done += 1
+            done()
 
     def _roll(self, now: float) -> None:
         """At the end of an interval, set the time bound from what it measured."""

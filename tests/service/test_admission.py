@@ -188,3 +188,26 @@ async def test_a_target_of_zero_bounds_nothing_in_time():
     more = await started(shedder, 5)
     await app.release(7)
     assert [await t for t in held + more] == [200] * 17
+
+
+async def test_work_after_the_answer_is_neither_latency_nor_queue():
+    """A served list is written by a background task after the response: a Redis
+    that hangs there must not look like a standing queue of recommendations."""
+    clock = Clock()
+    background = asyncio.Event()
+
+    async def answer_then_work(scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+        await background.wait()
+
+    shed = Counter("shed", "", ["bound"], registry=CollectorRegistry())
+    shedder = LoadShedder(answer_then_work, lambda: 32, lambda: 0.02, shed, clock)
+    lingering = await started(shedder, 10)
+    clock.now = 0.5  # the background work hangs for 500 ms
+    assert shedder.in_flight == 10 and shedder.timed_in_flight == 0
+    lingering += await started(shedder, 1)
+    assert shedder.time_bound == float("inf")
+    assert shedder.shed.labels(bound="time")._value.get() == 0
+    background.set()
+    assert [await asyncio.wait_for(t, 5) for t in lingering] == [200] * 11
