@@ -173,3 +173,23 @@ async def test_watcher_leaves_an_unchanged_directory_alone(
         await asyncio.sleep(0.3)
         assert await reloads(client, "ok") == 0
         assert await reloads(client, "rejected") == 0
+
+
+async def test_a_loaded_model_is_out_of_the_cyclic_collectors_generations(
+    tiny_bundle_dir,
+):
+    """The model's per-track objects would make every full collection walk them
+    (a pause of the event loop): loading freezes them."""
+    import gc
+
+    from service.inference import ModelHolder
+
+    gc.unfreeze()
+    holder = ModelHolder(tiny_bundle_dir, onnx_threads=1, session_max_events=200)
+    await holder.reload()
+    try:
+        tracked = {id(o) for o in gc.get_objects()}
+        assert gc.get_freeze_count() > 0
+        assert id(holder.current.vocab.track_ids) not in tracked
+    finally:
+        gc.unfreeze()
