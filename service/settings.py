@@ -81,10 +81,12 @@ class Settings(BaseSettings):
     )
     # The recommendation routes' time bound (service/admission.py): while even the
     # fastest of them took longer than this, a worker admits only what it finishes
-    # in this long. Above a loaded worker's fastest answer (docs/BENCHMARKS.md), well
-    # under the latency a client waits for.
+    # in this long. Off by default: a client that keeps a fixed number of requests
+    # in flight (a batch job, a replay) makes a standing queue of its own and would
+    # be answered 503s it does not need; 20 ms is the measured setting for open,
+    # user-facing traffic (README, docs/BENCHMARKS.md).
     shed_latency_ms: float = Field(
-        default=20.0,
+        default=0.0,
         ge=0.0,
         le=60_000.0,
         description="standing-queue latency target, ms; 0 = no time bound",
