@@ -86,23 +86,29 @@ class LoadShedder:
             reason = f"more than {limit} requests in flight (SKIPREC_MAX_IN_FLIGHT)"
             await self._refuse("count", reason, scope, receive, send)
             return
-        if not scope["path"].startswith(TIMED_PREFIX):
-            self.in_flight += 1
-            try:
-                await self.app(scope, receive, send)
-            finally:
-                self.in_flight -= 1
-            return
-        started = self.clock()
-        self._roll(started)
-        if self.timed_in_flight >= self.time_bound:
-            reason = (
-                "recommendations wait longer than "
-                f"{self.target_s() * 1e3:g} ms (SKIPREC_SHED_LATENCY_MS)"
-            )
-            await self._refuse("time", reason, scope, receive, send)
-            return
+        forward, finished = send, None
+        if self.target_s() and scope["path"].startswith(TIMED_PREFIX):
+            started = self.clock()
+            self._roll(started)
+            if self.timed_in_flight >= self.time_bound:
+                reason = (
+                    "recommendations wait longer than "
+                    f"{self.target_s() * 1e3:g} ms (SKIPREC_SHED_LATENCY_MS)"
+                )
+                await self._refuse("time", reason, scope, receive, send)
+                return
+            forward, finished = self._timed(send, started)
         self.in_flight += 1
+        try:
+            await self.app(scope, receive, forward)
+        finally:
+            self.in_flight -= 1
+            if finished is not None:
+                finished()
+
+    def _timed(self, send: Send, started: float) -> tuple[Send, Callable[[], None]]:
+        """Count a recommendation in the time bound until its answer is sent: the
+        ``send`` that ends it there, and the call that ends it if it never is."""
         self.timed_in_flight += 1
         answered = False
 
@@ -121,11 +127,7 @@ class LoadShedder:
             if message["type"] == "http.response.body" and not message.get("more_body"):
                 done()
 
-        try:
-            await self.app(scope, receive, send_and_time)
-        finally:
-            self.in_flight -= 1
-            done()
+        return send_and_time, done
 
     def _roll(self, now: float) -> None:
         """At the end of an interval, set the time bound from what it measured."""
@@ -133,8 +135,8 @@ class LoadShedder:
         if elapsed < INTERVAL_S:
             return
         target = self.target_s()
-        if not target or (not self._window_done and not self.timed_in_flight):
-            self.time_bound = math.inf  # off, or idle
+        if not self._window_done and not self.timed_in_flight:
+            self.time_bound = math.inf  # idle
         elif self.timed_in_flight > 1 and self._window_min > target:
             # (no request finished at all in the interval counts as slower)
             throughput = self._window_done / elapsed
