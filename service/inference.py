@@ -135,19 +135,16 @@ class LoadedModel:
     """A validated bundle with its open ONNX Runtime session."""
 
     def __init__(
-        self,
-        bundle: Bundle,
-        session: Any,
-        retrieval: Retrieval | None = None,
-        exact_from: int = NEVER,
+        self, bundle: Bundle, session: Any, retrieval: Retrieval | None = None
     ) -> None:
         # The bundle itself is not kept: its model bytes are now ORT's.
         self.session = session
         # Two-stage path (ANN candidates, exact scoring of them) when the bundle
         # has one: the exporter built it because the catalogue is large; batches of
-        # ``exact_from`` requests or more score the whole catalogue instead.
+        # ``exact_from`` requests or more score the whole catalogue instead (``load``
+        # sets it).
         self.retrieval = retrieval
-        self.exact_from = exact_from
+        self.exact_from = NEVER
         self.vocab = bundle.vocab
         self.spec: EncodingSpec = bundle.manifest.encoding_spec()
         self.model_version = bundle.manifest.model_version
