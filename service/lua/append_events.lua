@@ -153,9 +153,10 @@ local function served_lists(served_key)
   return lists
 end
 
--- The attribution of one on-time event: ``new`` when this call stored it (or a
--- resend of this call did), else a duplicate that can only report an earlier one.
-local function attribute(served_key, lists, event_id, entry, named, new)
+-- The attribution of one on-time event of ``track`` (``skip``: "s" or "p"):
+-- ``new`` when this call stored it (or a resend of this call did), else a duplicate
+-- that can only report an earlier one.
+local function attribute(served_key, lists, event_id, track, skip, named, new)
   for _, list in ipairs(lists) do
     local rank, was, by = string.match(list.state, "^(-?%d+):([ps]):(.*)$")
     if by == event_id then
@@ -178,8 +179,6 @@ local function attribute(served_key, lists, event_id, entry, named, new)
     end
   end
   if target and target.state == "" and now - target.served_at <= wait then
-    local track, code = string.match(entry, "^[^|]*|([^|]*)|([^|]*)|")
-    local skip = string.match(code, "^[s01]$") and "s" or "p"
     local rank = rank_of(target.tracks, track)
     target.state = rank .. ":" .. skip .. ":" .. event_id
     redis.call("LSET", served_key, target.index, target.state .. "|" .. target.rest)
@@ -220,6 +219,10 @@ while i <= #ARGV do
       return redis.error_reply(string.match(added.err, "%-(%u+ .*)$") or added.err)
     end
     local fresh = added == 1
+    -- encoded event: event_id|track_id|code|timestamp; a skip is code "s" or
+    -- skip level 0 or 1 (skiprec.events.level_is_skip)
+    local track = string.match(entry, "^[^|]*|([^|]*)|")
+    local skip = string.match(entry, "^[^|]*|[^|]*|[s01]|") and "s" or "p"
     local here = user .. "|" .. event_id
     local resent = not fresh and not in_call[here]
       and tonumber(redis.call("ZSCORE", dedup_key, event_id)) == now
@@ -232,9 +235,7 @@ while i <= #ARGV do
       if is_late then
         late = late + 1
       end
-      -- encoded event: event_id|track_id|code|timestamp; a skip is code "s" or
-      -- skip level 0 or 1 (skiprec.events.level_is_skip)
-      if string.match(entry, "^[^|]*|[^|]*|[s01]|") then
+      if skip == "s" then
         skips = skips + 1
       end
     else
@@ -243,7 +244,7 @@ while i <= #ARGV do
     if not is_late then
       local served_key = KEYS[3 * user]
       lists = lists or served_lists(served_key)
-      attribute(served_key, lists, event_id, entry, ARGV[i + 2], fresh or resent)
+      attribute(served_key, lists, event_id, track, skip, ARGV[i + 2], fresh or resent)
     end
     i = i + 3
   end
