@@ -25,11 +25,18 @@ from types import FrameType
 
 from pydantic import ValidationError
 
+from service.listen import (
+    ListenError,
+    ReusePortSocket,
+    balances_connections,
+    check_free,
+)
 from service.logs import configure_logging
 from service.redis_client import EmbeddedRedis
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
+STARTUP_FAILURE = 3  # uvicorn's exit status for a server that never started
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,25 +115,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.redis_url is None:
         embedded = EmbeddedRedis(settings.data_dir)
         os.environ["SKIPREC_REDIS_URL"] = embedded.url
-    import uvicorn
-
     # uvicorn re-raises the signal that stopped it once it has shut down; with the
     # default SIGTERM action that would kill us before the embedded Redis is stopped.
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
-        uvicorn.run(
-            "service.main:app",
-            host=args.host,
-            port=args.port,
-            workers=args.workers,
-            loop="uvloop" if find_spec("uvloop") else "asyncio",
-            http="httptools" if find_spec("httptools") else "h11",
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=10,
-        )
+        return run_http(args.host, args.port, args.workers)
     finally:
         if embedded is not None:
             embedded.stop()
             logger.info("embedded redis released")
+
+
+def run_http(host: str, port: int, workers: int) -> int:
+    """uvicorn on the app until it is stopped; with several workers, each with its
+    own listening socket where the kernel balances them (``service.listen``)."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    config = uvicorn.Config(
+        "service.main:app",
+        host=host,
+        port=port,
+        workers=workers,
+        loop="uvloop" if find_spec("uvloop") else "asyncio",
+        http="httptools" if find_spec("httptools") else "h11",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+    if workers == 1:
+        server = uvicorn.Server(config)
+        server.run()
+        return 0 if server.started else STARTUP_FAILURE
+    if not balances_connections():
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        return 0
+    try:
+        check_free(host, port)
+    except ListenError as exc:
+        logger.error("%s", exc)
+        return STARTUP_FAILURE
+    # Each worker unpickles this into its own socket (service.listen).
+    Multiprocess(config, sockets=[ReusePortSocket(host, port)]).run()  # type: ignore[list-item]
     return 0
