@@ -143,18 +143,24 @@ def run_http(host: str, port: int, workers: int) -> int:
         access_log=False,
         timeout_graceful_shutdown=10,
     )
-    if workers == 1:
-        server = uvicorn.Server(config)
-        server.run()
-        return 0 if server.started else STARTUP_FAILURE
-    if not balances_connections():
-        Multiprocess(config, sockets=[config.bind_socket()]).run()
-        return 0
-    try:
-        check_free(host, port)
-    except ListenError as exc:
-        logger.error("%s", exc)
-        return STARTUP_FAILURE
-    # Each worker unpickles this into its own socket (service.listen).
-    Multiprocess(config, sockets=[ReusePortSocket(host, port)]).run()  # type: ignore[list-item]
+    if workers > 1 and balances_connections():
+        try:
+            check_free(host, port)
+        except ListenError as exc:
+            logger.error("%s", exc)
+            return STARTUP_FAILURE
+    try:  # as uvicorn.run: Ctrl-C is how a foreground server is stopped
+        if workers == 1:
+            server = uvicorn.Server(config)
+            server.run()
+            return 0 if server.started else STARTUP_FAILURE
+        # With balancing, each worker unpickles the stand-in into its own socket.
+        sock = (
+            ReusePortSocket(host, port)
+            if balances_connections()
+            else config.bind_socket()
+        )
+        Multiprocess(config, sockets=[sock]).run()  # type: ignore[list-item]
+    except KeyboardInterrupt:
+        pass
     return 0
