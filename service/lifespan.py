@@ -154,6 +154,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             stream_maxlen=settings.stream_maxlen,
             read_timeout_s=settings.redis_timeout_s,
             served_ttl_s=settings.served_ttl_s,
+            cross_slot=bool(settings.redis_cross_slot),
         ),
         read_client=redis.read_client,
     )

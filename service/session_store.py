@@ -4,8 +4,11 @@ State transitions and their atomicity:
 - append: ONE Lua script call (``lua/append_events.lua``) per Redis hash slot dedups
   by event id, inserts each user's events in time order, LTRIMs each user's list to
   ``session_max_events``, refreshes the TTLs and attributes the new events to the
-  user's served lists; each user's part is atomic. Calls
-  never mix slots, even on a standalone server (a sharding proxy refuses CROSSSLOT).
+  user's served lists; each user's part is atomic. Calls never mix slots (a
+  Cluster and a sharding proxy refuse CROSSSLOT) unless the deployment says it is
+  one server (``StoreConfig.cross_slot``): then a batch is one call per
+  ``APPEND_USERS_PER_CALL`` users instead of one per slot, which spares Redis most
+  of the fixed cost of a script call.
   The calls go out in one non-transactional pipeline (one round trip), followed in
   the same pipeline by the event log's one call (``service.event_log``).
 - Exactly-once effect: every event has an id. A client retry is a duplicate; a
@@ -67,6 +70,9 @@ APPEND_SCRIPT_SHA = hashlib.sha1(APPEND_SCRIPT.encode()).hexdigest()
 READ_SCRIPT = files("service").joinpath("lua/read_session.lua").read_text()
 READ_SCRIPT_SHA = hashlib.sha1(READ_SCRIPT.encode()).hexdigest()
 USER_SEPARATOR = "|"  # between users' triples in the append script's ARGV
+# A script blocks the server while it runs: a long batch goes as several calls so
+# that other clients' reads wait for one chunk, not for the whole batch.
+APPEND_USERS_PER_CALL = 100
 LATE_MARK = "~"  # before an encoded event: dedup and count it, keep it out of the list
 # A deadline timer that fires late (a busy loop) runs before the loop reads a reply
 # that is already in the socket (libuv runs timers before polling): this many extra
@@ -93,6 +99,9 @@ class StoreConfig:
     stream_maxlen: int
     read_timeout_s: float | None = None  # None: only the client's socket timeout
     served_ttl_s: int = 1800  # how long a served list waits for the next event
+    # One server, no sharding proxy: a batch's users share append calls whatever
+    # their slots (see the module docstring).
+    cross_slot: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,11 +215,16 @@ class SessionStore:
         """
         named = request_ids or {}
         calls: dict[int, dict[str, list[str]]] = {}
+        call_of: dict[str, int] = {}  # user -> the call that carries their events
         for position, event in enumerate(events):
             if not event.event_id:
                 raise ValueError("every stored event needs an id (service.ingest)")
-            slot = key_slot(keys.session_events_key(event.user_id).encode())
-            triples = calls.setdefault(slot, {}).setdefault(event.user_id, [])
+            call = call_of.get(event.user_id)
+            if call is None:
+                call = call_of[event.user_id] = self._call_for(
+                    event.user_id, len(call_of)
+                )
+            triples = calls.setdefault(call, {}).setdefault(event.user_id, [])
             encoded = event.encode()
             triples += (
                 event.event_id,
@@ -233,6 +247,13 @@ class SessionStore:
             sum(int(reply[i]) for reply in replies[:-1]) for i in range(4)
         )
         return AppendResult(accepted, duplicates, skips, late_count, attributions)
+
+    def _call_for(self, user_id: str, users_before: int) -> int:
+        """Which append call carries a user's events: their hash slot's, or with
+        ``cross_slot`` the chunk of the batch's distinct users they fall in."""
+        if self.config.cross_slot:
+            return users_before // APPEND_USERS_PER_CALL
+        return key_slot(keys.session_events_key(user_id).encode())
 
     async def keep_served(self, served: ServedList) -> None:
         """Keep a list just served, for the user's next event (``service.outcomes``)."""

@@ -100,6 +100,11 @@ class Settings(BaseSettings):
     )
     redis_write_timeout_s: float = Field(default=1.0, gt=0.0, le=60.0)
     redis_max_connections: int = Field(default=64, ge=1)
+    # Redis is one server (replicas allowed) with no sharding proxy in front, so
+    # one script may touch any keys: a batch of events costs a few script calls
+    # instead of one per hash slot. Unset: yes for the embedded server, no for a
+    # URL (a proxy such as twemproxy or Envoy refuses a call across slots).
+    redis_cross_slot: bool | None = None
     data_dir: Path = Path("var")
 
     # Session state
@@ -170,6 +175,13 @@ class Settings(BaseSettings):
         if node is not None:
             self.redis_cluster = True
             self.redis_url = node
+        if self.redis_cluster and self.redis_cross_slot:
+            raise ValueError(
+                "SKIPREC_REDIS_CROSS_SLOT=true cannot be used with a Redis Cluster, "
+                "which refuses a script across hash slots; unset it"
+            )
+        if self.redis_cross_slot is None:
+            self.redis_cross_slot = self.redis_url is None
         return self
 
     # Experiments (issue 15): served lists, their outcomes, A/B variants

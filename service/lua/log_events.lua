@@ -12,13 +12,15 @@
 -- retry after a failure between the session and the log): readers drop repeated
 -- (user, event id) pairs within the dedup window.
 local maxlen = ARGV[1]
-local seq = 0
-for i = 2, #ARGV do
-  seq = redis.pcall("INCR", KEYS[2])
-  if type(seq) == "table" and seq.err then
-    -- a refusal at the first write, unwrapped (see append_events.lua)
-    return redis.error_reply(string.match(seq.err, "%-(%u+ .*)$") or seq.err)
-  end
-  redis.call("XADD", KEYS[1], "MAXLEN", "~", maxlen, "*", "e", ARGV[i], "q", seq)
+local count = #ARGV - 1
+-- One INCRBY reserves the call's sequence numbers (the script is atomic).
+local last = redis.pcall("INCRBY", KEYS[2], count)
+if type(last) == "table" and last.err then
+  -- a refusal at the first write, unwrapped (see append_events.lua)
+  return redis.error_reply(string.match(last.err, "%-(%u+ .*)$") or last.err)
 end
-return seq
+for i = 2, #ARGV do
+  redis.call("XADD", KEYS[1], "MAXLEN", "~", maxlen, "*", "e", ARGV[i],
+             "q", last - count + i - 1)
+end
+return last

@@ -7,6 +7,8 @@ tests here run the same cases through it and through ``skiprec.sessions`` /
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
@@ -325,6 +327,78 @@ async def test_model_input_of_a_finished_or_missing_session_is_empty(redis_url):
     await store.client.aclose()
 
 
+def _state(sync_redis) -> dict[str, object]:
+    """Every key's value, with the log's entries without their time-based ids."""
+    state: dict[str, object] = {}
+    for key in sorted(sync_redis.keys("*")):
+        kind = sync_redis.type(key)
+        if kind == "list":
+            state[key] = sync_redis.lrange(key, 0, -1)
+        elif kind == "zset":
+            state[key] = sync_redis.zrange(key, 0, -1, withscores=True)
+        elif kind == "hash":
+            state[key] = sync_redis.hgetall(key)
+        elif kind == "stream":
+            state[key] = [fields for _, fields in sync_redis.xrange(key)]
+        else:
+            state[key] = sync_redis.get(key)
+    return state
+
+
+async def test_one_call_across_slots_equals_one_call_per_slot(redis_server, sync_redis):
+    """``cross_slot`` changes how many script calls a batch costs, never what they
+    do: the same batches leave the same replies and the same keys."""
+    from service.outcomes import ServedList
+    from service.session_store import APPEND_USERS_PER_CALL
+    from tests.service.test_concurrency import Monitor
+
+    users = APPEND_USERS_PER_CALL + 30  # two chunks
+    batches = [
+        [
+            StoredEvent(f"e{i}", f"user{i % users}", f"t{i % 5}", i % 3 == 0, 10.0 + i)
+            for i in range(users + 20)
+        ],  # 20 users with two events
+        # retries, an event out of order, a late one, new users
+        [
+            StoredEvent("e3", "user3", "t3", True, 13.0),
+            StoredEvent("x1", "user1", "t9", False, 5.0),
+            StoredEvent("x2", "user7", "t8", True, 1.0),
+            *(StoredEvent(f"n{i}", f"new{i}", "t1", False, 20.0) for i in range(5)),
+        ],
+    ]
+    results = []
+    states = []
+    for cross_slot in (False, True):
+        sync_redis.flushall()
+        store = store_for(redis_server, session_max_events=200)
+        store = SessionStore(store.client, replace(store.config, cross_slot=cross_slot))
+        for i in range(0, users, 3):  # a waiting served list for a third of them
+            served = ServedList(
+                f"r{i}", f"user{i}", "control", "v1", "model", 9.0, ("t0", "t1", "t2")
+            )
+            await store.keep_served(served)
+        replies = []
+        for number, batch in enumerate(batches):
+            late = {2} if number == 1 else set()
+            replies.append(await store.append(batch, now=200.0 + number, late=late))
+        results.append(replies)
+        states.append(_state(sync_redis))
+        await store.client.aclose()
+    assert results[0] == results[1]
+    assert states[0] == states[1]
+    assert sum(r.accepted for r in results[0]) == users + 20 + 5 + 2
+
+    sync_redis.flushall()
+    store = store_for(redis_server)
+    store = SessionStore(store.client, replace(store.config, cross_slot=True))
+    port = int(redis_server.rsplit(":", 1)[1].split("/")[0])
+    monitor = Monitor(port)
+    await store.append(batches[0], now=200.0)
+    calls = [c for c in monitor.finish(sync_redis) if c[0].upper() == "EVALSHA"]
+    assert len(calls) == 2 + 1  # two chunks of users, one log call
+    await store.client.aclose()
+
+
 async def test_each_event_is_one_log_entry_with_its_sequence_number(
     redis_url, sync_redis
 ):
@@ -428,3 +502,21 @@ async def test_lua_keeps_the_newest_events_in_time_order_across_calls(
     expected = [sent[i] for i in time_order([e.timestamp for e in sent])][-4:]
     assert await store.read_events("u") == expected
     await store.client.aclose()
+
+
+def test_calls_across_slots_only_where_no_proxy_can_be(tmp_path):
+    """The embedded server is one server; a URL may be a sharding proxy (off unless
+    set); a Cluster refuses such calls, so asking for them there is an error."""
+    from pydantic import ValidationError
+
+    from service.settings import Settings
+
+    def cross_slot(**values: object) -> bool | None:
+        return Settings(bundle_dir=tmp_path, **values).redis_cross_slot  # type: ignore[arg-type]
+
+    assert cross_slot() is True
+    assert cross_slot(redis_url="redis://localhost:6379/0") is False
+    assert cross_slot(redis_url="redis://localhost:6379/0", redis_cross_slot=True)
+    assert cross_slot(redis_url="redis+cluster://localhost:7000") is False
+    with pytest.raises(ValidationError, match="SKIPREC_REDIS_CROSS_SLOT"):
+        cross_slot(redis_url="redis+cluster://localhost:7000", redis_cross_slot=True)
