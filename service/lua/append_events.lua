@@ -42,7 +42,8 @@
 -- ARGV[5]; one naming a request id takes that list when it waits. A list is
 -- attributed once: its state records the event, so a retried event (a duplicate)
 -- finds it again and reports the same attribution, never a second one. The served
--- lists are read once per user, only for a user with an event on time.
+-- lists are read at most once per user and call, only for a user with an event on
+-- time, and only the newest of them when that is all the events need.
 local max_events = tonumber(ARGV[1])
 local session_ttl = tonumber(ARGV[2])
 local dedup_ttl = tonumber(ARGV[3])
@@ -140,38 +141,65 @@ local function report(list, rank, code)
     list.request_id .. "|" .. rank .. "|" .. code .. "|" .. list.label
 end
 
--- A user's served lists, parsed once, oldest last (LRANGE order).
-local function served_lists(served_key)
-  local lists = {}
-  for j, entry in ipairs(redis.call("LRANGE", served_key, 0, -1)) do
-    local state, request_id, served_at, tracks, label =
-      string.match(entry, "^([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$")
-    lists[j] = {index = j - 1, state = state, request_id = request_id,
-                served_at = tonumber(served_at), tracks = tracks, label = label,
-                rest = string.sub(entry, #state + 2)}
+local function parse_list(entry, index)
+  local state, request_id, served_at, tracks, label =
+    string.match(entry, "^([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$")
+  return {index = index, state = state, request_id = request_id,
+          served_at = tonumber(served_at), tracks = tracks, label = label,
+          rest = string.sub(entry, #state + 2)}
+end
+
+-- A user's served lists, read once per call and only as far as needed: the
+-- newest alone (LINDEX) for a new event that names no list, the common case; all
+-- of them (LRANGE, newest first) for one that names a list and for a duplicate
+-- looking for the list it answered before. ``lists`` caches both readings.
+local function newest_list(served_key, lists)
+  if lists.all then
+    return lists.all[1]
   end
-  return lists
+  if lists.newest == nil then
+    local entry = redis.call("LINDEX", served_key, 0)
+    lists.newest = entry and parse_list(entry, 0) or false
+  end
+  return lists.newest or nil
+end
+
+local function all_lists(served_key, lists)
+  if not lists.all then
+    local all = {}
+    for j, entry in ipairs(redis.call("LRANGE", served_key, 0, -1)) do
+      -- the newest may be parsed already, and changed (attributed) since
+      all[j] = (j == 1 and lists.newest) or parse_list(entry, j - 1)
+    end
+    lists.all = all
+  end
+  return lists.all
 end
 
 -- The attribution of one on-time event of ``track`` (``skip``: "s" or "p"):
--- ``new`` when this call stored it (or a resend of this call did), else a duplicate
--- that can only report an earlier one.
-local function attribute(served_key, lists, event_id, track, skip, named, new)
-  for _, list in ipairs(lists) do
-    local rank, was, by = string.match(list.state, "^(-?%d+):([ps]):(.*)$")
-    if by == event_id then
-      report(list, rank, was)
+-- ``fresh`` when this call stored it, ``resent`` when a resend of this call did;
+-- otherwise a duplicate, which can only report the list it answered before. Only
+-- a duplicate or a resend looks for an earlier answer: an id the dedup set does
+-- not remember is a new event, here as in the session (one retried after the dedup
+-- TTL answers the list now waiting, not one it may have answered back then).
+local function attribute(served_key, lists, event_id, track, skip, named, fresh, resent)
+  if not fresh then
+    for _, list in ipairs(all_lists(served_key, lists)) do
+      local rank, was, by = string.match(list.state, "^(-?%d+):([ps]):(.*)$")
+      if by == event_id then
+        report(list, rank, was)
+        return
+      end
+    end
+    if not resent then
       return
     end
   end
-  if not new or #lists == 0 then
-    return
-  end
   local target = nil
   if named == "" then
-    target = lists[1]
+    target = newest_list(served_key, lists)
   else
-    for _, list in ipairs(lists) do
+    for _, list in ipairs(all_lists(served_key, lists)) do
       if list.request_id == named then
         target = list
         break
@@ -190,7 +218,7 @@ local in_call = {} -- ids met earlier in this call: a repeat is a duplicate
 local user = 1
 local fresh_events = {} -- this user's new events for the live session, arrival order
 local used_dedup = false
-local lists = nil -- this user's served lists, read at their first on-time event
+local lists = {} -- this user's served lists as read so far (newest_list, all_lists)
 local i = 6
 while i <= #ARGV do
   local event_id = ARGV[i]
@@ -199,7 +227,7 @@ while i <= #ARGV do
     user = user + 1
     fresh_events = {}
     used_dedup = false
-    lists = nil
+    lists = {}
     i = i + 1
   else
     used_dedup = true
@@ -242,9 +270,7 @@ while i <= #ARGV do
       duplicates = duplicates + 1
     end
     if not is_late then
-      local served_key = KEYS[3 * user]
-      lists = lists or served_lists(served_key)
-      attribute(served_key, lists, event_id, track, skip, ARGV[i + 2], fresh or resent)
+      attribute(KEYS[3 * user], lists, event_id, track, skip, ARGV[i + 2], fresh, resent)
     end
     i = i + 3
   end
