@@ -4,11 +4,14 @@
 
 Below the HTTP layer, against a fresh ``redis-server`` per configuration: batches of
 ``--users`` listeners with one new event each (the shape of a client that flushes
-many listeners' plays at once), and single events; ``--waiting`` of the listeners
-hold a served list waiting for its outcome, so the attribution and the counters run
-too. Each configuration runs ``--repeats`` times, interleaved with the others, so
-that a shared machine's drift falls on all of them alike. Redis CPU comes from the
-server's own ``INFO cpu`` (user + system), so the client's cost is not in it.
+many listeners' plays at once), and single events. Each listener first gets
+``--history`` events and ``--served`` served lists (the state a listener who asks
+for recommendations and then listens leaves: the dedup set, the list, the lists
+waiting for their outcome), so the attribution and its counters run too. Each
+configuration runs ``--repeats`` times, interleaved with the others, so that a
+shared machine's drift falls on all of them alike. Redis CPU comes from the
+server's own ``INFO cpu`` (user + system) over the timed calls only, so neither
+the client's cost nor the set-up is in it.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import redis.asyncio as aioredis
 
 from benchmarks.processes import redis_server, redis_server_binary
 from service.outcomes import ServedList
+from service.redis_client import packing_in_c
 from service.session_store import SessionStore, StoreConfig
 from skiprec.events import StoredEvent
 
@@ -56,20 +60,31 @@ def _redis_cpu_s(client: redis.Redis) -> float:
 
 
 async def _run(
-    url: str, cross_slot: bool, users: int, calls: int, waiting: float
+    url: str, cross_slot: bool, users: int, calls: int, history: int, served: int
 ) -> Row:
     config = StoreConfig(**{**asdict(CONFIG), "cross_slot": cross_slot})
     client = aioredis.Redis.from_url(url)
+    pool = client.connection_pool
+    pool.connection_class = packing_in_c(pool.connection_class)  # as the service
     store = SessionStore(client, config)
     await store.register()
     now = time.time()
-    population = [f"u{i}" for i in range(users * 4)]
-    for i, user in enumerate(population):
-        if i < waiting * len(population):
-            served = ServedList(
-                f"r{i}", user, "control", "v1", "model", now, ("t1", "t2", "t3")
+    population = [f"u{i}" for i in range(max(4 * users, 400))]
+    for first in range(0, len(population), 10):
+        past = [
+            StoredEvent(f"h{j}", user, f"t{j}", j % 3 == 0, now - 100 + j * 0.01)
+            for user in population[first : first + 10]
+            for j in range(history)
+        ]
+        if past:
+            await store.append(past, now - 50)
+    for user in population:
+        for j in range(served):
+            tracks = tuple(f"t{x}" for x in range(10))
+            kept = ServedList(
+                f"r{user}-{j}", user, "control", "v1", "model", now, tracks
             )
-            await store.keep_served(served)
+            await store.keep_served(kept)
     probe = redis.Redis.from_url(url)
     cpu_before = _redis_cpu_s(probe)
     start = time.perf_counter()
@@ -107,7 +122,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, nargs="+", default=[100, 1])
     parser.add_argument("--events", type=int, default=20_000, help="per configuration")
-    parser.add_argument("--waiting", type=float, default=0.5)
+    parser.add_argument("--history", type=int, default=40, help="events per listener")
+    parser.add_argument("--served", type=int, default=8, help="lists per listener")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
@@ -128,7 +144,8 @@ def main(argv: list[str] | None = None) -> None:
                             cross_slot,
                             users,
                             max(1, args.events // users),
-                            args.waiting,
+                            args.history,
+                            args.served,
                         )
                     )
                 row = Row(**{**asdict(row), "repeat": repeat})
