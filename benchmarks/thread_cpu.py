@@ -1,0 +1,141 @@
+"""CPU per recommendation, per thread, at several loads (the low-load CPU per request).
+
+    python -m benchmarks.thread_cpu --bundle BUNDLE [--workers 2] [--env KEY=VALUE]
+
+Starts a ``redis-server`` and ``skiprec serve``, gives ``--users`` listeners 20
+events each, then offers each load of ``--loads`` (``open:100`` = 100 req/s open
+loop, ``closed:8`` = 8 connections) with the project's load generator. Around each
+phase it reads the user + system time of every thread of the service from
+``/proc`` (psutil): each worker's event loop (its main thread) and the rest (the
+inference thread; ONNX Runtime runs in it with one intra-op thread). CPU over
+requests answered, load generator start-up included (the service idles then).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from benchmarks.phases import collect_loadgen, start_loadgen
+from benchmarks.processes import (
+    HOST,
+    http_server,
+    redis_server,
+    serve_command,
+    service_env,
+)
+
+EVENTS_PER_USER = 20
+
+
+def thread_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds of a process tree's threads: ``loop`` (each process's main
+    thread) and ``other``."""
+    totals = {"loop": 0.0, "other": 0.0}
+    root = psutil.Process(pid)
+    for process in [root, *root.children(recursive=True)]:
+        for thread in process.threads():
+            kind = "loop" if thread.id == process.pid else "other"
+            totals[kind] += thread.user_time + thread.system_time
+    return totals
+
+
+def _populate(base_url: str, users: Sequence[str], tracks: Sequence[str]) -> None:
+    with httpx.Client(base_url=base_url, timeout=60.0) as client:
+        for first in range(0, len(users), 50):
+            events = [
+                {
+                    "user_id": user,
+                    "track_id": tracks[(i * 7919 + j) % len(tracks)],
+                    "type": "skip" if j % 3 == 0 else "play",
+                }
+                for i, user in enumerate(users[first : first + 50], start=first)
+                for j in range(EVENTS_PER_USER)
+            ]
+            client.post("/events", json={"events": events}).raise_for_status()
+
+
+def measure(
+    bundle: Path,
+    workers: int,
+    loads: Sequence[str],
+    users: int,
+    seconds: float,
+    env: dict[str, str],
+) -> list[dict[str, Any]]:
+    tracks = json.loads((bundle / "vocab.json").read_text())["track_ids"]
+    listeners = [f"u{i}" for i in range(users)]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, redis_server(Path(tmp)) as redis:
+        with http_server(
+            serve_command(bundle, workers=workers),
+            Path(tmp) / "service.log",
+            ready_path="/readyz",
+            env={**service_env(bundle, redis.url), **env},
+        ) as server:
+            _populate(f"http://{HOST}:{server.port}", listeners, tracks)
+            for load in loads:
+                mode, _, value = load.partition(":")
+                spec: dict[str, Any] = {
+                    "host": HOST,
+                    "port": server.port,
+                    "scenario": "recommendations",
+                    "mode": mode,
+                    "duration": seconds,
+                    "warmup": 0.0,
+                    "users": listeners,
+                }
+                if mode == "open":
+                    spec["rate"] = float(value)
+                else:
+                    spec["concurrency"] = int(value)
+                before = thread_seconds(server.pid)
+                result = collect_loadgen(start_loadgen(spec), seconds + 60)
+                after = thread_seconds(server.pid)
+                answered = result["status_counts"].get("200", 0)
+                row = {"load": load, "requests": answered}
+                for kind in before:
+                    row[f"{kind}_cpu_ms_per_request"] = (
+                        (after[kind] - before[kind]) / max(answered, 1) * 1e3
+                    )
+                row["cpu_ms_per_request"] = (
+                    row["loop_cpu_ms_per_request"] + row["other_cpu_ms_per_request"]
+                )
+                rows.append(row)
+                print(
+                    f"{load:>10}: {answered:6d} answered, service "
+                    f"{row['cpu_ms_per_request']:.3f} ms/request: inference and other "
+                    f"threads {row['other_cpu_ms_per_request']:.3f}, event loops "
+                    f"{row['loop_cpu_ms_per_request']:.3f}",
+                    flush=True,
+                )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", type=Path, required=True)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--loads", nargs="+", default=["open:100", "open:250", "open:500", "closed:8"]
+    )
+    parser.add_argument("--users", type=int, default=2000)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    env = dict(item.split("=", 1) for item in args.env)
+    rows = measure(args.bundle, args.workers, args.loads, args.users, args.seconds, env)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
