@@ -21,7 +21,7 @@ import asyncio
 import json
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import redis
@@ -62,7 +62,7 @@ def _redis_cpu_s(client: redis.Redis) -> float:
 async def _run(
     url: str, cross_slot: bool, users: int, calls: int, history: int, served: int
 ) -> Row:
-    config = StoreConfig(**{**asdict(CONFIG), "cross_slot": cross_slot})
+    config = replace(CONFIG, cross_slot=cross_slot)
     client = aioredis.Redis.from_url(url)
     pool = client.connection_pool
     pool.connection_class = packing_in_c(pool.connection_class)  # as the service
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
                             args.served,
                         )
                     )
-                row = Row(**{**asdict(row), "repeat": repeat})
+                row = replace(row, repeat=repeat)
                 rows.append(row)
                 print(
                     f"{row.mode:>8} users={row.users:<4} repeat={repeat} "

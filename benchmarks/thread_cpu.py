@@ -2,8 +2,9 @@
 
     python -m benchmarks.thread_cpu --bundle BUNDLE [--workers 2] [--env KEY=VALUE]
 
-Starts a ``redis-server`` and ``skiprec serve``, gives ``--users`` listeners 20
-events each, then offers each load of ``--loads`` (``open:100`` = 100 req/s open
+Starts a ``redis-server`` and ``skiprec serve``, gives ``--users`` listeners the
+loadtest's sessions (``benchmarks.phases.populate``: lognormal, median 20 events),
+then offers each load of ``--loads`` (``open:100`` = 100 req/s open
 loop, ``closed:8`` = 8 connections) with the project's load generator. Around each
 phase it reads the user + system time of every thread of the service from
 ``/proc`` (psutil): each worker's event loop (its main thread) and the rest (the
@@ -15,15 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 
-from benchmarks.phases import collect_loadgen, start_loadgen
+from benchmarks.phases import BenchConfig, populate, run_loadgen
 from benchmarks.processes import (
     HOST,
     http_server,
@@ -31,8 +32,6 @@ from benchmarks.processes import (
     serve_command,
     service_env,
 )
-
-EVENTS_PER_USER = 20
 
 
 def thread_seconds(pid: int) -> dict[str, float]:
@@ -47,21 +46,6 @@ def thread_seconds(pid: int) -> dict[str, float]:
     return totals
 
 
-def _populate(base_url: str, users: Sequence[str], tracks: Sequence[str]) -> None:
-    with httpx.Client(base_url=base_url, timeout=60.0) as client:
-        for first in range(0, len(users), 50):
-            events = [
-                {
-                    "user_id": user,
-                    "track_id": tracks[(i * 7919 + j) % len(tracks)],
-                    "type": "skip" if j % 3 == 0 else "play",
-                }
-                for i, user in enumerate(users[first : first + 50], start=first)
-                for j in range(EVENTS_PER_USER)
-            ]
-            client.post("/events", json={"events": events}).raise_for_status()
-
-
 def measure(
     bundle: Path,
     workers: int,
@@ -71,7 +55,6 @@ def measure(
     env: dict[str, str],
 ) -> list[dict[str, Any]]:
     tracks = json.loads((bundle / "vocab.json").read_text())["track_ids"]
-    listeners = [f"u{i}" for i in range(users)]
     rows = []
     with tempfile.TemporaryDirectory() as tmp, redis_server(Path(tmp)) as redis:
         with http_server(
@@ -80,7 +63,12 @@ def measure(
             ready_path="/readyz",
             env={**service_env(bundle, redis.url), **env},
         ) as server:
-            _populate(f"http://{HOST}:{server.port}", listeners, tracks)
+            population = populate(
+                server.base_url,
+                BenchConfig(num_users=users, session_lengths=()),
+                tracks,
+                random.Random(0),
+            )
             for load in loads:
                 mode, _, value = load.partition(":")
                 spec: dict[str, Any] = {
@@ -90,14 +78,14 @@ def measure(
                     "mode": mode,
                     "duration": seconds,
                     "warmup": 0.0,
-                    "users": listeners,
+                    "users": population.users,
                 }
                 if mode == "open":
                     spec["rate"] = float(value)
                 else:
                     spec["concurrency"] = int(value)
                 before = thread_seconds(server.pid)
-                result = collect_loadgen(start_loadgen(spec), seconds + 60)
+                result = run_loadgen(spec)
                 after = thread_seconds(server.pid)
                 answered = result["status_counts"].get("200", 0)
                 row = {"load": load, "requests": answered}
