@@ -7,8 +7,6 @@ tests here run the same cases through it and through ``skiprec.sessions`` /
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
@@ -27,7 +25,7 @@ from skiprec.events import FIELD_SEPARATOR, STORED_SKIP, StoredEvent, parse_code
 from skiprec.sessions import current_session_start, time_order
 
 
-def store_for(url: str, **overrides: float) -> SessionStore:
+def store_for(url: str, **overrides: float | bool) -> SessionStore:
     config = {
         "session_gap_s": 1800.0,
         "session_max_events": 5,
@@ -370,8 +368,7 @@ async def test_one_call_across_slots_equals_one_call_per_slot(redis_server, sync
     states = []
     for cross_slot in (False, True):
         sync_redis.flushall()
-        store = store_for(redis_server, session_max_events=200)
-        store = SessionStore(store.client, replace(store.config, cross_slot=cross_slot))
+        store = store_for(redis_server, session_max_events=200, cross_slot=cross_slot)
         for i in range(0, users, 3):  # a waiting served list for a third of them
             served = ServedList(
                 f"r{i}", f"user{i}", "control", "v1", "model", 9.0, ("t0", "t1", "t2")
@@ -389,8 +386,7 @@ async def test_one_call_across_slots_equals_one_call_per_slot(redis_server, sync
     assert sum(r.accepted for r in results[0]) == users + 20 + 5 + 2
 
     sync_redis.flushall()
-    store = store_for(redis_server)
-    store = SessionStore(store.client, replace(store.config, cross_slot=True))
+    store = store_for(redis_server, cross_slot=True)
     port = int(redis_server.rsplit(":", 1)[1].split("/")[0])
     monitor = Monitor(port)
     await store.append(batches[0], now=200.0)
