@@ -177,6 +177,7 @@ def render(results: dict[str, Any]) -> list[str]:
         for t in results["summary"]["targets"]
     ]
     lines += _table(["target", "goal", "measured", ""], rows)
+    lines += render_target_floors(results["summary"].get("floors", []))
     pop = results.get("population")
     if pop:
         lines += [
@@ -251,6 +252,46 @@ def render(results: dict[str, Any]) -> list[str]:
     lines += _render_floors(results)
     lines += _render_scaling(results)
     return lines
+
+
+def render_target_floors(rows: list[dict[str, Any]]) -> list[str]:
+    """The targets against the bound this run's floors put on each
+    (``benchmarks.summary.floor_rows``)."""
+    if not rows:
+        return []
+    lines = [
+        "",
+        "Targets against their floors (the Floors section below, this run): a "
+        "latency cannot be lower than its parts measured alone, a throughput not "
+        "higher than the cores (for ingestion, Redis's core) carry at the cheapest "
+        "cost per request; *measured / floor* is how far the service is from that "
+        "bound, and *floor alone* says whether the bound by itself misses the goal.",
+        "",
+    ]
+    table = [
+        [
+            r["target"],
+            r["goal"],
+            r["floor_of"],
+            fmt(r["floor"]),
+            fmt(r["measured"]),
+            f"{r['ratio']:.2f}×",
+            "misses the goal" if r["stops"] else "meets it",
+        ]
+        for r in rows
+    ]
+    return lines + _table(
+        [
+            "target",
+            "goal",
+            "floor",
+            "floor value",
+            "measured",
+            "measured / floor",
+            "floor alone",
+        ],
+        table,
+    )
 
 
 def _render_floors(results: dict[str, Any]) -> list[str]:

@@ -1,6 +1,12 @@
 """The verdict of one ``skiprec loadtest`` result: targets met or missed, the service
 against its floors, and the CPU each request costs.
 
+Issue 12 asks, for a target out of reach, for "the measured floor that stops it and
+the ratio to it": ``floor_rows`` gives each latency, throughput and CPU target the
+bound that the same run's floors put on it (the model step, a Redis round trip and
+a FastAPI no-op for a request; for ingestion also Redis's own CPU per event), the
+measured value's ratio to that bound, and whether the bound alone misses the goal.
+
 ``summarize`` runs at the end of every load test; its output is stored in bench.json
 under ``summary`` and rendered by ``benchmarks/report.py``.
 """
@@ -116,6 +122,7 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         )
     out: dict[str, Any] = {"targets": targets, "ratios": _ratios(results)}
     out["cpu_cost"] = cpu_cost
+    out["floors"] = floor_rows(results, targets)
     out["targets_table"] = [
         f"{'PASS' if t['ok'] else 'MISS' if t['ok'] is False else 'n/a '}  "
         f"{t['target']}: {fmt(t['measured'], t['digits'])} (goal {t['goal']})"
@@ -150,6 +157,104 @@ def _ratios(results: dict[str, Any]) -> dict[str, float | None]:
         "saturation_over_noop": (saturation or 0.0) / noop_sat if noop_sat else None,
         "onnx_bound_rps_per_thread": 1000.0 / best_batch,
     }
+
+
+def floor_rows(
+    results: dict[str, Any], targets: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Per target with a floor: the bound the run's floors put on it.
+
+    A latency's floor is the sum of its parts measured alone (the fastest model step
+    at batch 1, a Redis round trip, the no-op's latency at 500 req/s): the service
+    cannot answer faster. A throughput's ceiling is what the machine's cores (or, for
+    ingestion, Redis's one core at the CPU per event it showed) would carry if a
+    request cost only the cheapest model step per request plus the no-op. ``ratio``
+    is measured / floor; ``stops``: the floor alone misses the goal.
+    """
+    floor = results.get("floors")
+    if not floor:
+        return []
+    measured = {t["target"]: t["measured"] for t in targets}
+    redis = floor["redis"]["async_ping"]
+    noop_open = floor["noop"]["rate_500"]
+    noop_cpu = floor["noop"]["closed"]["service_cpu_ms_per_request"]
+    main_steps = _model_batches(results, str(results["config"]["catalogue"]))
+    onnx = floor["onnx"]["batches"]
+    step_b1 = [onnx["1"], *(b["1"] for b in main_steps if "1" in b)]
+    best_step = min(
+        b["per_request_ms"]
+        for b in [*onnx.values(), *(x for m in main_steps for x in m.values())]
+    )
+    cores = results["machine"]["usable_cpus"]
+    bounds: list[tuple[str, str, float | None]] = []
+
+    def latency(label: str, steps: list[dict[str, Any]], pct: str) -> None:
+        if steps:
+            value = min(s[pct] for s in steps) + redis[pct] + noop_open[pct]
+            what = f"model step b=1 + Redis round trip + no-op, {pct[:3]}"
+            bounds.append((label, what, value))
+
+    latency("GET /recommendations p50 @ 500 req/s (ms)", step_b1, "p50_ms")
+    latency("GET /recommendations p99 @ 500 req/s (ms)", step_b1, "p99_ms")
+    bounds.append(
+        (
+            "GET /recommendations saturation (req/s)",
+            f"{cores} cores / (best model step per request + no-op CPU)",
+            cores * 1000.0 / (best_step + noop_cpu),
+        )
+    )
+    bounds.append(
+        (
+            "GET /recommendations service CPU at saturation (ms/request)",
+            "best model step per request + no-op CPU",
+            best_step + noop_cpu,
+        )
+    )
+    million = [b["1"] for b in _model_batches(results, MILLION, "two_stage")]
+    latency("1M tracks two-stage p50 @ 200 req/s (ms)", million, "p50_ms")
+    latency("1M tracks two-stage p99 @ 200 req/s (ms)", million, "p99_ms")
+    for label, phases in (
+        ("POST /events, 1 event/request (events/s)", "single"),
+        ("POST /events, 100 events/request (events/s)", "batch"),
+    ):
+        best = _best(_get(results, ("events", phases)))
+        redis_share = best["cpu_percent"].get("redis", 0.0) / 100 if best else 0.0
+        if best and redis_share > 0:
+            bounds.append(
+                (
+                    label,
+                    "Redis at one full core, at the CPU per event it used",
+                    best["events_per_s"] / redis_share,
+                )
+            )
+    rows = []
+    for label, what, value in bounds:
+        target = next(t for t in targets if t["target"] == label)
+        got = measured[label]
+        if not isinstance(got, int | float) or math.isnan(got) or not value:
+            continue
+        goal = float(target["goal"].split()[1])
+        lower = target["goal"].startswith("<=")
+        rows.append(
+            {
+                "target": label,
+                "goal": target["goal"],
+                "floor_of": what,
+                "floor": value,
+                "measured": got,
+                "ratio": got / value,
+                "stops": value > goal if lower else value < goal,
+            }
+        )
+    return rows
+
+
+def _model_batches(
+    results: dict[str, Any], catalogue: str, *modes: str
+) -> list[dict[str, dict[str, Any]]]:
+    """The model-step floors (by batch size) of a catalogue's bundle, per path."""
+    found = _get(results, ("catalogue", catalogue, "model", "modes")) or {}
+    return [m["batches"] for name, m in found.items() if not modes or name in modes]
 
 
 def _cpu_cost(results: dict[str, Any]) -> dict[str, dict[str, float]]:
