@@ -175,6 +175,7 @@ def floor_rows(
     if not floor:
         return []
     measured = {t["target"]: t["measured"] for t in targets}
+    goals = {label: (goal, op) for label, goal, _, op in TARGETS}
     redis = floor["redis"]["async_ping"]
     noop_open = floor["noop"]["rate_500"]
     noop_cpu = floor["noop"]["closed"]["service_cpu_ms_per_request"]
@@ -186,7 +187,7 @@ def floor_rows(
         for b in [*onnx.values(), *(x for m in main_steps for x in m.values())]
     )
     cores = results["machine"]["usable_cpus"]
-    bounds: list[tuple[str, str, float | None]] = []
+    bounds: list[tuple[str, str, float]] = []
 
     def latency(label: str, steps: list[dict[str, Any]], pct: str) -> None:
         if steps:
@@ -229,16 +230,15 @@ def floor_rows(
             )
     rows = []
     for label, what, value in bounds:
-        target = next(t for t in targets if t["target"] == label)
         got = measured[label]
         if not isinstance(got, int | float) or math.isnan(got) or not value:
             continue
-        goal = float(target["goal"].split()[1])
-        lower = target["goal"].startswith("<=")
+        goal, op = goals[label]
+        lower = op == "<="
         rows.append(
             {
                 "target": label,
-                "goal": target["goal"],
+                "goal": f"{op} {goal:g}",
                 "floor_of": what,
                 "floor": value,
                 "measured": got,
