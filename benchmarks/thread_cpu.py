@@ -10,6 +10,12 @@ phase it reads the user + system time of every thread of the service from
 ``/proc`` (psutil): each worker's event loop (its main thread) and the rest (the
 inference thread; ONNX Runtime runs in it with one intra-op thread). CPU over
 requests answered, load generator start-up included (the service idles then).
+
+``--profile DIR`` also records each phase with py-spy (``DIR/<load>.txt``: collapsed
+stacks, one line per stack and thread, as ``py-spy record --format raw`` writes
+them), the profile behind "where the time goes" in docs/BENCHMARKS.md. py-spy
+samples from outside the process but still costs the workers some time, so the CPU
+figures of a profiled run are not the run's figures of record.
 """
 
 from __future__ import annotations
@@ -17,6 +23,9 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
+import signal
+import subprocess
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,6 +55,20 @@ def thread_seconds(pid: int) -> dict[str, float]:
     return totals
 
 
+def py_spy(pid: int, out_dir: Path, load: str) -> subprocess.Popen[bytes]:
+    """py-spy sampling every worker of ``pid`` (its subprocesses) until SIGINT."""
+    binary = shutil.which("py-spy")
+    if binary is None:
+        raise SystemExit("--profile needs py-spy (pip install py-spy)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = load.replace(":", "_")
+    command = [binary, "record", "--pid", str(pid), "--subprocesses", "--threads"]
+    command += ["--rate", "250", "--format", "raw", "--nonblocking"]
+    command += ["--output", str(out_dir / f"{name}.txt")]
+    log = (out_dir / f"{name}.log").open("wb")
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+
+
 def measure(
     bundle: Path,
     workers: int,
@@ -53,6 +76,7 @@ def measure(
     users: int,
     seconds: float,
     env: dict[str, str],
+    profile: Path | None = None,
 ) -> list[dict[str, Any]]:
     tracks = json.loads((bundle / "vocab.json").read_text())["track_ids"]
     rows = []
@@ -84,9 +108,13 @@ def measure(
                     spec["rate"] = float(value)
                 else:
                     spec["concurrency"] = int(value)
+                sampler = None if profile is None else py_spy(server.pid, profile, load)
                 before = thread_seconds(server.pid)
                 result = run_loadgen(spec)
                 after = thread_seconds(server.pid)
+                if sampler is not None:
+                    sampler.send_signal(signal.SIGINT)  # py-spy writes its file then
+                    sampler.wait(timeout=60)
                 answered = result["status_counts"].get("200", 0)
                 row = {"load": load, "requests": answered}
                 for kind in before:
@@ -118,9 +146,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--profile", type=Path, metavar="DIR")
     args = parser.parse_args(argv)
     env = dict(item.split("=", 1) for item in args.env)
-    rows = measure(args.bundle, args.workers, args.loads, args.users, args.seconds, env)
+    rows = measure(
+        args.bundle,
+        args.workers,
+        args.loads,
+        args.users,
+        args.seconds,
+        env,
+        args.profile,
+    )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
 
