@@ -201,5 +201,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             watcher.cancel()
         await asyncio.gather(*watchers, return_exceptions=True)
         await batcher.stop()
+        await store.drain()
         await redis.close()
         logger.info("service stopped")

@@ -29,6 +29,10 @@ State transitions and their atomicity:
   slot) and, only when some event was attributed, the attributions are counted in
   a second round trip, before the 202.
 
+Every append, keep and window read shares its round trip with the other callers of
+the same event-loop turn (``service.autopipeline``): one pipeline for writes, one
+for reads, each on its own pool.
+
 Reads run under a deadline (``StoreConfig.read_timeout_s``) that bounds the
 popularity fallback when Redis hangs; see ``_within``. ``redis`` connection and
 timeout errors, and the replies of a Redis that refuses work for now (out of memory,
@@ -49,6 +53,7 @@ from redis import exceptions as redis_errors
 from redis.crc import key_slot
 
 from service import keys
+from service.autopipeline import AutoPipeline
 from service.errors import SessionStoreUnavailable
 from service.event_log import LOG_SCRIPT, log_command
 from service.outcomes import (
@@ -164,6 +169,15 @@ class SessionStore:
         self.client = client
         self.read_client = read_client if read_client is not None else client
         self.config = config
+        # Same-turn callers share a round trip (service.autopipeline); reads keep
+        # their own pool so that they never wait behind a batch's append.
+        self._writes = AutoPipeline(self.client)
+        self._reads = AutoPipeline(self.read_client)
+
+    async def drain(self) -> None:
+        """Wait for the round trips already on their way (before closing)."""
+        await self._writes.drain()
+        await self._reads.drain()
 
     async def register(self) -> None:
         """Load the write scripts (on every primary when clustered)."""
@@ -196,7 +210,9 @@ class SessionStore:
                 return task.result()
         finally:
             if not task.done():
-                task.cancel()  # redis-py drops the connection of a cancelled read
+                # A read still queued is left out of its round trip; a direct
+                # one's connection is dropped by redis-py.
+                task.cancel()
         raise redis_errors.TimeoutError(f"no reply within {timeout} s")
 
     async def append(
@@ -290,7 +306,8 @@ class SessionStore:
         return ("EVALSHA", APPEND_SCRIPT_SHA, len(script_keys), *script_keys, *args)
 
     async def _execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """Run ``commands`` in one non-transactional pipeline; their replies.
+        """Run ``commands`` in one non-transactional pipeline (shared with the
+        loop turn's other callers, ``service.autopipeline``); their replies.
 
         A command answered NOSCRIPT (a restarted or failed-over server lost its
         script cache) did not run: the scripts are loaded and only those commands
@@ -299,12 +316,7 @@ class SessionStore:
         replies: list[Any] = [None] * len(commands)
         pending = list(range(len(commands)))
         for attempt in range(2):
-            # execute_command, not pipe.evalsha: redis-py's ClusterPipeline blocks
-            # the evalsha helper, while a raw EVALSHA is routed by its keys' slot.
-            pipe = self.client.pipeline(transaction=False)
-            for index in pending:
-                pipe.execute_command(*commands[index])
-            answers = await pipe.execute(raise_on_error=False)
+            answers = await self._writes.execute([commands[i] for i in pending])
             missing = []
             for index, answer in zip(pending, answers, strict=True):
                 if isinstance(answer, redis_errors.NoScriptError):
@@ -346,17 +358,16 @@ class SessionStore:
             window,
         )
         with store_errors():
-            try:
-                reply = await self._within(
-                    self.read_client.execute_command(
-                        "EVALSHA", READ_SCRIPT_SHA, 1, *args
-                    )
-                )
-            except redis_errors.NoScriptError:
+            (reply,) = await self._within(
+                self._reads.execute([("EVALSHA", READ_SCRIPT_SHA, 1, *args)])
+            )
+            if isinstance(reply, redis_errors.NoScriptError):
                 # EVAL runs the script and caches it for the next EVALSHA.
-                reply = await self._within(
-                    self.read_client.execute_command("EVAL", READ_SCRIPT, 1, *args)
+                (reply,) = await self._within(
+                    self._reads.execute([("EVAL", READ_SCRIPT, 1, *args)])
                 )
+            if isinstance(reply, Exception):
+                raise reply
         tracks, codes, earlier_tracks, earlier_codes = (_text(p) for p in reply)
         if not tracks:
             return SessionWindow()

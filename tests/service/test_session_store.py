@@ -7,6 +7,8 @@ tests here run the same cases through it and through ``skiprec.sessions`` /
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
@@ -19,6 +21,7 @@ from service.session_store import (
     APPEND_SCRIPT,
     READ_SCRIPT,
     SessionStore,
+    SessionWindow,
     StoreConfig,
 )
 from skiprec.events import FIELD_SEPARATOR, STORED_SKIP, StoredEvent, parse_code
@@ -322,6 +325,33 @@ async def test_model_input_of_a_finished_or_missing_session_is_empty(redis_url):
     await store.append(session_of(("a", "play", 1.0)), now=1.0)
     assert (await store.read_window("u", 101.0, 5)).track_ids == ("a",)
     assert (await store.read_window("u", 101.5, 5)).track_ids == ()
+    await store.client.aclose()
+
+
+async def test_reads_of_one_turn_each_get_their_listeners_window(redis_url, sync_redis):
+    # They share one round trip (service.autopipeline), even when the server has
+    # forgotten the read script and every one of them falls back to EVAL.
+    store = store_for(redis_url)
+    users = [f"u{n}" for n in range(6)]
+    for n, user in enumerate(users):
+        await store.append(
+            [
+                StoredEvent(f"{user}-{i}", user, f"t{n}-{i}", i % 2 == 1, i)
+                for i in range(n)
+            ],
+            now=10.0,
+        )
+    alone = [await store.read_window(user, 10.0, 3) for user in users]
+    sync_redis.script_flush()
+    together = await asyncio.gather(
+        *(store.read_window(user, 10.0, 3) for user in users)
+    )
+    assert list(together) == alone
+    assert alone[0] == SessionWindow() and alone[5].track_ids == (
+        "t5-2",
+        "t5-3",
+        "t5-4",
+    )
     await store.client.aclose()
 
 
