@@ -9,7 +9,8 @@ loop, ``closed:8`` = 8 connections) with the project's load generator. Around ea
 phase it reads the user + system time of every thread of the service from
 ``/proc`` (psutil): each worker's event loop (its main thread) and the rest (the
 inference thread; ONNX Runtime runs in it with one intra-op thread). CPU over
-requests answered, load generator start-up included (the service idles then).
+requests answered, load generator start-up included (the service idles then), and
+each phase's latency (from the scheduled send time in an open loop).
 
 ``--profile DIR`` also records each phase with py-spy (``DIR/<load>.txt``: collapsed
 stacks, one line per stack and thread, as ``py-spy record --format raw`` writes
@@ -116,7 +117,12 @@ def measure(
                     sampler.send_signal(signal.SIGINT)  # py-spy writes its file then
                     sampler.wait(timeout=60)
                 answered = result["status_counts"].get("200", 0)
-                row = {"load": load, "requests": answered}
+                row = {
+                    "load": load,
+                    "requests": answered,
+                    "p50_ms": result["p50_ms"],
+                    "p99_ms": result["p99_ms"],
+                }
                 for kind in before:
                     row[f"{kind}_cpu_ms_per_request"] = (
                         (after[kind] - before[kind]) / max(answered, 1) * 1e3
@@ -129,7 +135,8 @@ def measure(
                     f"{load:>10}: {answered:6d} answered, service "
                     f"{row['cpu_ms_per_request']:.3f} ms/request: inference and other "
                     f"threads {row['other_cpu_ms_per_request']:.3f}, event loops "
-                    f"{row['loop_cpu_ms_per_request']:.3f}",
+                    f"{row['loop_cpu_ms_per_request']:.3f}; latency p50 "
+                    f"{row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms",
                     flush=True,
                 )
     return rows

@@ -482,11 +482,23 @@ class _Pending:
 
 
 class MicroBatcher:
-    """Coalesce concurrent inference requests into one ONNX call at a time."""
+    """Coalesce concurrent inference requests into one ONNX call at a time.
 
-    def __init__(self, max_batch: int, max_queue: int, metrics: Metrics) -> None:
+    The calls run in one inference thread, so that the event loop serves other
+    requests meanwhile. With ``inline``, a request its caller says is alone (no
+    other ranking under way in the worker) is ranked in the caller's thread when
+    the batcher is idle: there is no batch it could join, and handing it to an idle
+    thread and back costs two wake-ups, more than a lone model step at the sizes
+    measured (docs/BENCHMARKS.md, "Inline when alone"). While it runs the loop
+    waits, as the request itself would.
+    """
+
+    def __init__(
+        self, max_batch: int, max_queue: int, metrics: Metrics, inline: bool = False
+    ) -> None:
         self.max_batch = max_batch
         self.max_queue = max_queue
+        self.inline = inline
         self.restart_delay_s = WORKER_RESTART_DELAY_S
         self._metrics = metrics
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=max_queue)
@@ -538,8 +550,11 @@ class MicroBatcher:
                 )
         self._restart = task.get_loop().call_later(self.restart_delay_s, self.start)
 
-    async def rank(self, model: LoadedModel, request: InferenceRequest) -> RankedItems:
-        """The ranked items of one session, by ``model``.
+    async def rank(
+        self, model: LoadedModel, request: InferenceRequest, alone: bool = False
+    ) -> RankedItems:
+        """The ranked items of one session, by ``model``; ``alone``: no other
+        request of the worker is being ranked (see the class).
 
         Raises:
             Overloaded: ``max_queue`` requests are already waiting.
@@ -548,6 +563,14 @@ class MicroBatcher:
         """
         if not self.alive:
             raise ModelUnavailable("inference worker restarting; retry")
+        if alone and self.inline and self._queue.empty() and not self._in_flight:
+            self._metrics.inference_inline.inc()
+            try:
+                (ranked,) = model.infer([request])
+            except Exception as exc:
+                raise InferenceFailed(self._failed(exc, 1)) from exc
+            self._metrics.inference_batch.observe(1)
+            return ranked
         future: asyncio.Future[RankedItems] = asyncio.get_running_loop().create_future()
         try:
             self._queue.put_nowait(_Pending(model, request, future))
@@ -582,16 +605,19 @@ class MicroBatcher:
                 self._executor, model.infer, [p.request for p in batch]
             )
         except Exception as exc:
-            # Logged here, once per batch: each request only says it fell back.
-            logger.exception("inference failed for a batch of %d", len(batch))
-            self._metrics.inference_errors.inc()
+            message = self._failed(exc, len(batch))
             for pending in batch:
                 if not pending.future.done():
-                    pending.future.set_exception(
-                        InferenceFailed(f"inference failed ({type(exc).__name__})")
-                    )
+                    pending.future.set_exception(InferenceFailed(message))
             return
         self._metrics.inference_batch.observe(len(batch))
         for pending, ranked in zip(batch, results, strict=True):
             if not pending.future.done():
                 pending.future.set_result(ranked)
+
+    def _failed(self, exc: Exception, size: int) -> str:
+        """Log a batch whose ONNX call raised, once: each of its requests only says
+        it fell back, with the message returned."""
+        logger.exception("inference failed for a batch of %d", size, exc_info=exc)
+        self._metrics.inference_errors.inc()
+        return f"inference failed ({type(exc).__name__})"

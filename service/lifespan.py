@@ -160,7 +160,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     await _register_with_retries(store)
     batcher = MicroBatcher(
-        settings.max_inference_batch, settings.max_inference_queue, metrics
+        settings.max_inference_batch,
+        settings.max_inference_queue,
+        metrics,
+        inline=settings.inline_inference,
     )
     batcher.start()
     recommender = Recommender(

@@ -90,6 +90,11 @@ class Metrics:
         )
         for bound in ("count", "time"):
             self.requests_shed.labels(bound=bound)
+        self.inference_inline = Counter(
+            "skiprec_inference_inline_total",
+            "Rankings run on the event loop: alone in the worker, no batch to join",
+            registry=self.registry,
+        )
         self.inference_errors = Counter(
             "skiprec_inference_errors_total",
             "ONNX calls that raised; each request of the batch got the fallback",

@@ -117,6 +117,9 @@ class Recommender:
         self.batcher = batcher
         self.metrics = metrics
         self.policy = policy  # the bundle's policy -> the one served (settings)
+        # Requests inside recommend/rank_candidates: one alone may be ranked
+        # without the batcher's thread (MicroBatcher.rank).
+        self._ranking = 0
 
     def policy_for(
         self, request: RecommendRequest | RankRequest, model: LoadedModel
@@ -162,6 +165,13 @@ class Recommender:
         )
 
     async def recommend(self, request: RecommendRequest) -> Recommendation:
+        self._ranking += 1
+        try:
+            return await self._recommend(request)
+        finally:
+            self._ranking -= 1
+
+    async def _recommend(self, request: RecommendRequest) -> Recommendation:
         variant = self.variants.for_user(request.user_id)
         # Once: a reload mid-request changes nothing.
         model = self.variants.model(variant)
@@ -183,9 +193,8 @@ class Recommender:
         if reason == "none" and variant.models is not None:  # not the holdout
             policy = self.policy_for(request, model)
             try:
-                ranked = await self.batcher.rank(
-                    model, self._inference(window, policy, request.k)
-                )
+                session = self._inference(window, policy, request.k)
+                ranked = await self.batcher.rank(model, session, self._ranking == 1)
             except InferenceFailed:  # the batcher logged it, once per batch
                 reason = self._fallback("model-error")
             else:
@@ -204,6 +213,13 @@ class Recommender:
     async def rank_candidates(self, request: RankRequest) -> RankedCandidates:
         """The client's candidate tracks for this listener, best first, and those
         that cannot be ranked (unknown to the model, or excluded by the policy)."""
+        self._ranking += 1
+        try:
+            return await self._rank_candidates(request)
+        finally:
+            self._ranking -= 1
+
+    async def _rank_candidates(self, request: RankRequest) -> RankedCandidates:
         variant = self.variants.for_user(request.user_id)
         model = self.variants.model(variant)
         candidates = tuple(dict.fromkeys(request.candidates))  # first occurrences
@@ -228,7 +244,9 @@ class Recommender:
         try:
             items = (
                 await self.batcher.rank(
-                    model, replace(session, k=len(to_rank), candidates=to_rank)
+                    model,
+                    replace(session, k=len(to_rank), candidates=to_rank),
+                    self._ranking == 1,
                 )
                 if to_rank
                 else []

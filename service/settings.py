@@ -73,6 +73,15 @@ class Settings(BaseSettings):
     max_inference_queue: int = Field(
         default=256, ge=1, le=1_000_000, description="requests waiting for inference"
     )
+    # A thread hand-off wakes two idle threads, which on this project's machines
+    # cost more than the model step of a lone request (docs/BENCHMARKS.md,
+    # "Inline when alone").
+    inline_inference: bool = Field(
+        default=True,
+        description="a recommendation alone in its worker is ranked on the event "
+        "loop (no batch to join, no thread hand-off); false: every ranking goes "
+        "through the micro-batcher's inference thread",
+    )
     # Per worker, every route but the probes and /metrics (service/admission.py):
     # at ~0.5-2 ms per request, 32 in flight bound an admitted request's wait to
     # tens of ms; past it a 503 in microseconds. 0 = no bound.

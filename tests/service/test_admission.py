@@ -19,7 +19,9 @@ from tests.service.test_readiness import metric
 async def test_past_the_bound_requests_are_shed_fast_and_counted(
     make_settings, monkeypatch
 ):
-    settings = make_settings(max_in_flight=3, max_inference_batch=1)
+    settings = make_settings(
+        max_in_flight=3, max_inference_batch=1, inline_inference=False
+    )
     async with serving(settings) as (state, client):
         users = [f"u{i}" for i in range(3)]
         await client.post("/events", json={"events": [play(u) for u in users]})

@@ -33,7 +33,10 @@ def hold_inference(model, monkeypatch) -> tuple[threading.Event, threading.Event
 async def test_a_full_inference_queue_sheds_with_503_and_counts_it(
     make_settings, monkeypatch
 ):
-    settings = make_settings(max_inference_batch=1, max_inference_queue=2)
+    # Every ranking through the queue (a lone one would run inline, held).
+    settings = make_settings(
+        max_inference_batch=1, max_inference_queue=2, inline_inference=False
+    )
     async with serving(settings) as (state, client):
         users = [f"u{i}" for i in range(7)]
         await client.post("/events", json={"events": [play(u) for u in users]})

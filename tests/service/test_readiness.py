@@ -50,7 +50,8 @@ async def test_redis_down_keeps_the_replica_ready_and_serving_the_fallback(
 async def test_a_dead_inference_worker_makes_the_replica_unready_until_restarted(
     make_settings, monkeypatch
 ):
-    async with serving(make_settings()) as (state, client):
+    # A lone request would be ranked inline, never reaching the worker.
+    async with serving(make_settings(inline_inference=False)) as (state, client):
         await client.post(
             "/events", json={"user_id": "w", "track_id": "t1", "type": "play"}
         )
