@@ -83,6 +83,11 @@ NEVER = 1 << 30
 # many timed calls each (after one untimed), sessions of the window's length.
 CALIBRATION_BATCHES = (1, 8)
 CALIBRATION_CALLS = 9
+# A lone request is ranked on the event loop (MicroBatcher) only when its model
+# step is at most this long: other requests of the worker wait for it, and this
+# bounds their wait to a fifth of the 10 ms p99 the service aims at; a step that
+# long costs far more than the thread hand-off it saves.
+INLINE_MAX_STEP_S = 0.002
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +150,8 @@ class LoadedModel:
         # sets it).
         self.retrieval = retrieval
         self.exact_from = NEVER
+        # The fastest batch-1 model step, measured at load (``load``).
+        self.lone_step_s = math.inf
         self.vocab = bundle.vocab
         self.spec: EncodingSpec = bundle.manifest.encoding_spec()
         self.model_version = bundle.manifest.model_version
@@ -190,6 +197,7 @@ class LoadedModel:
                 model.model_version,
                 model.exact_from if model.exact_from < NEVER else "any number of",
             )
+        model.lone_step_s = model.time_lone_step()
         return model
 
     def calibrate_exact_from(self) -> int:
@@ -198,20 +206,32 @@ class LoadedModel:
         retrieval = self.retrieval
         assert retrieval is not None
         rng = np.random.default_rng(0)
-        tracks = self.vocab.track_ids
-        length = self.spec.max_seq_len
-
-        def session() -> InferenceRequest:
-            picked = tuple(tracks[i] for i in rng.integers(0, len(tracks), length))
-            return InferenceRequest(picked, (False,) * length, 10)
-
         exact_s, two_stage_s = [], []
         for size in CALIBRATION_BATCHES:
-            batch = [session() for _ in range(size)]
+            batch = [self._random_session(rng) for _ in range(size)]
             exact, two_stage = self._fastest_calls_s(batch)
             exact_s.append(exact)
             two_stage_s.append(two_stage)
         return crossover_batch(CALIBRATION_BATCHES, exact_s, two_stage_s)
+
+    def time_lone_step(self) -> float:
+        """Seconds of the fastest of ``CALIBRATION_CALLS`` batch-1 model steps
+        (after one untimed), through the path a batch of one takes."""
+        request = self._random_session(np.random.default_rng(0))
+        timings = []
+        for call in range(CALIBRATION_CALLS + 1):
+            started = time.perf_counter()
+            self.infer([request])
+            if call:
+                timings.append(time.perf_counter() - started)
+        return min(timings)
+
+    def _random_session(self, rng: np.random.Generator) -> InferenceRequest:
+        """Random tracks, as many as the window holds, all played."""
+        tracks = self.vocab.track_ids
+        length = self.spec.max_seq_len
+        picked = tuple(tracks[i] for i in rng.integers(0, len(tracks), length))
+        return InferenceRequest(picked, (False,) * length, 10)
 
     def _fastest_calls_s(self, batch: list[InferenceRequest]) -> tuple[float, float]:
         """Seconds of each path's fastest call on ``batch``. Other work on the
@@ -487,10 +507,10 @@ class MicroBatcher:
     The calls run in one inference thread, so that the event loop serves other
     requests meanwhile. With ``inline``, a request its caller says is alone (no
     other ranking under way in the worker) is ranked in the caller's thread when
-    the batcher is idle: there is no batch it could join, and handing it to an idle
-    thread and back costs two wake-ups, more than a lone model step at the sizes
-    measured (docs/BENCHMARKS.md, "Inline when alone"). While it runs the loop
-    waits, as the request itself would.
+    the batcher is idle and its model's batch-1 step is short
+    (``INLINE_MAX_STEP_S``): there is no batch it could join, and handing it to an
+    idle thread and back costs two wake-ups (docs/BENCHMARKS.md, "Inline when
+    alone"). While it runs the loop waits, as the request itself would.
     """
 
     def __init__(
@@ -563,7 +583,13 @@ class MicroBatcher:
         """
         if not self.alive:
             raise ModelUnavailable("inference worker restarting; retry")
-        if alone and self.inline and self._queue.empty() and not self._in_flight:
+        if (
+            alone
+            and self.inline
+            and model.lone_step_s <= INLINE_MAX_STEP_S
+            and self._queue.empty()
+            and not self._in_flight
+        ):
             self._metrics.inference_inline.inc()
             try:
                 (ranked,) = model.infer([request])

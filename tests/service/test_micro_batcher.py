@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
+from service.inference import INLINE_MAX_STEP_S
 from tests.service.conftest import serving
 from tests.service.test_overload import play
 from tests.service.test_readiness import metric
@@ -67,5 +68,21 @@ async def test_concurrent_rankings_are_batched_in_the_inference_thread(
         assert sum(size for size, _ in calls) == len(users)
         assert all(name.startswith("onnx") for _, name in calls)
         assert max(size for size, _ in calls) > 1
+        text = (await client.get("/metrics")).text
+        assert metric(text, "skiprec_inference_inline_total") == 0.0
+
+
+async def test_a_model_with_a_long_lone_step_never_holds_the_loop(
+    make_settings, monkeypatch
+):
+    async with serving(make_settings()) as (state, client):
+        await client.post("/events", json={"events": [play("u")]})
+        model = state.models.current
+        assert 0.0 < model.lone_step_s <= INLINE_MAX_STEP_S  # measured at load
+        calls = record_threads(model, monkeypatch)
+        monkeypatch.setattr(model, "lone_step_s", INLINE_MAX_STEP_S * 1.5)
+        answer = await client.get("/recommendations/u?k=5")
+        assert answer.headers["X-Skiprec-Fallback"] == "none"
+        assert [name.startswith("onnx") for _, name in calls] == [True]
         text = (await client.get("/metrics")).text
         assert metric(text, "skiprec_inference_inline_total") == 0.0
