@@ -73,9 +73,9 @@ class Settings(BaseSettings):
     max_inference_queue: int = Field(
         default=256, ge=1, le=1_000_000, description="requests waiting for inference"
     )
-    # A thread hand-off wakes two idle threads, which on this project's machines
-    # cost more than the model step of a lone request (docs/BENCHMARKS.md,
-    # "Inline when alone").
+    # A thread hand-off wakes two idle threads for a batch nobody could join; only
+    # models with a short batch-1 step run inline (docs/BENCHMARKS.md, "Inline when
+    # alone").
     inline_inference: bool = Field(
         default=True,
         description="a recommendation alone in its worker is ranked on the event "
