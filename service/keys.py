@@ -32,8 +32,16 @@ def session_events_key(user_id: str) -> str:
 
 
 def dedup_key(user_id: str) -> str:
-    """Sorted set: event id -> receive time, for idempotent retries."""
+    """Sorted set: event id -> receive time (:func:`dedup_score`), for idempotent
+    retries."""
     return f"{KEY_PREFIX}{user_tag(user_id)}:dedup"
+
+
+def dedup_score(unix_s: float) -> int:
+    """A time as a dedup set's score: integer microseconds, which Redis reads
+    without parsing (``lua/append_events.lua``); below 2**53, so exact as a Lua
+    number."""
+    return round(unix_s * 1_000_000)
 
 
 def served_key(user_id: str) -> str:

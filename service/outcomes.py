@@ -127,7 +127,7 @@ def keep_commands(served: ServedList, ttl_s: int) -> list[tuple[Any, ...]]:
             keys.served_key(served.user_id),
             keys.dedup_key(served.user_id),
             served.encode(),
-            repr(served.served_at),
+            keys.dedup_score(served.served_at),
             SERVED_LISTS_KEPT,
             ttl_s,
         ),

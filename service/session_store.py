@@ -293,6 +293,8 @@ class SessionStore:
             cfg.dedup_ttl_s,
             repr(now),
             cfg.served_ttl_s,
+            keys.dedup_score(now),
+            keys.dedup_score(now - cfg.dedup_ttl_s),
         ]
         for user_id, triples in by_user.items():
             if script_keys:

@@ -2,7 +2,8 @@
 -- trim, expire; then attribute each user's new events to the lists served to them.
 --
 -- KEYS[3u-2] - user u's event list (skiprec:{user_id}:events), in time order
--- KEYS[3u-1] - user u's dedup sorted set (skiprec:{user_id}:dedup): event id -> receive time
+-- KEYS[3u-1] - user u's dedup sorted set (skiprec:{user_id}:dedup): event id -> receive
+--              time in integer microseconds (service.keys.dedup_score)
 -- KEYS[3u]   - user u's served lists (skiprec:{user_id}:served), newest first, each
 --              "state|request_id|served_at|track,track,...|label"; state is
 --              ""                    waiting for the listener's next event,
@@ -17,7 +18,9 @@
 -- ARGV[3] - TTL of dedup entries, seconds (older entries are pruned, the key expires)
 -- ARGV[4] - now, unix seconds (the API's clock, so replicas and replays agree)
 -- ARGV[5] - how long a served list waits for its next event, seconds
--- ARGV[6], ARGV[7], ARGV[8], ... - user 1's events as triples: event id (never
+-- ARGV[6] - now as a dedup score (integer microseconds)
+-- ARGV[7] - the oldest dedup score kept (now less the dedup TTL, microseconds)
+-- ARGV[8], ARGV[9], ARGV[10], ... - user 1's events as triples: event id (never
 --   empty: the API derives one when the client sends none), encoded event, the
 --   request id of the served list the client names ("" for none); an encoded event
 --   that starts with "~" is too late for the live session: deduplicated and
@@ -49,6 +52,9 @@ local session_ttl = tonumber(ARGV[2])
 local dedup_ttl = tonumber(ARGV[3])
 local now = tonumber(ARGV[4])
 local wait = tonumber(ARGV[5])
+local received = ARGV[6]
+local received_score = tonumber(received)
+local oldest_kept = ARGV[7]
 
 local accepted = 0
 local duplicates = 0
@@ -120,6 +126,11 @@ local function finish(events_key, dedup_key, fresh, used_dedup)
     redis.call("EXPIRE", events_key, session_ttl)
   end
   if used_dedup then
+    -- Scores in seconds (at most now plus the TTL, whatever the replicas' clock
+    -- skew) were stored before scores were microseconds (a million times their
+    -- time): each kind is pruned on its own clock, so the upgrade forgets none.
+    local seconds_above = "(" .. (now + dedup_ttl)
+    redis.call("ZREMRANGEBYSCORE", dedup_key, seconds_above, "(" .. oldest_kept)
     redis.call("ZREMRANGEBYSCORE", dedup_key, "-inf", "(" .. (now - dedup_ttl))
     redis.call("EXPIRE", dedup_key, dedup_ttl)
   end
@@ -219,7 +230,7 @@ local user = 1
 local fresh_events = {} -- this user's new events for the live session, arrival order
 local used_dedup = false
 local lists = {} -- this user's served lists as read so far (newest_list, all_lists)
-local i = 6
+local i = 8
 while i <= #ARGV do
   local event_id = ARGV[i]
   if event_id == "|" then
@@ -237,8 +248,11 @@ while i <= #ARGV do
     if is_late then
       entry = string.sub(entry, 2)
     end
-    -- ZADD NX returns 1 only when the id was not present yet.
-    local added = redis.pcall("ZADD", dedup_key, "NX", now, event_id)
+    -- ZADD NX returns 1 only when the id was not present yet. The score is an
+    -- integer: a small sorted set is a listpack, where an insert reads the score
+    -- of every entry before it, and an integer is read as it is stored while a
+    -- fraction is parsed from its text.
+    local added = redis.pcall("ZADD", dedup_key, "NX", received, event_id)
     if type(added) == "table" and added.err then
       -- A refusal (OOM, READONLY) comes at the first write, before any effect:
       -- returned as the server's own error ("OOM ..."), which Redis 6 would wrap
@@ -253,7 +267,7 @@ while i <= #ARGV do
     local skip = string.match(entry, "^[^|]*|[^|]*|[s01]|") and "s" or "p"
     local here = user .. "|" .. event_id
     local resent = not fresh and not in_call[here]
-      and tonumber(redis.call("ZSCORE", dedup_key, event_id)) == now
+      and tonumber(redis.call("ZSCORE", dedup_key, event_id)) == received_score
     in_call[here] = true
     if fresh or resent then
       if fresh and not is_late then

@@ -4,9 +4,11 @@
 --           "state|request_id|served_at|track,track,...|label" (state "" while it
 --           waits for the next event; see append_events.lua for the others)
 -- KEYS[2] - the user's dedup sorted set (skiprec:{user_id}:dedup): event id -> the
---           API's receive time (the same slot: one hash tag)
+--           API's receive time as a dedup score (integer microseconds; the same
+--           slot: one hash tag)
 -- ARGV[1] - the list as stored, without its state: "|request_id|served_at|..."
--- ARGV[2] - served_at: the API's clock when it read the session for this list
+-- ARGV[2] - served_at as a dedup score: the API's clock when it read the session
+--           for this list
 -- ARGV[3] - lists kept per user (older ones are dropped, LTRIM)
 -- ARGV[4] - TTL of the key, seconds
 -- return 1 when kept waiting, 0 when kept already superseded

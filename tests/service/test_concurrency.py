@@ -73,7 +73,7 @@ def accepted_in_order(commands: list[list[str]], events_key: str) -> list[str]:
     for command in commands:
         if command[0].upper() != "EVALSHA" or command[3] != events_key:
             continue
-        triples = command[11:]  # after 3 keys and 5 fixed arguments
+        triples = command[13:]  # after 3 keys and 7 fixed arguments
         for event_id, encoded in zip(triples[::3], triples[1::3], strict=True):
             if event_id and event_id in seen:
                 continue

@@ -162,6 +162,8 @@ def test_append_script_matches_its_model(redis_server, calls, max_events):
                 DEDUP_TTL,
                 repr(now),
                 SERVED_TTL,
+                keys.dedup_score(now),
+                keys.dedup_score(now - DEDUP_TTL),
             ]
             for event_id, code, track, when, late in batch:
                 encoded = f"{event_id}|t{track}|{code}|{when}.000"

@@ -64,6 +64,44 @@ async def test_dedup_entries_expire_after_the_dedup_ttl(redis_url):
     await store.client.aclose()
 
 
+async def test_dedup_scores_are_integer_microseconds(redis_url):
+    store = store_for(redis_url)
+    now = 1764763000.123456
+    await store.append([StoredEvent("a", "u", "t1", False, now)], now=now)
+    # an integer score is what keeps a small set's inserts cheap (append_events.lua)
+    scored = await store.client.zrange(keys.dedup_key("u"), 0, -1, withscores=True)
+    assert scored == [("a", 1764763000123456.0)]
+    assert keys.dedup_score(now) == 1764763000123456
+    await store.client.aclose()
+
+
+async def test_dedup_entries_in_seconds_from_before_still_dedup_and_expire(redis_url):
+    # A set written before scores were microseconds, whose entries are seconds.
+    store = store_for(redis_url, dedup_ttl_s=50)
+    now = 1764763000.0
+    await store.client.zadd(keys.dedup_key("u"), {"stale": now - 60, "kept": now - 10})
+    result = await store.append(
+        [
+            StoredEvent("kept", "u", "t1", False, now - 10),
+            StoredEvent("stale", "u", "t2", False, now - 60),
+            StoredEvent("new", "u", "t3", False, now),
+        ],
+        now=now,
+    )
+    # "stale" was met before it was pruned at the call's end: still a duplicate
+    assert (result.accepted, result.duplicates) == (1, 2)
+    members = await store.client.zrange(keys.dedup_key("u"), 0, -1)
+    assert members == ["kept", "new"]
+    again = await store.append(
+        [StoredEvent("kept", "u", "t1", False, now - 10)], now=now + 20
+    )
+    assert (again.accepted, again.duplicates) == (0, 1)
+    await store.append([StoredEvent("later", "u", "t4", False, now)], now=now + 45)
+    members = await store.client.zrange(keys.dedup_key("u"), 0, -1)
+    assert members == ["new", "later"]  # "kept" is 55 s old, past the 50 s TTL
+    await store.client.aclose()
+
+
 async def test_script_is_reloaded_after_the_server_forgets_it(redis_url):
     store = store_for(redis_url)
     await store.register()
