@@ -147,7 +147,7 @@ class LoadedModel:
         # Two-stage path (ANN candidates, exact scoring of them) when the bundle
         # has one: the exporter built it because the catalogue is large; batches of
         # ``exact_from`` requests or more score the whole catalogue instead (``load``
-        # sets it).
+        # sets it, and releases ``session`` when that is never).
         self.retrieval = retrieval
         self.exact_from = NEVER
         # The fastest batch-1 model step, measured at load (``load``).
@@ -197,6 +197,10 @@ class LoadedModel:
                 model.model_version,
                 model.exact_from if model.exact_from < NEVER else "any number of",
             )
+            if model.exact_from >= NEVER:
+                # Never run again once smoke-tested and timed, and its copies of
+                # the item table are a large catalogue's largest part of memory.
+                model.session = None
         model.lone_step_s = model.time_lone_step()
         return model
 

@@ -140,6 +140,21 @@ def test_batches_from_exact_from_score_the_whole_catalogue(
     assert two_stage_batches == [1, 2]
 
 
+def test_a_model_that_never_scores_the_whole_catalogue_lets_its_graph_go(
+    retrieval_bundle: Path,
+) -> None:
+    # Smoke-tested and timed first; then only the two stages ever run.
+    model = LoadedModel.load(retrieval_bundle, onnx_threads=1, exact_from=NEVER)
+    assert model.session is None
+    bundle = load_bundle(retrieval_bundle)
+    exact = LoadedModel(bundle, open_inference_session(bundle))
+    batch = _requests(exact, 8)
+    for got, want in zip(model.infer(batch), exact.infer(batch), strict=True):
+        assert [t.track_id for t in got] == [t.track_id for t in want]
+    kept = LoadedModel.load(retrieval_bundle, onnx_threads=1, exact_from=8)
+    assert kept.session is not None
+
+
 def test_the_crossover_is_measured_at_load_unless_set(
     retrieval_bundle: Path,
 ) -> None:
