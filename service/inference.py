@@ -164,7 +164,20 @@ class LoadedModel:
         self.popular: RankedItems = [
             RankedTrack(track_id, count / total) for track_id, count in ranked
         ]
-        self.popularity_share = {t.track_id: t.score for t in self.popular}
+        # Each known track's share of plays by vocabulary index: an array, as a
+        # dict of the whole catalogue would cost a large catalogue's memory.
+        rows = np.asarray(self.vocab.indices(bundle.popularity), dtype=np.int64)
+        counts = np.fromiter(bundle.popularity.values(), np.float64, len(rows))
+        known = rows >= NUM_SPECIAL
+        self._popularity_share = np.zeros(self.vocab.size)
+        self._popularity_share[rows[known]] = counts[known] / total
+
+    def popularity_shares(self, track_ids: Sequence[str]) -> list[float]:
+        """Each known track's share of plays (0 for one never played)."""
+        shares: list[float] = self._popularity_share[
+            self.vocab.indices(track_ids)
+        ].tolist()
+        return shares
 
     @classmethod
     def load(

@@ -260,8 +260,8 @@ class Recommender:
 
     @staticmethod
     def _by_popularity(model: LoadedModel, tracks: tuple[str, ...]) -> RankedItems:
-        share = model.popularity_share
+        shares = model.popularity_shares(tracks)
         return sorted(
-            (RankedTrack(t, share.get(t, 0.0)) for t in tracks),
+            (RankedTrack(t, share) for t, share in zip(tracks, shares, strict=True)),
             key=lambda item: -item.score,
         )

@@ -10,6 +10,7 @@ import redis
 
 from service import keys
 from skiprec.policy import SessionPolicy
+from tests.conftest import TINY_TOP_K
 
 
 def event(user_id: str, track_id: str, kind: str = "play", **extra: object) -> dict:
@@ -480,6 +481,12 @@ async def test_rank_for_a_new_listener_falls_back_to_popularity(client):
     assert response.headers["X-Skiprec-Fallback"] == "cold-start"
     assert [i["track_id"] for i in answer["items"]] == ["t0", "t4", "t9"]
     assert answer["fallback"] is True and answer["unranked"] == []
+    # the same shares as the catalogue's cold-start list
+    url = f"/recommendations/newbie?k={TINY_TOP_K}"
+    popular = (await client.get(url)).json()["items"]
+    share = {i["track_id"]: i["score"] for i in popular}
+    ranked = [i for i in answer["items"] if i["track_id"] in share]
+    assert ranked and all(i["score"] == share[i["track_id"]] > 0 for i in ranked)
 
 
 @pytest.mark.parametrize(
