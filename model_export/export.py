@@ -65,7 +65,7 @@ from skiprec.manifest import (
     VOCAB_FILE,
     Manifest,
 )
-from skiprec.retrieval import NUM_CANDIDATES
+from skiprec.retrieval import NUM_CANDIDATES, VECTOR_DTYPES
 from skiprec.vocab import NUM_SPECIAL, SPECIAL_IDS, Vocabulary
 from training.checkpoint import load_run
 
@@ -92,6 +92,7 @@ def export_bundle(
     overwrite: bool = False,
     ann_min_tracks: int | None = DEFAULT_ANN_MIN_TRACKS,
     ann_candidates: int = NUM_CANDIDATES,
+    ann_vectors: str = "f32",
     ann_required: bool = False,
 ) -> Manifest:
     """Export ``run_dir`` to the bundle directory ``out_dir`` and return its manifest.
@@ -108,6 +109,8 @@ def export_bundle(
             two-stage files (model_export/retrieval.py), checked against the full
             graph; 0 builds them for any catalogue; None never.
         ann_candidates: ANN hits per session in the two-stage path.
+        ann_vectors: the index's vector precision, "f32" or "f16" (the recall check
+            judges it like any index).
         ann_required: a two-stage path below the recall floor fails the export;
             otherwise (the default threshold's case) the bundle is written without
             it, ranking the whole catalogue, and a warning says why.
@@ -169,6 +172,7 @@ def export_bundle(
                     OPSET,
                     min_tracks=ann_min_tracks,
                     num_candidates=ann_candidates,
+                    vectors=ann_vectors,
                 )
             except ParityRecallError as exc:
                 if ann_required:
@@ -380,6 +384,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=NUM_CANDIDATES,
         help=f"ANN hits per session (default {NUM_CANDIDATES})",
     )
+    parser.add_argument(
+        "--ann-vectors",
+        choices=VECTOR_DTYPES,
+        default="f32",
+        help="the index's vector precision (f16: half the memory a search walks)",
+    )
     # Provenance and parity
     parser.add_argument(
         "--data",
@@ -410,6 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.ann_min_tracks is None
             else args.ann_min_tracks,
             ann_candidates=args.ann_candidates,
+            ann_vectors=args.ann_vectors,
             ann_required=args.ann_min_tracks is not None,
         )
     except (ParityError, BundleError, FileExistsError, FileNotFoundError) as exc:

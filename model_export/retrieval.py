@@ -251,6 +251,7 @@ def export_retrieval(
     opset: int,
     min_tracks: int,
     num_candidates: int = NUM_CANDIDATES,
+    vectors: str = "f32",
 ) -> RetrievalSpec:
     """Write the retrieval files into ``out_dir``, check them against the full graph
     at ``model_path`` and return the manifest's ``retrieval`` field.
@@ -263,7 +264,7 @@ def export_retrieval(
 
     export_graphs(serving, out_dir, opset)
     table = serving.encoder.item_emb.weight.detach().numpy().astype(np.float32)
-    (out_dir / INDEX_FILE).write_bytes(build_index(table))
+    (out_dir / INDEX_FILE).write_bytes(build_index(table, vectors=vectors))
     num_successors = (
         serving.prior_successors.shape[1] if serving.prior_weights is not None else 1
     )
@@ -274,6 +275,7 @@ def export_retrieval(
         "connectivity": CONNECTIVITY,
         "expansion_add": EXPANSION_ADD,
         "expansion_search": EXPANSION_SEARCH,
+        "vectors": vectors,
         "num_candidates": num_candidates,
         "min_tracks": min_tracks,
         **signatures(serving.encoder.config.hidden_dim, num_successors),

@@ -347,6 +347,13 @@ def open_retrieval(
             f"the index holds {len(index)} vectors of {index.ndim} dimensions, the "
             f"model {num_tracks} tracks and queries of {query_dim}; {_REEXPORT}",
         )
+    stored = index.dtype.name.lower()
+    if stored != spec.vectors:
+        raise BundleSignatureMismatch(
+            index_path,
+            f"the index stores {stored} vectors, the manifest says {spec.vectors}; "
+            f"{_REEXPORT}",
+        )
     return Retrieval(query, candidates, index, spec)
 
 

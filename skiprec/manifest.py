@@ -114,6 +114,9 @@ class RetrievalSpec(BaseModel):
     connectivity: int = Field(ge=2)
     expansion_add: int = Field(ge=1)
     expansion_search: int = Field(ge=1)
+    vectors: Literal["f32", "f16"] = Field(
+        default="f32", description="the index's vector precision"
+    )
     num_candidates: int = Field(ge=1, description="C: ANN hits per session")
     min_tracks: int = Field(
         ge=0, description="the export threshold: an index is built from this size"

@@ -47,6 +47,9 @@ CONNECTIVITY = 16
 EXPANSION_ADD = 200
 EXPANSION_SEARCH = 256
 NUM_CANDIDATES = 200
+# The index's vector precision: f16 halves the memory a search walks, which is its
+# cost at a million tracks (docs/BENCHMARKS.md, "Where the 1M time goes").
+VECTOR_DTYPES = ("f32", "f16")
 
 
 def build_index(
@@ -54,13 +57,17 @@ def build_index(
     connectivity: int = CONNECTIVITY,
     expansion_add: int = EXPANSION_ADD,
     expansion_search: int = EXPANSION_SEARCH,
+    vectors: str = "f32",
 ) -> bytes:
     """The serialised index over the tracks' rows of the item table [V, D] (the
-    special rows are left out: they are never recommended)."""
+    special rows are left out: they are never recommended), its vectors stored in
+    ``vectors`` precision (one of ``VECTOR_DTYPES``)."""
+    if vectors not in VECTOR_DTYPES:
+        raise ValueError(f"vectors must be one of {VECTOR_DTYPES}, got {vectors!r}")
     index = Index(
         ndim=embeddings.shape[1],
         metric=METRIC,
-        dtype="f32",
+        dtype=vectors,
         connectivity=connectivity,
         expansion_add=expansion_add,
         expansion_search=expansion_search,

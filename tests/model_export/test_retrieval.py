@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from model_export.export import export_bundle
 from model_export.retrieval import ParityRecallError
-from skiprec.bundle import load_bundle, open_retrieval
-from skiprec.manifest import RETRIEVAL_FILES
+from skiprec.bundle import BundleSignatureMismatch, load_bundle, open_retrieval
+from skiprec.manifest import MANIFEST_FILE, RETRIEVAL_FILES
 from tests.conftest import TINY_NUM_TRACKS, TINY_TOP_K
 
 
@@ -41,6 +43,42 @@ def test_export_writes_lists_and_checks_the_retrieval_files(retrieval_export):
     assert manifest.retrieval.recall.num_sessions >= 1000
     assert manifest.retrieval.min_tracks == 0
     assert open_retrieval(load_bundle(out_dir)) is not None
+
+
+def test_an_f16_index_is_exported_recorded_and_checked(
+    retrieval_export, tmp_path: Path
+) -> None:
+    run_dir, _, _ = retrieval_export
+    manifest = export_bundle(
+        run_dir,
+        tmp_path / "bundle",
+        top_k=TINY_TOP_K,
+        ann_min_tracks=0,
+        ann_candidates=TINY_NUM_TRACKS,
+        ann_vectors="f16",
+    )
+    assert manifest.retrieval is not None
+    assert manifest.retrieval.vectors == "f16"
+    # every track a candidate and each one scored exactly: the precision of the
+    # search cannot change the top-k
+    assert manifest.retrieval.recall.recall_at_10 == 1.0
+    retrieval = open_retrieval(load_bundle(tmp_path / "bundle"))
+    assert retrieval is not None
+    assert retrieval.index.dtype.name == "F16"
+
+
+def test_an_index_of_another_precision_than_its_manifest_is_refused(
+    retrieval_export, tmp_path: Path
+) -> None:
+    _, out_dir, _ = retrieval_export
+    copy = tmp_path / "bundle"
+    shutil.copytree(out_dir, copy)
+    manifest = json.loads((copy / MANIFEST_FILE).read_text())
+    assert manifest["retrieval"]["vectors"] == "f32"
+    manifest["retrieval"]["vectors"] = "f16"
+    (copy / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(BundleSignatureMismatch, match="f32 vectors"):
+        open_retrieval(load_bundle(copy))
 
 
 def test_small_catalogue_gets_no_retrieval_files(tiny_bundle_dir: Path) -> None:
@@ -81,3 +119,12 @@ def test_a_recall_miss_not_asked_for_ships_whole_catalogue_scoring(
     assert "recall@10" in manifest.metrics["retrieval_refused"]
     assert not any((out_dir / name).exists() for name in RETRIEVAL_FILES)
     assert open_retrieval(load_bundle(out_dir)) is None
+
+
+def test_an_index_precision_outside_the_supported_ones_is_refused() -> None:
+    import numpy as np
+
+    from skiprec.retrieval import build_index
+
+    with pytest.raises(ValueError, match="f32"):
+        build_index(np.ones((6, 4), dtype=np.float32), vectors="i8")
