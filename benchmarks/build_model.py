@@ -48,6 +48,8 @@ class BenchModel:
     source_run: str = ""
     # Export the two-stage files too (ANN index, query and candidates graphs).
     two_stage: bool = False
+    # The index's vector precision (model_export.export's ann_vectors).
+    ann_vectors: str = "f32"
     # A session log to draw the export's parity (and two-stage recall) sessions
     # from; default: the exporter's random sessions.
     parity_data: str = ""
@@ -63,7 +65,10 @@ class BenchModel:
             key += f"-run{Path(self.source_run).name}"
         if self.parity_data:
             key += f"-data{Path(self.parity_data).name.split('.')[0]}"
-        return key + ("-ann" if self.two_stage else "")
+        if not self.two_stage:
+            return key
+        # f32 keeps the name the cache had before there was a choice.
+        return key + "-ann" + ("" if self.ann_vectors == "f32" else self.ann_vectors)
 
 
 def default_cache_dir() -> Path:
@@ -216,6 +221,7 @@ def export_model(spec: BenchModel, out_dir: Path) -> Path:
             model_version=f"bench-{spec.key}",
             ann_min_tracks=0 if spec.two_stage else None,
             ann_required=spec.two_stage,
+            ann_vectors=spec.ann_vectors,
             data_path=Path(spec.parity_data) if spec.parity_data else None,
         )
     (out_dir.parent / f"{spec.key}.build.json").write_text(
@@ -225,6 +231,8 @@ def export_model(spec: BenchModel, out_dir: Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from skiprec.retrieval import VECTOR_DTYPES
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tracks", type=int, default=100_000, help="catalogue size")
     parser.add_argument(
@@ -238,6 +246,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--two-stage", action="store_true", help="also export the ANN index"
     )
+    parser.add_argument(
+        "--ann-vectors",
+        choices=VECTOR_DTYPES,
+        default="f32",
+        help="the index's vector precision (with --two-stage)",
+    )
     parser.add_argument("--data", type=Path, help="parity sessions from this log")
     args = parser.parse_args(argv)
     spec = BenchModel(
@@ -245,6 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         top_k=args.top_k,
         source_run=str(args.from_run.resolve()) if args.from_run else "",
         two_stage=args.two_stage,
+        ann_vectors=args.ann_vectors,
         parity_data=str(args.data.resolve()) if args.data else "",
     )
     if args.out is not None:
