@@ -23,6 +23,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+# ONNX Runtime loaded after usearch crashes the interpreter (a segfault on import,
+# usearch 2.26 with onnxruntime 1.32), and whoever searches this index runs graphs
+# too: load it first.
+import onnxruntime  # noqa: F401
 from numpy.typing import NDArray
 from usearch.index import BatchMatches, Index
 
