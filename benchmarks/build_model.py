@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from skiprec.manifest import VectorDtype
+
 if TYPE_CHECKING:
     from training.checkpoint import Run
 
@@ -49,7 +51,7 @@ class BenchModel:
     # Export the two-stage files too (ANN index, query and candidates graphs).
     two_stage: bool = False
     # The index's vector precision (model_export.export's ann_vectors).
-    ann_vectors: str = "f32"
+    ann_vectors: VectorDtype = "f32"
     # A session log to draw the export's parity (and two-stage recall) sessions
     # from; default: the exporter's random sessions.
     parity_data: str = ""
@@ -231,7 +233,7 @@ def export_model(spec: BenchModel, out_dir: Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from skiprec.retrieval import VECTOR_DTYPES
+    from skiprec.manifest import VECTOR_DTYPES
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tracks", type=int, default=100_000, help="catalogue size")

@@ -62,10 +62,12 @@ from skiprec.manifest import (
     POPULARITY_FILE,
     RETRIEVAL_FILES,
     SCHEMA_VERSION,
+    VECTOR_DTYPES,
     VOCAB_FILE,
     Manifest,
+    VectorDtype,
 )
-from skiprec.retrieval import NUM_CANDIDATES, VECTOR_DTYPES
+from skiprec.retrieval import NUM_CANDIDATES
 from skiprec.vocab import NUM_SPECIAL, SPECIAL_IDS, Vocabulary
 from training.checkpoint import load_run
 
@@ -92,7 +94,7 @@ def export_bundle(
     overwrite: bool = False,
     ann_min_tracks: int | None = DEFAULT_ANN_MIN_TRACKS,
     ann_candidates: int = NUM_CANDIDATES,
-    ann_vectors: str = "f32",
+    ann_vectors: VectorDtype = "f32",
     ann_required: bool = False,
 ) -> Manifest:
     """Export ``run_dir`` to the bundle directory ``out_dir`` and return its manifest.

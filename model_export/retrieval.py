@@ -60,6 +60,7 @@ from skiprec.manifest import (
     RetrievalRecall,
     RetrievalSpec,
     TensorSpec,
+    VectorDtype,
 )
 from skiprec.retrieval import (
     CONNECTIVITY,
@@ -251,7 +252,7 @@ def export_retrieval(
     opset: int,
     min_tracks: int,
     num_candidates: int = NUM_CANDIDATES,
-    vectors: str = "f32",
+    vectors: VectorDtype = "f32",
 ) -> RetrievalSpec:
     """Write the retrieval files into ``out_dir``, check them against the full graph
     at ``model_path`` and return the manifest's ``retrieval`` field.

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -102,6 +102,12 @@ class RetrievalRecall(BaseModel):
     recall_at_100: float
 
 
+# The ANN index's vector precision: f16 halves the memory a search walks, which is
+# its cost at a million tracks (docs/BENCHMARKS.md, "Where the 1M time goes").
+VectorDtype = Literal["f32", "f16"]
+VECTOR_DTYPES: tuple[VectorDtype, ...] = get_args(VectorDtype)
+
+
 class RetrievalSpec(BaseModel):
     """How the bundle's two-stage path is built: the ANN index over the tracks'
     embeddings (keys = vocabulary indices) and the two graphs around it."""
@@ -114,7 +120,7 @@ class RetrievalSpec(BaseModel):
     connectivity: int = Field(ge=2)
     expansion_add: int = Field(ge=1)
     expansion_search: int = Field(ge=1)
-    vectors: Literal["f32", "f16"] = Field(
+    vectors: VectorDtype = Field(
         default="f32", description="the index's vector precision"
     )
     num_candidates: int = Field(ge=1, description="C: ANN hits per session")

@@ -39,7 +39,9 @@ from skiprec.manifest import (
     INPUT_ITEM_IDS,
     INPUT_QUERY,
     QUERY_OUTPUT_NAMES,
+    VECTOR_DTYPES,
     RetrievalSpec,
+    VectorDtype,
 )
 from skiprec.vocab import NUM_SPECIAL, PAD_ID
 
@@ -52,9 +54,6 @@ CONNECTIVITY = 16
 EXPANSION_ADD = 200
 EXPANSION_SEARCH = 256
 NUM_CANDIDATES = 200
-# The index's vector precision: f16 halves the memory a search walks, which is its
-# cost at a million tracks (docs/BENCHMARKS.md, "Where the 1M time goes").
-VECTOR_DTYPES = ("f32", "f16")
 
 
 def build_index(
@@ -62,7 +61,7 @@ def build_index(
     connectivity: int = CONNECTIVITY,
     expansion_add: int = EXPANSION_ADD,
     expansion_search: int = EXPANSION_SEARCH,
-    vectors: str = "f32",
+    vectors: VectorDtype = "f32",
 ) -> bytes:
     """The serialised index over the tracks' rows of the item table [V, D] (the
     special rows are left out: they are never recommended), its vectors stored in
