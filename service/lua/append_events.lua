@@ -47,14 +47,21 @@
 -- finds it again and reports the same attribution, never a second one. The served
 -- lists are read at most once per user and call, only for a user with an event on
 -- time, and only the newest of them when that is all the events need.
+-- Arguments handed on to redis.call stay strings, and the prune bounds are built
+-- once per call: Lua formats a number as text through sprintf at every use.
 local max_events = tonumber(ARGV[1])
-local session_ttl = tonumber(ARGV[2])
-local dedup_ttl = tonumber(ARGV[3])
+local session_ttl = ARGV[2]
+local dedup_ttl = ARGV[3]
 local now = tonumber(ARGV[4])
 local wait = tonumber(ARGV[5])
 local received = ARGV[6]
 local received_score = tonumber(received)
-local oldest_kept = ARGV[7]
+-- Scores in seconds (at most now plus the TTL, whatever the replicas' clock skew)
+-- were stored before scores were microseconds (a million times their time): each
+-- kind is pruned on its own clock, so the upgrade forgets none.
+local seconds_above = "(" .. (now + tonumber(dedup_ttl))
+local seconds_expired = "(" .. (now - tonumber(dedup_ttl))
+local micros_expired = "(" .. ARGV[7]
 
 local accepted = 0
 local duplicates = 0
@@ -66,11 +73,15 @@ local function stamp(entry)
   return tonumber(string.match(entry, "|([^|]*)$"))
 end
 
--- RPUSH in chunks: unpack() of a long list would overflow Lua's C stack.
+-- RPUSH in chunks: unpack() of a long list would overflow Lua's C stack. Returns
+-- the list's length.
 local function push_all(events_key, entries, first)
+  local length = 0
   for i = first, #entries, 1000 do
-    redis.call("RPUSH", events_key, unpack(entries, i, math.min(i + 999, #entries)))
+    length = redis.call("RPUSH", events_key,
+                        unpack(entries, i, math.min(i + 999, #entries)))
   end
+  return length
 end
 
 -- Store a user's new events (arrival order) in the time-ordered list, newest
@@ -89,7 +100,11 @@ local function store(events_key, fresh)
     previous = ts
   end
   if in_order then
-    push_all(events_key, fresh, 1)
+    -- Every redis.call has a fixed cost beyond the command's own, a large part of
+    -- a batch's time per event: trim only a list that outgrew the cap.
+    if push_all(events_key, fresh, 1) > max_events then
+      redis.call("LTRIM", events_key, -max_events, -1)
+    end
   else
     local order = {}
     for i, entry in ipairs(fresh) do
@@ -115,23 +130,17 @@ local function store(events_key, fresh)
     redis.call("DEL", events_key)
     push_all(events_key, merged, math.max(1, #merged - max_events + 1))
   end
-  redis.call("LTRIM", events_key, -max_events, -1)
 end
 
 local function finish(events_key, dedup_key, fresh, used_dedup)
   if #fresh > 0 then
     store(events_key, fresh)
   end
-  if redis.call("EXISTS", events_key) == 1 then
-    redis.call("EXPIRE", events_key, session_ttl)
-  end
+  -- a no-op on a user whose list does not exist (no event on time yet)
+  redis.call("EXPIRE", events_key, session_ttl)
   if used_dedup then
-    -- Scores in seconds (at most now plus the TTL, whatever the replicas' clock
-    -- skew) were stored before scores were microseconds (a million times their
-    -- time): each kind is pruned on its own clock, so the upgrade forgets none.
-    local seconds_above = "(" .. (now + dedup_ttl)
-    redis.call("ZREMRANGEBYSCORE", dedup_key, seconds_above, "(" .. oldest_kept)
-    redis.call("ZREMRANGEBYSCORE", dedup_key, "-inf", "(" .. (now - dedup_ttl))
+    redis.call("ZREMRANGEBYSCORE", dedup_key, seconds_above, micros_expired)
+    redis.call("ZREMRANGEBYSCORE", dedup_key, "-inf", seconds_expired)
     redis.call("EXPIRE", dedup_key, dedup_ttl)
   end
 end
