@@ -173,22 +173,33 @@ end
 -- newest alone (LINDEX) for a new event that names no list, the common case; all
 -- of them (LRANGE, newest first) for one that names a list and for a duplicate
 -- looking for the list it answered before. ``lists`` caches both readings.
-local function newest_list(served_key, lists)
+--
+-- The newest list when it still waits, else nil. Most events come after their
+-- list was answered: an entry that does not start with "|" (a state) is not
+-- parsed, the larger part of a batch's attribution work.
+local function newest_waiting(served_key, lists)
+  local newest
   if lists.all then
-    return lists.all[1]
+    newest = lists.all[1]
+  else
+    if lists.newest == nil then
+      local entry = redis.call("LINDEX", served_key, 0)
+      lists.newest = entry and string.byte(entry, 1) == 124 and parse_list(entry, 0)
+    end
+    newest = lists.newest
   end
-  if lists.newest == nil then
-    local entry = redis.call("LINDEX", served_key, 0)
-    lists.newest = entry and parse_list(entry, 0) or false
+  if newest and newest.state == "" then
+    return newest
   end
-  return lists.newest or nil
+  return nil
 end
 
 local function all_lists(served_key, lists)
   if not lists.all then
     local all = {}
     for j, entry in ipairs(redis.call("LRANGE", served_key, 0, -1)) do
-      -- the newest may be parsed already, and changed (attributed) since
+      -- the newest may be parsed already, and changed (attributed) since; false
+      -- when it was not parsed
       all[j] = (j == 1 and lists.newest) or parse_list(entry, j - 1)
     end
     lists.all = all
@@ -217,7 +228,7 @@ local function attribute(served_key, lists, event_id, track, skip, named, fresh,
   end
   local target = nil
   if named == "" then
-    target = newest_list(served_key, lists)
+    target = newest_waiting(served_key, lists)
   else
     for _, list in ipairs(all_lists(served_key, lists)) do
       if list.request_id == named then
@@ -238,7 +249,7 @@ local in_call = {} -- ids met earlier in this call: a repeat is a duplicate
 local user = 1
 local fresh_events = {} -- this user's new events for the live session, arrival order
 local used_dedup = false
-local lists = {} -- this user's served lists as read so far (newest_list, all_lists)
+local lists = {} -- this user's served lists as read so far (newest_waiting, all_lists)
 local i = 8
 while i <= #ARGV do
   local event_id = ARGV[i]
