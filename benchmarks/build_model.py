@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from skiprec.manifest import VectorDtype
+from skiprec.manifest import DEFAULT_VECTOR_DTYPE, VectorDtype
 
 if TYPE_CHECKING:
     from training.checkpoint import Run
@@ -51,7 +51,7 @@ class BenchModel:
     # Export the two-stage files too (ANN index, query and candidates graphs).
     two_stage: bool = False
     # The index's vector precision (model_export.export's ann_vectors).
-    ann_vectors: VectorDtype = "f32"
+    ann_vectors: VectorDtype = DEFAULT_VECTOR_DTYPE
     # A session log to draw the export's parity (and two-stage recall) sessions
     # from; default: the exporter's random sessions.
     parity_data: str = ""
@@ -251,8 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--ann-vectors",
         choices=VECTOR_DTYPES,
-        default="f32",
-        help="the index's vector precision (with --two-stage)",
+        default=DEFAULT_VECTOR_DTYPE,
+        help="the index's vector precision (with --two-stage; default %(default)s)",
     )
     parser.add_argument("--data", type=Path, help="parity sessions from this log")
     args = parser.parse_args(argv)

@@ -55,6 +55,7 @@ from skiprec.encoding import (
     encode_graded_events,
 )
 from skiprec.manifest import (
+    DEFAULT_VECTOR_DTYPE,
     INPUT_NAMES,
     MANIFEST_FILE,
     MODEL_FILE,
@@ -94,7 +95,7 @@ def export_bundle(
     overwrite: bool = False,
     ann_min_tracks: int | None = DEFAULT_ANN_MIN_TRACKS,
     ann_candidates: int = NUM_CANDIDATES,
-    ann_vectors: VectorDtype = "f32",
+    ann_vectors: VectorDtype = DEFAULT_VECTOR_DTYPE,
     ann_required: bool = False,
 ) -> Manifest:
     """Export ``run_dir`` to the bundle directory ``out_dir`` and return its manifest.
@@ -111,8 +112,8 @@ def export_bundle(
             two-stage files (model_export/retrieval.py), checked against the full
             graph; 0 builds them for any catalogue; None never.
         ann_candidates: ANN hits per session in the two-stage path.
-        ann_vectors: the index's vector precision, "f32" or "f16" (the recall check
-            judges it like any index).
+        ann_vectors: the index's vector precision, "f16" (the default) or "f32"
+            (the recall check judges it like any index).
         ann_required: a two-stage path below the recall floor fails the export;
             otherwise (the default threshold's case) the bundle is written without
             it, ranking the whole catalogue, and a warning says why.
@@ -389,8 +390,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--ann-vectors",
         choices=VECTOR_DTYPES,
-        default="f32",
-        help="the index's vector precision (f16: half the memory a search walks)",
+        default=DEFAULT_VECTOR_DTYPE,
+        help="the index's vector precision (default %(default)s: half the memory "
+        "of f32 for a search to walk, the same recall after exact re-scoring)",
     )
     # Provenance and parity
     parser.add_argument(

@@ -45,6 +45,7 @@ from skiprec.manifest import (
     CANDIDATES_INPUT_NAMES,
     CANDIDATES_MODEL_FILE,
     CANDIDATES_OUTPUT_NAMES,
+    DEFAULT_VECTOR_DTYPE,
     INDEX_FILE,
     INPUT_CANDIDATES,
     INPUT_EXCLUDE,
@@ -252,7 +253,7 @@ def export_retrieval(
     opset: int,
     min_tracks: int,
     num_candidates: int = NUM_CANDIDATES,
-    vectors: VectorDtype = "f32",
+    vectors: VectorDtype = DEFAULT_VECTOR_DTYPE,
 ) -> RetrievalSpec:
     """Write the retrieval files into ``out_dir``, check them against the full graph
     at ``model_path`` and return the manifest's ``retrieval`` field.

@@ -103,9 +103,13 @@ class RetrievalRecall(BaseModel):
 
 
 # The ANN index's vector precision: f16 halves the memory a search walks, which is
-# its cost at a million tracks (docs/BENCHMARKS.md, "Where the 1M time goes").
+# its cost at a million tracks (docs/BENCHMARKS.md, "Where the 1M time goes"), with
+# the same recall after exact re-scoring, so new indexes use it ("An f16 index by
+# default"). A manifest without the field is f32: every index built before there
+# was a choice.
 VectorDtype = Literal["f32", "f16"]
 VECTOR_DTYPES: tuple[VectorDtype, ...] = get_args(VectorDtype)
+DEFAULT_VECTOR_DTYPE: VectorDtype = "f16"
 
 
 class RetrievalSpec(BaseModel):

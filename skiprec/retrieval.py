@@ -33,6 +33,7 @@ from usearch.index import BatchMatches, Index
 
 from skiprec.manifest import (
     CANDIDATES_OUTPUT_NAMES,
+    DEFAULT_VECTOR_DTYPE,
     INPUT_CANDIDATES,
     INPUT_EXCLUDE,
     INPUT_FEEDBACK,
@@ -61,7 +62,7 @@ def build_index(
     connectivity: int = CONNECTIVITY,
     expansion_add: int = EXPANSION_ADD,
     expansion_search: int = EXPANSION_SEARCH,
-    vectors: VectorDtype = "f32",
+    vectors: VectorDtype = DEFAULT_VECTOR_DTYPE,
 ) -> bytes:
     """The serialised index over the tracks' rows of the item table [V, D] (the
     special rows are left out: they are never recommended), its vectors stored in

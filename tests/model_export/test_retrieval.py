@@ -42,10 +42,13 @@ def test_export_writes_lists_and_checks_the_retrieval_files(retrieval_export):
     assert manifest.retrieval.recall.recall_at_100 == 1.0
     assert manifest.retrieval.recall.num_sessions >= 1000
     assert manifest.retrieval.min_tracks == 0
-    assert open_retrieval(load_bundle(out_dir)) is not None
+    assert manifest.retrieval.vectors == "f16"  # the default
+    retrieval = open_retrieval(load_bundle(out_dir))
+    assert retrieval is not None
+    assert retrieval.index.dtype.name == "F16"
 
 
-def test_an_f16_index_is_exported_recorded_and_checked(
+def test_an_f32_index_is_exported_recorded_and_checked(
     retrieval_export, tmp_path: Path
 ) -> None:
     run_dir, _, _ = retrieval_export
@@ -55,16 +58,25 @@ def test_an_f16_index_is_exported_recorded_and_checked(
         top_k=TINY_TOP_K,
         ann_min_tracks=0,
         ann_candidates=TINY_NUM_TRACKS,
-        ann_vectors="f16",
+        ann_vectors="f32",
     )
     assert manifest.retrieval is not None
-    assert manifest.retrieval.vectors == "f16"
+    assert manifest.retrieval.vectors == "f32"
     # every track a candidate and each one scored exactly: the precision of the
     # search cannot change the top-k
     assert manifest.retrieval.recall.recall_at_10 == 1.0
     retrieval = open_retrieval(load_bundle(tmp_path / "bundle"))
     assert retrieval is not None
-    assert retrieval.index.dtype.name == "F16"
+    assert retrieval.index.dtype.name == "F32"
+    # a manifest from before there was a choice names no precision: f32
+    path = tmp_path / "bundle" / MANIFEST_FILE
+    raw = json.loads(path.read_text())
+    del raw["retrieval"]["vectors"]
+    path.write_text(json.dumps(raw))
+    bundle = load_bundle(tmp_path / "bundle")
+    assert bundle.manifest.retrieval is not None
+    assert bundle.manifest.retrieval.vectors == "f32"
+    assert open_retrieval(bundle) is not None
 
 
 def test_an_index_of_another_precision_than_its_manifest_is_refused(
@@ -74,10 +86,10 @@ def test_an_index_of_another_precision_than_its_manifest_is_refused(
     copy = tmp_path / "bundle"
     shutil.copytree(out_dir, copy)
     manifest = json.loads((copy / MANIFEST_FILE).read_text())
-    assert manifest["retrieval"]["vectors"] == "f32"
-    manifest["retrieval"]["vectors"] = "f16"
+    assert manifest["retrieval"]["vectors"] == "f16"
+    manifest["retrieval"]["vectors"] = "f32"
     (copy / MANIFEST_FILE).write_text(json.dumps(manifest))
-    with pytest.raises(BundleSignatureMismatch, match="f32 vectors"):
+    with pytest.raises(BundleSignatureMismatch, match="f16 vectors"):
         open_retrieval(load_bundle(copy))
 
 
