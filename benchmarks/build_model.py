@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from skiprec.manifest import DEFAULT_VECTOR_DTYPE, VectorDtype
+from skiprec.manifest import DEFAULT_VECTOR_DTYPE, VECTOR_DTYPES, VectorDtype
 
 if TYPE_CHECKING:
     from training.checkpoint import Run
@@ -233,8 +233,6 @@ def export_model(spec: BenchModel, out_dir: Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from skiprec.manifest import VECTOR_DTYPES
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tracks", type=int, default=100_000, help="catalogue size")
     parser.add_argument(
