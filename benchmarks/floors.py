@@ -192,13 +192,15 @@ def _stage_costs(model: LoadedModel, request: InferenceRequest) -> dict[str, Any
     item_ids, feedback = encode_sessions([history], model.spec)
     exclude = encode_exclusions([sorted(model.vocab.indices(request.excluded))])
     query, successors = retrieval.encode(item_ids, feedback)
-    found = retrieval.candidates(query, item_ids, successors, exclude)
-    count = retrieval.spec.num_candidates + len(request.excluded)
+    # At the request's depth, which this call also sets on the index for the bare
+    # search below.
+    found = retrieval.candidates(query, item_ids, successors, exclude, request.k)
+    count = retrieval.spec.depth(request.k)[0] + len(request.excluded)
     stages: dict[str, Callable[[], object]] = {
         "query_graph": partial(retrieval.encode, item_ids, feedback),
         "ann_search": partial(retrieval.index.search, query, count, threads=1),
         "candidates": partial(
-            retrieval.candidates, query, item_ids, successors, exclude
+            retrieval.candidates, query, item_ids, successors, exclude, request.k
         ),
         "candidates_graph": partial(
             retrieval.score, query, item_ids, feedback, exclude, found

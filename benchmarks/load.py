@@ -49,7 +49,7 @@ from benchmarks.phases import (
 )
 from benchmarks.report import machine_info, write_markdown
 from benchmarks.summary import summarize
-from skiprec.manifest import MANIFEST_FILE
+from skiprec.manifest import MANIFEST_FILE, RetrievalSpec
 
 REPO_ROOT = processes.REPO_ROOT
 COMMAND = "skiprec loadtest"
@@ -235,9 +235,13 @@ def _catalogue_scaling(
 
 
 def _manifest_retrieval(bundle: Path) -> dict[str, Any] | None:
-    """The bundle's two-stage record (recall against full scoring), if any."""
+    """The bundle's two-stage record (recall against full scoring), if any, with
+    the recall@10 of the search the load's k=10 requests get."""
     manifest = json.loads((bundle / MANIFEST_FILE).read_text())
     retrieval: dict[str, Any] | None = manifest.get("retrieval")
+    if retrieval is not None:
+        spec = RetrievalSpec.model_validate(retrieval)
+        retrieval["served_recall_at_10"] = spec.served_recall_at_10()
     return retrieval
 
 

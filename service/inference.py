@@ -342,7 +342,9 @@ class LoadedModel:
         retrieval = self.retrieval
         assert retrieval is not None
         query, successors = retrieval.encode(item_ids, feedback)
-        found = retrieval.candidates(query, item_ids, successors, exclude_ids)
+        found = retrieval.candidates(
+            query, item_ids, successors, exclude_ids, self._width(requests, item_ids)
+        )
         rows = [
             given if request.candidates else [i for i in found[row].tolist() if i]
             for row, (request, given) in enumerate(
@@ -361,6 +363,26 @@ class LoadedModel:
             scores,
             p_skip,
         ]
+
+    def _width(self, requests: Sequence[InferenceRequest], item_ids: np.ndarray) -> int:
+        """The most tracks a request of the batch needs the ANN hits to rank, which
+        sets the search's depth: its k, plus its penalised tracks outside the
+        encoded window (a penalty moves a track down, letting the next one up; a
+        window track is a candidate whatever the search finds). A request with its
+        own candidates needs none."""
+        width = 0
+        for row, request in enumerate(requests):
+            if request.candidates:
+                continue
+            outside = 0
+            if request.penalties:
+                window = set(item_ids[row].tolist())
+                penalised = self.vocab.indices(t for t, _ in request.penalties)
+                outside = sum(
+                    index >= NUM_SPECIAL and index not in window for index in penalised
+                )
+            width = max(width, request.k + outside)
+        return width
 
     def infer(self, requests: Sequence[InferenceRequest]) -> list[RankedItems]:
         """Per request, best first (sync; CPU-bound): the top-k of the catalogue, or

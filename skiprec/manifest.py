@@ -112,6 +112,25 @@ VECTOR_DTYPES: tuple[VectorDtype, ...] = get_args(VectorDtype)
 DEFAULT_VECTOR_DTYPE: VectorDtype = "f16"
 
 
+class SearchDepth(BaseModel):
+    """A shallower ANN search for batches whose requests rank few tracks: an HNSW
+    search costs what its expansion visits, and the API's default k is 10 of the
+    up to ``num_candidates`` hits the full depth finds. The export keeps one only
+    when its recall at ``max_width`` matches the full depth's on the parity
+    sessions (``model_export.retrieval.choose_depths``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_width: int = Field(
+        ge=1, description="batches that rank at most this many tracks a request"
+    )
+    num_candidates: int = Field(ge=1, description="ANN hits per session")
+    expansion_search: int = Field(ge=1, description="the index's search depth")
+    recall: float = Field(
+        ge=0.0, le=1.0, description="two-stage recall@max_width, parity sessions"
+    )
+
+
 class RetrievalSpec(BaseModel):
     """How the bundle's two-stage path is built: the ANN index over the tracks'
     embeddings (keys = vocabulary indices) and the two graphs around it."""
@@ -136,6 +155,43 @@ class RetrievalSpec(BaseModel):
     candidates_inputs: list[TensorSpec]
     candidates_outputs: list[TensorSpec]
     recall: RetrievalRecall
+    depths: tuple[SearchDepth, ...] = Field(
+        default=(),
+        description="shallower searches by width, narrowest first; a manifest "
+        "without them searches every batch at the full depth",
+    )
+
+    @model_validator(mode="after")
+    def _depths_shallower(self) -> RetrievalSpec:
+        widths = [depth.max_width for depth in self.depths]
+        if widths != sorted(set(widths)):
+            raise ValueError(f"depths must widen strictly, got max_width {widths}")
+        for depth in self.depths:
+            if depth.num_candidates > self.num_candidates:
+                raise ValueError(
+                    f"a depth for width {depth.max_width} retrieves "
+                    f"{depth.num_candidates} candidates, more than the full "
+                    f"depth's {self.num_candidates}"
+                )
+        return self
+
+    def depth(self, width: int | None) -> tuple[int, int]:
+        """(ANN hits, search expansion) for a batch whose requests rank at most
+        ``width`` tracks each (``None``: any number, the full depth)."""
+        if width is not None:
+            for depth in self.depths:
+                if width <= depth.max_width:
+                    return depth.num_candidates, depth.expansion_search
+        return self.num_candidates, self.expansion_search
+
+    def served_recall_at_10(self) -> float | None:
+        """The export's recall@10 of the search a batch of k=10 requests gets (its
+        depth's, or the full depth's); ``None`` when that depth was measured at
+        another width."""
+        for depth in self.depths:
+            if depth.max_width >= 10:
+                return depth.recall if depth.max_width == 10 else None
+        return self.recall.recall_at_10
 
     @model_validator(mode="after")
     def _graph_names(self) -> RetrievalSpec:

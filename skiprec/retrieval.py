@@ -55,6 +55,14 @@ CONNECTIVITY = 16
 EXPANSION_ADD = 200
 EXPANSION_SEARCH = 256
 NUM_CANDIDATES = 200
+# Shallower searches the export tries for batches that rank at most ``width`` tracks
+# a request, cheapest first per width: (width, ANN hits, expansion). The full depth
+# above serves the API's k up to 200; most requests ask for 10, and for those the
+# expansion, not the number of hits, sets the recall (docs/BENCHMARKS.md, "A search
+# depth that follows k").
+SHALLOW_DEPTHS: tuple[tuple[int, int, int], ...] = tuple(
+    (10, 50, expansion) for expansion in (64, 96, 128, 160, 192)
+)
 
 
 def build_index(
@@ -120,13 +128,20 @@ class Retrieval:
         item_ids: IntArray,
         successors: IntArray,
         exclude_ids: IntArray,
+        width: int | None = None,
     ) -> IntArray:
         """Per row: ANN hits, window tracks and successors, distinct, PAD-filled to
-        the widest row: [B, C]."""
+        the widest row: [B, C]. ``width``: the most tracks a row will rank, which
+        picks the search's depth (``RetrievalSpec.depth``; ``None``: the full one).
+
+        Not thread-safe: usearch takes the depth from the index, not the call."""
+        num_candidates, expansion = self.spec.depth(width)
         # Excluded tracks will score -inf: search deeper by as many, so that they do
         # not take the places of rankable ones.
         excluded = int((exclude_ids >= NUM_SPECIAL).sum(axis=1).max(initial=0))
-        count = min(self.spec.num_candidates + excluded, len(self.index))
+        count = min(num_candidates + excluded, len(self.index))
+        if self.index.expansion_search != expansion:
+            self.index.expansion_search = expansion  # type: ignore[misc]
         matches = self.index.search(query, count, threads=1)
         if isinstance(matches, BatchMatches):
             hits = np.asarray(matches.keys, dtype=np.int64)  # [B, count]
@@ -168,12 +183,17 @@ class Retrieval:
         return scores, p_skip
 
     def rank(
-        self, item_ids: IntArray, feedback: IntArray, exclude_ids: IntArray
+        self,
+        item_ids: IntArray,
+        feedback: IntArray,
+        exclude_ids: IntArray,
+        width: int | None = None,
     ) -> tuple[IntArray, FloatArray, FloatArray]:
         """Both stages: (candidate ids [B, C], their scores, their p_skip), each row
-        best first; PAD fill and excluded tracks score -inf at the end."""
+        best first; PAD fill and excluded tracks score -inf at the end. ``width``
+        as ``candidates`` takes it."""
         query, successors = self.encode(item_ids, feedback)
-        candidate_ids = self.candidates(query, item_ids, successors, exclude_ids)
+        candidate_ids = self.candidates(query, item_ids, successors, exclude_ids, width)
         scores, p_skip = self.score(
             query, item_ids, feedback, exclude_ids, candidate_ids
         )

@@ -96,6 +96,9 @@ def test_loadtest_smoke_runs_and_reports(make_run, tmp_path: Path) -> None:
     assert set(scaling["model"]["modes"]) == {"exact", "two_stage"}
     assert scaling["model"]["modes"]["two_stage"]["stages_batch_1_p50_ms"]
     assert scaling["retrieval"]["recall"]["recall_at_10"] > 0.9
+    # the load asks k=10, which the export's depth for width 10 serves
+    (depth,) = scaling["retrieval"]["depths"]
+    assert scaling["retrieval"]["served_recall_at_10"] == depth["recall"]
     for mode in ("exact", "two_stage"):
         assert scaling[mode]["status_counts"].get("200", 0) > 0
         assert all(rss > 0 for rss in scaling[mode]["worker_rss_bytes"])

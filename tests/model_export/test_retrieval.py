@@ -6,13 +6,29 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from model_export.export import export_bundle
-from model_export.retrieval import ParityRecallError
-from skiprec.bundle import BundleSignatureMismatch, load_bundle, open_retrieval
+from model_export.parity import parity_batches, synthetic_sessions
+from model_export.retrieval import (
+    DEPTH_RECALL_LOSS,
+    ParityRecallError,
+    check_candidates,
+    choose_depths,
+    measure_recall,
+    recall_at,
+)
+from skiprec.bundle import (
+    BundleSignatureMismatch,
+    load_bundle,
+    open_inference_session,
+    open_retrieval,
+)
 from skiprec.manifest import MANIFEST_FILE, RETRIEVAL_FILES
 from tests.conftest import TINY_NUM_TRACKS, TINY_TOP_K
+
+INF = float("inf")
 
 
 @pytest.fixture(scope="module")
@@ -140,3 +156,74 @@ def test_an_index_precision_outside_the_supported_ones_is_refused() -> None:
 
     with pytest.raises(ValueError, match="f32"):
         build_index(np.ones((6, 4), dtype=np.float32), vectors="i8")
+
+
+def test_recall_at_counts_the_exact_top_k_found_ties_and_short_rows_included() -> None:
+    exact = np.array(
+        [
+            [5.0, 4.0, 3.0, 2.0],
+            [9.0, 9.0, 1.0, -INF],  # a tie at the top; three rankable tracks
+        ],
+        dtype=np.float32,
+    )
+    found = np.array(
+        [
+            [5.0, 3.0, 2.0, 1.0],  # 4.0 missed
+            [9.0, 1.0, -INF, -INF],  # one of the tied pair missed
+        ],
+        dtype=np.float32,
+    )
+    counts = recall_at(exact, found, [1, 2, 4])
+    # k=1: 5 >= 5 and 9 >= 9; k=2: {5, 3} >= 4 holds one, {9, 1} >= 9 one;
+    # k=4: row 0 {5, 3, 2, 1} >= 2 holds three; row 1 has three to find, holds two.
+    assert counts == {1: (2, 2), 2: (2, 4), 4: (5, 7)}
+
+
+def _checked(out_dir: Path):
+    bundle = load_bundle(out_dir)
+    retrieval = open_retrieval(bundle)
+    assert retrieval is not None
+    spec = bundle.manifest.encoding_spec()
+    sessions = synthetic_sessions(
+        bundle.vocab.size, spec.max_seq_len, 300, graded=spec.graded
+    )
+    batches = parity_batches(sessions, spec, bundle.vocab.size)
+    exact = check_candidates(open_inference_session(bundle), retrieval, batches)
+    return retrieval, batches, exact
+
+
+def test_the_export_keeps_a_shallower_search_that_holds_the_recall(
+    retrieval_export,
+) -> None:
+    _, out_dir, manifest = retrieval_export
+    assert manifest.retrieval is not None
+    (depth,) = manifest.retrieval.depths
+    assert depth.max_width == 10
+    assert depth.num_candidates < manifest.retrieval.num_candidates
+    assert depth.expansion_search < manifest.retrieval.expansion_search
+    # Measured again on other sessions: the shallow search ranks as well at k=10,
+    # and the index is left at the depth of the last search.
+    retrieval, batches, exact = _checked(out_dir)
+    full = measure_recall(retrieval, batches, exact, [10])[10]
+    shallow = measure_recall(retrieval, batches, exact, [10], 10)[10]
+    assert shallow >= full - 2 * DEPTH_RECALL_LOSS
+    assert retrieval.index.expansion_search == depth.expansion_search
+    measure_recall(retrieval, batches, exact, [10], 11)
+    assert retrieval.index.expansion_search == manifest.retrieval.expansion_search
+
+
+def test_a_shallower_search_that_loses_recall_is_not_kept(retrieval_export) -> None:
+    _, out_dir, _ = retrieval_export
+    retrieval, batches, exact = _checked(out_dir)
+    # One hit cannot hold a top-10; the next step of the ladder is tried.
+    (depth,) = choose_depths(retrieval, batches, exact, ((10, 1, 1), (10, 50, 64)))
+    assert (depth.max_width, depth.num_candidates, depth.expansion_search) == (
+        10,
+        50,
+        64,
+    )
+    assert choose_depths(retrieval, batches, exact, ((10, 1, 1),)) == ()
+    # a step no shallower than the full depth is no depth
+    spec = retrieval.spec
+    full = ((10, spec.num_candidates, spec.expansion_search),)
+    assert choose_depths(retrieval, batches, exact, full) == ()

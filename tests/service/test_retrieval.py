@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -173,3 +174,33 @@ async def test_the_exact_min_batch_setting_replaces_the_measurement(
     async with serving(settings) as (state, client):
         assert state.models.current.exact_from == 5
         assert (await client.get("/recommendations/nobody")).status_code == 200
+
+
+def test_the_search_depth_follows_the_widest_request_of_the_batch(
+    retrieval_bundle: Path,
+) -> None:
+    model = LoadedModel.load(retrieval_bundle, onnx_threads=1, exact_from=NEVER)
+    assert model.retrieval is not None
+    spec = model.retrieval.spec
+    (depth,) = spec.depths  # the export kept one for the default k
+    assert depth.max_width == 10
+
+    def searched_at(*requests: InferenceRequest) -> int:
+        model.infer(list(requests))
+        assert model.retrieval is not None
+        return int(model.retrieval.index.expansion_search)
+
+    tracks = model.vocab.track_ids
+    window = tuple(tracks[:5])
+    plain = InferenceRequest(window, (False,) * 5, 10)
+    assert searched_at(plain) == depth.expansion_search
+    assert searched_at(plain, replace(plain, k=11)) == spec.expansion_search
+    # A penalised window track is a candidate whatever the search finds; one from
+    # earlier in the session may have to be replaced by the next hit.
+    inside = replace(plain, penalties=((window[0], 0.7),))
+    assert searched_at(inside) == depth.expansion_search
+    outside = replace(plain, penalties=((tracks[30], 0.7),))
+    assert searched_at(outside) == spec.expansion_search
+    # Client candidates are ranked without the search's hits, whatever their number.
+    given = InferenceRequest(window, (False,) * 5, 30, candidates=tuple(tracks[:30]))
+    assert searched_at(given, plain) == depth.expansion_search
