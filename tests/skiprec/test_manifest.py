@@ -78,3 +78,10 @@ def test_depths_must_widen_and_search_no_more_than_the_full_depth(
 ) -> None:
     with pytest.raises(ValidationError, match=message):
         _spec(*depths)
+
+
+def test_the_served_recall_at_10_is_that_of_the_depth_k_10_searches_at() -> None:
+    assert _spec((10, 50, 64)).served_recall_at_10() == 0.999
+    assert _spec().served_recall_at_10() == 1.0  # the full depth's
+    # a depth measured at another width says nothing of recall@10
+    assert _spec((40, 100, 128)).served_recall_at_10() is None
