@@ -392,7 +392,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=VECTOR_DTYPES,
         default=DEFAULT_VECTOR_DTYPE,
         help="the index's vector precision (default %(default)s: half the memory "
-        "of f32 for a search to walk, the same recall after exact re-scoring)",
+        "of f32 for a search to walk, the same recall after exact re-scoring; i8: "
+        "a quarter, searched on integer dot products)",
     )
     # Provenance and parity
     parser.add_argument(

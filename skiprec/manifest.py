@@ -105,9 +105,12 @@ class RetrievalRecall(BaseModel):
 # The ANN index's vector precision: f16 halves the memory a search walks, which is
 # its cost at a million tracks (docs/BENCHMARKS.md, "Where the 1M time goes"), with
 # the same recall after exact re-scoring, so new indexes use it ("An f16 index by
-# default"). A manifest without the field is f32: every index built before there
+# default"). i8 halves it again and searches on integer dot products: the tracks'
+# rows share one scale and each query has its own (skiprec.retrieval.to_int8),
+# which leaves every inner-product ranking as it was but for rounding ("An i8
+# index"). A manifest without the field is f32: every index built before there
 # was a choice.
-VectorDtype = Literal["f32", "f16"]
+VectorDtype = Literal["f32", "f16", "i8"]
 VECTOR_DTYPES: tuple[VectorDtype, ...] = get_args(VectorDtype)
 DEFAULT_VECTOR_DTYPE: VectorDtype = "f16"
 

@@ -48,6 +48,7 @@ from skiprec.vocab import NUM_SPECIAL, PAD_ID
 
 IntArray = NDArray[np.int64]
 FloatArray = NDArray[np.float32]
+Int8Array = NDArray[np.int8]
 LIBRARY = "usearch"
 METRIC = "ip"
 # HNSW parameters (docs/BENCHMARKS.md, "ANN candidate generation", measured them).
@@ -63,6 +64,23 @@ NUM_CANDIDATES = 200
 SHALLOW_DEPTHS: tuple[tuple[int, int, int], ...] = tuple(
     (10, 50, expansion) for expansion in (64, 96, 128, 160, 192)
 )
+
+
+INT8_MAX = 127
+
+
+def to_int8(vectors: FloatArray, per_row: bool) -> Int8Array:
+    """``vectors`` [N, D] as int8 in [-127, 127], the largest magnitude at 127: one
+    scale for the whole array (``per_row=False``, the tracks' rows, so that their
+    inner products with any query keep their order) or one per row (queries, whose
+    own scale orders nothing). An all-zero array or row stays zero.
+
+    usearch's own conversion to i8 scales every vector to unit length, which would
+    rank by cosine and drop the norm a track's logit carries, so vectors reach it
+    as int8 already."""
+    peak = np.abs(vectors).max(axis=1 if per_row else None, keepdims=per_row)
+    scale = INT8_MAX / np.where(peak > 0, peak, 1.0)
+    return np.clip(np.rint(vectors * scale), -INT8_MAX, INT8_MAX).astype(np.int8)
 
 
 def build_index(
@@ -86,8 +104,10 @@ def build_index(
         expansion_search=expansion_search,
     )
     keys = np.arange(NUM_SPECIAL, embeddings.shape[0], dtype=np.uint64)
+    tracks = np.ascontiguousarray(embeddings[NUM_SPECIAL:])
+    stored = to_int8(tracks, per_row=False) if vectors == "i8" else tracks
     # One thread: the build is then the same on every machine.
-    index.add(keys, np.ascontiguousarray(embeddings[NUM_SPECIAL:]), threads=1)
+    index.add(keys, stored, threads=1)
     data = index.save()  # no path: the bytes
     assert data is not None
     return bytes(data)
@@ -142,7 +162,8 @@ class Retrieval:
         count = min(num_candidates + excluded, len(self.index))
         if self.index.expansion_search != expansion:
             self.index.expansion_search = expansion  # type: ignore[misc]
-        matches = self.index.search(query, count, threads=1)
+        searched = to_int8(query, per_row=True) if self.spec.vectors == "i8" else query
+        matches = self.index.search(searched, count, threads=1)
         if isinstance(matches, BatchMatches):
             hits = np.asarray(matches.keys, dtype=np.int64)  # [B, count]
             found = np.asarray(matches.counts).tolist()

@@ -25,7 +25,7 @@ from skiprec.bundle import (
     open_inference_session,
     open_retrieval,
 )
-from skiprec.manifest import MANIFEST_FILE, RETRIEVAL_FILES
+from skiprec.manifest import MANIFEST_FILE, RETRIEVAL_FILES, VectorDtype
 from tests.conftest import TINY_NUM_TRACKS, TINY_TOP_K
 
 INF = float("inf")
@@ -64,8 +64,9 @@ def test_export_writes_lists_and_checks_the_retrieval_files(retrieval_export):
     assert retrieval.index.dtype.name == "F16"
 
 
-def test_an_f32_index_is_exported_recorded_and_checked(
-    retrieval_export, tmp_path: Path
+@pytest.mark.parametrize("vectors", ["f32", "i8"])
+def test_an_index_of_each_precision_is_exported_recorded_and_checked(
+    retrieval_export, tmp_path: Path, vectors: VectorDtype
 ) -> None:
     run_dir, _, _ = retrieval_export
     manifest = export_bundle(
@@ -74,17 +75,30 @@ def test_an_f32_index_is_exported_recorded_and_checked(
         top_k=TINY_TOP_K,
         ann_min_tracks=0,
         ann_candidates=TINY_NUM_TRACKS,
-        ann_vectors="f32",
+        ann_vectors=vectors,
     )
     assert manifest.retrieval is not None
-    assert manifest.retrieval.vectors == "f32"
+    assert manifest.retrieval.vectors == vectors
     # every track a candidate and each one scored exactly: the precision of the
     # search cannot change the top-k
     assert manifest.retrieval.recall.recall_at_10 == 1.0
     retrieval = open_retrieval(load_bundle(tmp_path / "bundle"))
     assert retrieval is not None
-    assert retrieval.index.dtype.name == "F32"
-    # a manifest from before there was a choice names no precision: f32
+    assert retrieval.index.dtype.name == vectors.upper()
+
+
+def test_a_manifest_from_before_there_was_a_choice_of_precision_is_f32(
+    retrieval_export, tmp_path: Path
+) -> None:
+    run_dir, _, _ = retrieval_export
+    export_bundle(
+        run_dir,
+        tmp_path / "bundle",
+        top_k=TINY_TOP_K,
+        ann_min_tracks=0,
+        ann_candidates=TINY_NUM_TRACKS,
+        ann_vectors="f32",
+    )
     path = tmp_path / "bundle" / MANIFEST_FILE
     raw = json.loads(path.read_text())
     del raw["retrieval"]["vectors"]
@@ -147,15 +161,6 @@ def test_a_recall_miss_not_asked_for_ships_whole_catalogue_scoring(
     assert "recall@10" in manifest.metrics["retrieval_refused"]
     assert not any((out_dir / name).exists() for name in RETRIEVAL_FILES)
     assert open_retrieval(load_bundle(out_dir)) is None
-
-
-def test_an_index_precision_outside_the_supported_ones_is_refused() -> None:
-    import numpy as np
-
-    from skiprec.retrieval import build_index
-
-    with pytest.raises(ValueError, match="f32"):
-        build_index(np.ones((6, 4), dtype=np.float32), vectors="i8")
 
 
 def test_recall_at_counts_the_exact_top_k_found_ties_and_short_rows_included() -> None:

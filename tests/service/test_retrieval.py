@@ -14,23 +14,32 @@ import pytest
 
 from service.inference import NEVER, InferenceRequest, LoadedModel, crossover_batch
 from skiprec.bundle import BundleHashMismatch, load_bundle, open_inference_session
-from skiprec.manifest import INDEX_FILE, MANIFEST_FILE
+from skiprec.manifest import INDEX_FILE, MANIFEST_FILE, VectorDtype
 from tests.conftest import TINY_NUM_TRACKS, TINY_TOP_K
 
 
-@pytest.fixture(scope="module")
-def retrieval_bundle(make_run, tmp_path_factory) -> Path:
+def _export(make_run, out_dir: Path, vectors: VectorDtype) -> Path:
     from model_export.export import export_bundle
 
-    out_dir = tmp_path_factory.mktemp("retrieval") / "bundle"
     export_bundle(
         make_run(skip_head=True, skip_weight=0.5),
         out_dir,
         top_k=TINY_TOP_K,
         ann_min_tracks=0,
         ann_candidates=TINY_NUM_TRACKS,  # generous: every track
+        ann_vectors=vectors,
     )
     return out_dir
+
+
+@pytest.fixture(scope="module")
+def retrieval_bundle(make_run, tmp_path_factory) -> Path:
+    return _export(make_run, tmp_path_factory.mktemp("retrieval") / "bundle", "f16")
+
+
+@pytest.fixture(scope="module")
+def retrieval_bundle_i8(make_run, tmp_path_factory) -> Path:
+    return _export(make_run, tmp_path_factory.mktemp("retrieval") / "i8", "i8")
 
 
 def _requests(model: LoadedModel, count: int) -> list[InferenceRequest]:
@@ -53,10 +62,14 @@ def _requests(model: LoadedModel, count: int) -> list[InferenceRequest]:
     return requests
 
 
-def test_two_stage_top_k_equals_exact_top_k(retrieval_bundle: Path) -> None:
-    two_stage = LoadedModel.load(retrieval_bundle, onnx_threads=1)
+@pytest.mark.parametrize("fixture", ["retrieval_bundle", "retrieval_bundle_i8"])
+def test_two_stage_top_k_equals_exact_top_k(
+    fixture: str, request: pytest.FixtureRequest
+) -> None:
+    path: Path = request.getfixturevalue(fixture)
+    two_stage = LoadedModel.load(path, onnx_threads=1)
     assert two_stage.retrieval is not None
-    bundle = load_bundle(retrieval_bundle)
+    bundle = load_bundle(path)
     exact = LoadedModel(bundle, open_inference_session(bundle))  # no retrieval
     requests = _requests(exact, 60)
     for got, want in zip(two_stage.infer(requests), exact.infer(requests), strict=True):
