@@ -283,7 +283,8 @@ def export_retrieval(
 
     export_graphs(serving, out_dir, opset)
     table = serving.encoder.item_emb.weight.detach().numpy().astype(np.float32)
-    (out_dir / INDEX_FILE).write_bytes(build_index(table, vectors=vectors))
+    built = build_index(table, vectors=vectors)
+    (out_dir / INDEX_FILE).write_bytes(built.data)
     num_successors = (
         serving.prior_successors.shape[1] if serving.prior_weights is not None else 1
     )
@@ -295,6 +296,7 @@ def export_retrieval(
         "expansion_add": EXPANSION_ADD,
         "expansion_search": EXPANSION_SEARCH,
         "vectors": vectors,
+        "scales": built.scales,
         "num_candidates": num_candidates,
         "min_tracks": min_tracks,
         **signatures(serving.encoder.config.hidden_dim, num_successors),

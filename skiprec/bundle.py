@@ -347,6 +347,12 @@ def open_retrieval(
             f"the index holds {len(index)} vectors of {index.ndim} dimensions, the "
             f"model {num_tracks} tracks and queries of {query_dim}; {_REEXPORT}",
         )
+    if spec.scales and len(spec.scales) != index.ndim:
+        raise BundleSignatureMismatch(
+            index_path,
+            f"the manifest has {len(spec.scales)} scales for an index of "
+            f"{index.ndim} dimensions; {_REEXPORT}",
+        )
     stored = index.dtype.name.lower()
     if stored != spec.vectors:
         raise BundleSignatureMismatch(

@@ -106,10 +106,11 @@ class RetrievalRecall(BaseModel):
 # its cost at a million tracks (docs/BENCHMARKS.md, "Where the 1M time goes"), with
 # the same recall after exact re-scoring, so new indexes use it ("An f16 index by
 # default"). i8 halves it again and searches on integer dot products: the tracks'
-# rows share one scale and each query has its own (skiprec.retrieval.to_int8),
-# which leaves every inner-product ranking as it was but for rounding ("An i8
-# index"). A manifest without the field is f32: every index built before there
-# was a choice.
+# rows are stored over each dimension's largest magnitude (``RetrievalSpec.scales``)
+# and each query is multiplied by it and quantised on its own scale
+# (skiprec.retrieval.to_int8), which leaves every inner-product ranking as it was
+# but for rounding ("An i8 index"). A manifest without the field is f32: every
+# index built before there was a choice.
 VectorDtype = Literal["f32", "f16", "i8"]
 VECTOR_DTYPES: tuple[VectorDtype, ...] = get_args(VectorDtype)
 DEFAULT_VECTOR_DTYPE: VectorDtype = "f16"
@@ -149,6 +150,11 @@ class RetrievalSpec(BaseModel):
     vectors: VectorDtype = Field(
         default="f32", description="the index's vector precision"
     )
+    scales: tuple[float, ...] = Field(
+        default=(),
+        description="an i8 index only: each dimension's largest magnitude over the "
+        "tracks, which the index's rows are divided by and a query is multiplied by",
+    )
     num_candidates: int = Field(ge=1, description="C: ANN hits per session")
     min_tracks: int = Field(
         ge=0, description="the export threshold: an index is built from this size"
@@ -176,6 +182,15 @@ class RetrievalSpec(BaseModel):
                     f"{depth.num_candidates} candidates, more than the full "
                     f"depth's {self.num_candidates}"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _scales_with_i8(self) -> RetrievalSpec:
+        if (self.vectors == "i8") != bool(self.scales):
+            raise ValueError(
+                "scales belong to an i8 index, and an i8 index needs them: "
+                f"vectors {self.vectors!r} with {len(self.scales)} scales"
+            )
         return self
 
     def depth(self, width: int | None) -> tuple[int, int]:

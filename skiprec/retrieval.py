@@ -69,6 +69,22 @@ SHALLOW_DEPTHS: tuple[tuple[int, int, int], ...] = tuple(
 INT8_MAX = 127
 
 
+@dataclass(frozen=True)
+class BuiltIndex:
+    data: bytes  # the serialised index
+    scales: tuple[float, ...]  # an i8 index's ``dimension_scales``; () otherwise
+
+
+def dimension_scales(tracks: FloatArray) -> FloatArray:
+    """Each dimension's largest magnitude over the tracks' rows [N, D] (1 where
+    every row is 0). An i8 index stores the rows divided by it and is searched with
+    queries multiplied by it: every inner product stays the same, and each
+    dimension gets the whole int8 range rather than the share that the widest
+    dimension leaves it."""
+    peak = np.abs(tracks).max(axis=0)
+    return np.where(peak > 0, peak, 1.0).astype(np.float32)
+
+
 def to_int8(vectors: FloatArray, per_row: bool) -> Int8Array:
     """``vectors`` [N, D] as int8 in [-127, 127], the largest magnitude at 127: one
     scale for the whole array (``per_row=False``, the tracks' rows, so that their
@@ -89,10 +105,11 @@ def build_index(
     expansion_add: int = EXPANSION_ADD,
     expansion_search: int = EXPANSION_SEARCH,
     vectors: VectorDtype = DEFAULT_VECTOR_DTYPE,
-) -> bytes:
-    """The serialised index over the tracks' rows of the item table [V, D] (the
-    special rows are left out: they are never recommended), its vectors stored in
-    ``vectors`` precision (one of ``VECTOR_DTYPES``)."""
+) -> BuiltIndex:
+    """The index over the tracks' rows of the item table [V, D] (the special rows
+    are left out: they are never recommended), its vectors stored in ``vectors``
+    precision (one of ``VECTOR_DTYPES``); an i8 index stores them over
+    ``dimension_scales``, which it returns."""
     if vectors not in VECTOR_DTYPES:
         raise ValueError(f"vectors must be one of {VECTOR_DTYPES}, got {vectors!r}")
     index = Index(
@@ -105,12 +122,17 @@ def build_index(
     )
     keys = np.arange(NUM_SPECIAL, embeddings.shape[0], dtype=np.uint64)
     tracks = np.ascontiguousarray(embeddings[NUM_SPECIAL:])
-    stored = to_int8(tracks, per_row=False) if vectors == "i8" else tracks
+    scales: tuple[float, ...] = ()
+    stored: FloatArray | Int8Array = tracks
+    if vectors == "i8":
+        per_dimension = dimension_scales(tracks)
+        scales = tuple(per_dimension.tolist())
+        stored = to_int8(tracks / per_dimension, per_row=False)
     # One thread: the build is then the same on every machine.
     index.add(keys, stored, threads=1)
     data = index.save()  # no path: the bytes
     assert data is not None
-    return bytes(data)
+    return BuiltIndex(bytes(data), scales)
 
 
 def load_index(data: bytes, spec: RetrievalSpec) -> Index:
@@ -162,7 +184,10 @@ class Retrieval:
         count = min(num_candidates + excluded, len(self.index))
         if self.index.expansion_search != expansion:
             self.index.expansion_search = expansion  # type: ignore[misc]
-        searched = to_int8(query, per_row=True) if self.spec.vectors == "i8" else query
+        searched: FloatArray | Int8Array = query
+        if self.spec.vectors == "i8":
+            scales = np.asarray(self.spec.scales, dtype=np.float32)
+            searched = to_int8(query * scales, per_row=True)
         matches = self.index.search(searched, count, threads=1)
         if isinstance(matches, BatchMatches):
             hits = np.asarray(matches.keys, dtype=np.int64)  # [B, count]

@@ -8,6 +8,7 @@
                    ``make_bundle(backbone="bert4rec", top_k=5, max_seq_len=4)``;
                    ``skip_head=True`` adds a (random) skip head, ``skip_weight=0.5``
                    sets its ranking weight beta, ``graded_feedback=True`` grades.
+``retrieval_spec`` a manifest's ``retrieval`` field, for tests below the bundle.
 
 Tiers are markers, not folders: tests marked ``slow`` (minutes of load, kill -9
 trials) or ``cluster`` (a three-master Redis Cluster) are skipped unless a ``-m``
@@ -22,6 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from skiprec.manifest import (
+    CANDIDATES_INPUT_NAMES,
+    CANDIDATES_OUTPUT_NAMES,
+    QUERY_INPUT_NAMES,
+    QUERY_OUTPUT_NAMES,
+    RetrievalSpec,
+)
 
 TINY_NUM_TRACKS = 57
 TINY_TOP_K = 20
@@ -149,3 +158,39 @@ def tiny_bundle_dir(
     out_dir = tmp_path_factory.mktemp("tiny_bundle") / "bundle"
     export_bundle(tiny_run_dir, out_dir, top_k=TINY_TOP_K)
     return out_dir
+
+
+def _tensors(names: tuple[str, ...]) -> list[dict[str, Any]]:
+    return [{"name": name, "dtype": "int64", "shape": ["batch_size"]} for name in names]
+
+
+def retrieval_spec(*depths: tuple[int, int, int], **fields: Any) -> RetrievalSpec:
+    """A manifest's ``retrieval`` field with the export's defaults, ``depths`` as
+    (max_width, hits, expansion) and any field replaced by ``fields``."""
+    return RetrievalSpec.model_validate(
+        {
+            "library": "usearch",
+            "library_version": "2",
+            "metric": "ip",
+            "connectivity": 16,
+            "expansion_add": 200,
+            "expansion_search": 256,
+            "num_candidates": 200,
+            "min_tracks": 0,
+            "query_inputs": _tensors(QUERY_INPUT_NAMES),
+            "query_outputs": _tensors(QUERY_OUTPUT_NAMES),
+            "candidates_inputs": _tensors(CANDIDATES_INPUT_NAMES),
+            "candidates_outputs": _tensors(CANDIDATES_OUTPUT_NAMES),
+            "recall": {"num_sessions": 1, "recall_at_10": 1.0, "recall_at_100": 1.0},
+            "depths": [
+                {
+                    "max_width": width,
+                    "num_candidates": hits,
+                    "expansion_search": expansion,
+                    "recall": 0.999,
+                }
+                for width, hits, expansion in depths
+            ],
+            **fields,
+        }
+    )

@@ -82,9 +82,19 @@ def test_an_index_of_each_precision_is_exported_recorded_and_checked(
     # every track a candidate and each one scored exactly: the precision of the
     # search cannot change the top-k
     assert manifest.retrieval.recall.recall_at_10 == 1.0
+    dimensions = manifest.retrieval.query_outputs[0].shape[-1]
+    assert len(manifest.retrieval.scales) == (dimensions if vectors == "i8" else 0)
     retrieval = open_retrieval(load_bundle(tmp_path / "bundle"))
     assert retrieval is not None
     assert retrieval.index.dtype.name == vectors.upper()
+    if vectors == "i8":
+        # scales for another width of query than the index's are refused
+        path = tmp_path / "bundle" / MANIFEST_FILE
+        raw = json.loads(path.read_text())
+        raw["retrieval"]["scales"] = raw["retrieval"]["scales"][1:]
+        path.write_text(json.dumps(raw))
+        with pytest.raises(BundleSignatureMismatch, match="scales for an index"):
+            open_retrieval(load_bundle(tmp_path / "bundle"))
 
 
 def test_a_manifest_from_before_there_was_a_choice_of_precision_is_f32(
