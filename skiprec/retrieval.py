@@ -20,6 +20,7 @@ Dimension legend: B batch, T sequence length, D hidden dim, C candidates per row
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -154,6 +155,12 @@ class Retrieval:
     index: Index
     spec: RetrievalSpec
 
+    @cached_property
+    def _query_scales(self) -> FloatArray:
+        """An i8 index's ``RetrievalSpec.scales`` as the array each query is
+        multiplied by, built once rather than per search."""
+        return np.asarray(self.spec.scales, dtype=np.float32)
+
     def encode(
         self, item_ids: IntArray, feedback: IntArray
     ) -> tuple[FloatArray, IntArray]:
@@ -186,8 +193,7 @@ class Retrieval:
             self.index.expansion_search = expansion  # type: ignore[misc]
         searched: FloatArray | Int8Array = query
         if self.spec.vectors == "i8":
-            scales = np.asarray(self.spec.scales, dtype=np.float32)
-            searched = to_int8(query * scales, per_row=True)
+            searched = to_int8(query * self._query_scales, per_row=True)
         matches = self.index.search(searched, count, threads=1)
         if isinstance(matches, BatchMatches):
             hits = np.asarray(matches.keys, dtype=np.int64)  # [B, count]
